@@ -1,0 +1,114 @@
+"""timm feature backbones with explicit weight provenance: ``random | timm | PATH``.
+
+``random`` builds a randomly initialised network (labelled ``random`` on the leaderboard);
+``timm`` asks timm for its pretrained weights (needs the model hub, so it fails offline
+with a message naming the file to provide); any other value is a local checkpoint path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from robustad_bench.harness.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def check_backbone(backbone: str) -> str | None:
+    """Return a problem message for an unknown timm architecture, else None."""
+    import timm  # imported on use: timm pulls in torchvision, seconds a cached rerun should not pay
+
+    if timm.is_model(backbone):
+        return None
+    close = difflib.get_close_matches(backbone, timm.list_models(), n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown timm backbone {backbone!r}.{hint} See timm.list_models() for the choices."
+
+
+def check_weights(weights: str) -> str | None:
+    if weights in ("random", "timm") or Path(weights).expanduser().is_file():
+        return None
+    return f"weights must be 'random', 'timm' or the path of an existing checkpoint, got {weights!r}"
+
+
+def create_feature_backbone(backbone: str, layers: list[str], weights: str) -> tuple[nn.Module, str]:
+    """A timm ``features_only`` network returning ``layers``; and its provenance string."""
+    import timm
+
+    problem = check_backbone(backbone)
+    if problem:
+        raise UserError(problem, key="backbone")
+    probe = timm.create_model(backbone, pretrained=False, features_only=True)
+    available = probe.feature_info.module_name()
+    unknown = [layer for layer in layers if layer not in available]
+    if unknown:
+        raise UserError(
+            f"backbone {backbone!r} has no feature layer(s) {unknown}; allowed: {available}",
+            key="layers",
+        )
+    out_indices = tuple(available.index(layer) for layer in layers)
+    if weights == "random":
+        model = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
+        return model.eval(), "random"
+    if weights == "timm":
+        try:
+            model = timm.create_model(backbone, pretrained=True, features_only=True, out_indices=out_indices)
+        except Exception as err:  # hub unreachable, missing weights, ...
+            cfg = timm.models.get_pretrained_cfg(backbone)
+            source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
+            raise UserError(
+                f"could not fetch pretrained weights for {backbone!r} from {source} ({err.__class__.__name__}: "
+                f"{err}). Download the checkpoint on a machine with internet and pass "
+                f"`weights: /path/to/{backbone}.safetensors` (or .pth) instead.",
+                key="weights",
+            ) from err
+        return model.eval(), f"timm:{backbone}"
+    model = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
+    load_checkpoint(model, Path(weights).expanduser())
+    return model.eval(), str(weights)
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint file (.safetensors or torch pickle), unwrapping common containers."""
+    if not path.is_file():
+        raise UserError(f"checkpoint file {str(path)!r} does not exist", key="weights")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UserError(f"cannot read checkpoint {str(path)!r}: {err}", key="weights") from err
+    for container in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(container), dict):
+            state = state[container]
+    if not isinstance(state, dict):
+        raise UserError(f"checkpoint {str(path)!r} holds no state dict", key="weights")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_checkpoint(model: nn.Module, path: Path) -> None:
+    """Load ``path`` into a (possibly truncated) feature network; missing keys are an error."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise UserError(
+            f"checkpoint {str(path)!r} does not match the backbone: {len(missing)} missing key(s), "
+            f"e.g. {missing[:3]}",
+            key="weights",
+        )
+    bad_shape = [k for k in own if state[k].shape != own[k].shape]
+    if bad_shape:
+        raise UserError(
+            f"checkpoint {str(path)!r} has wrong shapes for {bad_shape[:3]}", key="weights"
+        )
+    model.load_state_dict({k: state[k] for k in own})
+    log.info("loaded %d tensors from %s (%d unused)", len(own), path, len(state) - len(own))

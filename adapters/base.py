@@ -1,0 +1,59 @@
+"""The detector contract (DESIGN §5) every adapter implements.
+
+Images enter in [0,1], shape (B,3,H,W); normalisation happens inside the detector so that
+attack budgets are always in pixel units. ``forward`` must stay differentiable w.r.t. the
+input: no ``no_grad``, numpy or faiss on the gradient path.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class AnomalyOutput(NamedTuple):
+    score: Tensor  # (B,) image anomaly score, higher = more anomalous
+    map: Tensor  # (B, H, W) anomaly map at input resolution
+
+
+class Detector(nn.Module, ABC):
+    """Base class: subclasses set ``name``, ``version`` and ``input_size``.
+
+    ``weights`` is the provenance shown on the leaderboard:
+    ``"random"`` (random init, labelled as such), ``"timm:<model>"`` or a checkpoint path.
+    """
+
+    name: str = ""
+    version: str = "0"
+    input_size: int = 224
+    weights: str = "random"
+
+    @abstractmethod
+    def fit(self, normal_images: Tensor, *, seed: int) -> None:
+        """Build the fitted state (memory bank, trained weights) from normal images."""
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> AnomalyOutput:
+        """Score images ``x`` in [0,1], (B,3,H,W); differentiable w.r.t. ``x``."""
+
+    @abstractmethod
+    def features(self, x: Tensor) -> Tensor:
+        """The frozen feature extractor's output, for surrogate heads: (B, C, h, w) or (B, C)."""
+
+
+class Normalize(nn.Module):
+    """Per-channel (x - mean) / std as a module, so it travels with the device."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std

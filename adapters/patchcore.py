@@ -1,0 +1,129 @@
+"""PatchCore (Roth et al., CVPR 2022, "Towards Total Recall in Industrial Anomaly Detection").
+
+Mid-level features of a timm backbone (default ``wide_resnet50_2`` layer2 + layer3, as in
+anomalib), 3×3 local average pooling, layer3 upsampled to layer2's grid and concatenated;
+a greedy k-center coreset of the normal patch features is the memory bank. The anomaly map
+is the nearest-neighbour distance of each patch, upsampled to the input and Gaussian-blurred
+(σ = 4); the image score is the maximum of the map.
+
+Unlike anomalib's implementation (features under ``no_grad``), the forward pass is
+differentiable: faiss finds neighbour indices, torch recomputes their distances.
+Weights: ``random`` (random init, no download), ``timm`` (ImageNet weights from the hub)
+or a checkpoint path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robustad_bench.harness.errors import UserError
+
+from .backbones import check_backbone, check_weights, create_feature_backbone
+from .base import AnomalyOutput, Detector, Normalize
+from .knn import MemoryBank, greedy_coreset
+from .registry import register_detector
+
+
+def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (B, H, W) maps, truncated at 4σ, reflect padding."""
+    if sigma <= 0:
+        return maps
+    radius = max(1, int(4 * sigma + 0.5))
+    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
+    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = maps.unsqueeze(1)  # (B, 1, H, W)
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
+    return x.squeeze(1)
+
+
+@register_detector("patchcore")
+class PatchCore(Detector):
+    name = "patchcore"
+    version = "1"
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        layers: list[str] | None = None,
+        weights: str = "random",
+        input_size: int = 224,
+        coreset_ratio: float = 0.1,
+        blur_sigma: float = 4.0,
+        fit_batch_size: int = 32,
+    ):
+        super().__init__()
+        for problem in self.check_config(
+            backbone=backbone, weights=weights, coreset_ratio=coreset_ratio, input_size=input_size
+        ):
+            raise UserError(problem)
+        self.layers = list(layers or ["layer2", "layer3"])
+        self.input_size = input_size
+        self.coreset_ratio = coreset_ratio
+        self.blur_sigma = blur_sigma
+        self.fit_batch_size = fit_batch_size
+        self.normalize = Normalize()
+        self.backbone, self.weights = create_feature_backbone(backbone, self.layers, weights)
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)  # frozen: gradients flow to the input only
+        self.pool = nn.AvgPool2d(3, stride=1, padding=1)
+        self.memory_bank = MemoryBank()
+
+    @staticmethod
+    def check_config(**kwargs) -> list[str]:
+        """Cheap checks run by ``robustad-bench validate`` (no model is built)."""
+        problems = []
+        if "backbone" in kwargs and (p := check_backbone(kwargs["backbone"])):
+            problems.append(p)
+        if "weights" in kwargs and (p := check_weights(kwargs["weights"])):
+            problems.append(p)
+        ratio = kwargs.get("coreset_ratio", 0.1)
+        if not 0 < ratio <= 1:
+            problems.append(f"coreset_ratio must be in (0, 1], got {ratio}")
+        if kwargs.get("input_size", 224) < 16:
+            problems.append(f"input_size must be at least 16, got {kwargs['input_size']}")
+        return problems
+
+    def train(self, mode: bool = True):
+        # The backbone always runs in eval mode (BatchNorm statistics stay frozen).
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def features(self, x: Tensor) -> Tensor:
+        """Locally aware patch features (B, C, h, w) on the first layer's grid."""
+        feats = self.backbone(self.normalize(x))
+        size = feats[0].shape[-2:]
+        pooled = [self.pool(f) for f in feats]
+        pooled = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in pooled]
+        return torch.cat(pooled, dim=1)
+
+    @torch.no_grad()
+    def fit(self, normal_images: Tensor, *, seed: int) -> None:
+        # Fitting builds the bank; it is not on the gradient path attacks differentiate.
+        device = next(self.backbone.parameters()).device
+        chunks = []
+        for start in range(0, normal_images.shape[0], self.fit_batch_size):
+            batch = normal_images[start : start + self.fit_batch_size].to(device)
+            f = self.features(batch)  # (B, C, h, w)
+            chunks.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+        patches = torch.cat(chunks)  # (N*h*w, C)
+        n_keep = max(1, math.ceil(self.coreset_ratio * patches.shape[0]))
+        keep = greedy_coreset(patches, n_keep, seed=seed)
+        self.memory_bank.set(patches[keep])
+
+    def forward(self, x: Tensor) -> AnomalyOutput:
+        f = self.features(x)  # (B, C, h, w)
+        b, c, h, w = f.shape
+        queries = f.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
+        dist = self.memory_bank.distances(queries, k=1)[:, 0].view(b, 1, h, w)
+        maps = F.interpolate(dist, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        maps = gaussian_blur(maps.squeeze(1), self.blur_sigma)  # (B, H, W)
+        return AnomalyOutput(score=maps.flatten(1).amax(dim=1), map=maps)

@@ -1,0 +1,92 @@
+"""The attack registry, attack objectives and L∞/L2 threat-model geometry.
+
+Every attack has one signature (DESIGN §5)::
+
+    attack(detector, x, labels, masks, *, eps, norm, steps, objective, knowledge, seed, ...) -> x_adv
+
+Objectives (seed 002 §3, DESIGN §2), maximised by the attacker:
+
+- ``detection``    mean(y · s(x)), y = +1 normal, −1 anomalous  (knowledge ``label``)
+- ``localization`` mean over pixels of Y · M(x), Y = +1 normal pixel, −1 anomalous pixel
+                   from the ground-truth mask                 (knowledge ``mask``)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+from ..registry import Registry
+
+AttackFn = Callable[..., Tensor]
+ATTACKS: Registry[AttackFn] = Registry("attack")
+register_attack = ATTACKS.register
+
+Norm = Literal["linf", "l2"]
+Objective = Literal["detection", "localization"]
+KNOWLEDGE = {"detection": "label", "localization": "mask"}
+
+
+def resolve_knowledge(objective: str, knowledge: str | None) -> str:
+    needed = KNOWLEDGE[objective]
+    if knowledge not in (None, needed):
+        raise UserError(
+            f"knowledge {knowledge!r} does not fit a white-box {objective} attack; allowed: {needed!r}",
+            key="knowledge",
+        )
+    return needed
+
+
+def objective_loss(detector, x: Tensor, labels: Tensor, masks: Tensor | None, objective: str) -> Tensor:
+    """Per-image attacker loss (B,) to maximise."""
+    out = detector(x)
+    if objective == "detection":
+        y = 1.0 - 2.0 * labels.to(out.score.dtype)  # +1 normal, −1 anomalous
+        return y * out.score
+    if masks is None:
+        raise UserError("the localization objective needs pixel masks; this dataset has none", key="objective")
+    sign = 1.0 - 2.0 * masks.to(out.map.dtype)  # (B, H, W): +1 normal pixel, −1 anomalous
+    return (sign * out.map).flatten(1).mean(dim=1)
+
+
+def input_gradient(detector, x: Tensor, labels, masks, objective: str) -> tuple[Tensor, Tensor]:
+    """(loss (B,), d loss / d x) at ``x``; the detector's own parameters get no gradient."""
+    x = x.detach().requires_grad_(True)
+    loss = objective_loss(detector, x, labels, masks, objective)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad
+
+
+def _per_image_norm(v: Tensor) -> Tensor:
+    return v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
+
+
+def ascent_direction(grad: Tensor, norm: str) -> Tensor:
+    """Steepest-ascent direction of unit size in the given norm."""
+    return grad.sign() if norm == "linf" else grad / _per_image_norm(grad)
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Project onto the ε-ball around ``x`` intersected with the [0,1] box."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / _per_image_norm(delta)).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
+    """A uniformly random point of the ε-ball (L∞: uniform box; L2: random direction and radius)."""
+    if norm == "linf":
+        noise = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+    else:
+        direction = torch.randn(x.shape, generator=generator)
+        direction = direction / _per_image_norm(direction)
+        radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator) * eps
+        noise = direction * radius
+    return project(x + noise.to(x.device), x, eps, norm)

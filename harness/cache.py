@@ -1,0 +1,100 @@
+"""Content-addressed artifact cache: fit states and evaluated cells, written atomically.
+
+Layout under the cache root::
+
+    fit/<key[:2]>/<key>.pt          detector state_dict + clean test outputs
+    eval/<key[:2]>/<key>/row.json   one finished cell's result row
+    eval/<key[:2]>/<key>/scores.npz its per-image scores (and maps)
+    data/                           generated embedded datasets
+
+Keys are sha256 digests of everything that determines the artifact (see ``runner``).
+A file that cannot be read is reported with its path, never silently reused.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except Exception as err:
+        raise UserError(f"corrupt file {str(path)!r} ({err}); delete it (or rerun with --force) to recompute") from err
+
+
+class Cache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def _fit_path(self, key: str) -> Path:
+        return self.root / "fit" / key[:2] / f"{key}.pt"
+
+    def _eval_dir(self, key: str) -> Path:
+        return self.root / "eval" / key[:2] / key
+
+    def load_fit(self, key: str) -> dict[str, Any] | None:
+        path = self._fit_path(key)
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise UserError(f"corrupt cache file {str(path)!r} ({err}); delete it (or rerun with --force) to recompute") from err
+
+    def save_fit(self, key: str, artifact: dict[str, Any]) -> None:
+        buffer = io.BytesIO()
+        torch.save(artifact, buffer)
+        atomic_write_bytes(self._fit_path(key), buffer.getvalue())
+
+    def load_eval(self, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        folder = self._eval_dir(key)
+        row_path, scores_path = folder / "row.json", folder / "scores.npz"
+        if not (row_path.is_file() and scores_path.is_file()):
+            return None
+        try:
+            row = json.loads(row_path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserError(f"corrupt cache file {str(row_path)!r} ({err}); delete it (or rerun with --force) to recompute") from err
+        return row, read_npz(scores_path)
+
+    def save_eval(self, key: str, row: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        folder = self._eval_dir(key)
+        atomic_write_bytes(folder / "scores.npz", npz_bytes(arrays))
+        atomic_write_bytes(folder / "row.json", json.dumps(row, indent=1).encode())  # written last: marks complete

@@ -1,0 +1,81 @@
+"""Dataset interface: one category at a time, as normal train images and a labelled test set."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..registry import Registry
+
+DATASETS: Registry[type[Dataset]] = Registry("dataset")
+register_dataset = DATASETS.register
+
+
+@dataclass
+class Split:
+    train: Tensor  # (N, 3, H, W) float in [0,1], normal images only
+    test: Tensor  # (M, 3, H, W) float in [0,1]
+    labels: np.ndarray  # (M,) int, 1 = anomalous
+    masks: Tensor | None  # (M, H, W) float in {0,1}; None when the dataset has no masks
+    names: list[str]  # (M,) test image ids, e.g. "scratch/003"
+
+    def resized(self, size: int) -> Split:
+        """Images resized (bilinear, antialiased) and masks (nearest) to ``size``×``size``."""
+        if self.test.shape[-1] == size and self.test.shape[-2] == size:
+            return self
+
+        def images(x: Tensor) -> Tensor:
+            y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            return y.clamp(0, 1)
+
+        masks = None
+        if self.masks is not None:
+            masks = F.interpolate(self.masks[:, None], size=(size, size), mode="nearest")[:, 0]
+        return Split(images(self.train), images(self.test), self.labels, masks, self.names)
+
+
+class Dataset(ABC):
+    """A registered dataset; constructor keyword arguments are its YAML keys."""
+
+    name: str = ""
+    version: str = "1"
+    has_masks: bool = True
+    categories: list[str]
+
+    @abstractmethod
+    def fingerprint(self, category: str, *, seed: int) -> str:
+        """Identifies the exact data ``load`` returns (enters every cache key)."""
+
+    @abstractmethod
+    def load(self, category: str, *, seed: int, data_dir: Path) -> Split:
+        """Read (or generate into ``data_dir``) one category."""
+
+    @staticmethod
+    def check_config(**kwargs) -> list[str]:
+        return []
+
+
+def digest(obj: object) -> str:
+    """sha256 of the canonical JSON of ``obj``."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_categories(categories: list[str] | None, allowed: list[str]) -> list[str]:
+    unknown = [c for c in categories or [] if c not in allowed]
+    if unknown:
+        return [f"unknown categor{'y' if len(unknown) == 1 else 'ies'} {unknown}; allowed: {allowed}"]
+    return []
+
+
+def to_tensor(images: np.ndarray) -> Tensor:
+    """(N, H, W, 3) uint8 → (N, 3, H, W) float in [0,1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)

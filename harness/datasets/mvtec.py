@@ -1,0 +1,131 @@
+"""Any folder in MVTec AD layout (Bergmann et al., CVPR 2019).
+
+    <root>/<category>/train/good/*.png
+    <root>/<category>/test/<defect|good>/*.png
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+
+MPDD uses the same layout; the generated ``textures`` data is written in it too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UserError
+from .base import Dataset, Split, digest, register_dataset, to_tensor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+NORMAL = "good"
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_rgb(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+    except OSError as err:
+        raise UserError(f"cannot read image {str(path)!r}: {err}") from err
+
+
+def _read_mask(path: Path, size: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 127
+    except OSError as err:
+        raise UserError(f"cannot read mask {str(path)!r}: {err}") from err
+
+
+def list_category(root: Path, category: str) -> dict[str, list[Path]]:
+    """Check the layout of one category and list its files; errors name the missing path."""
+    if not root.is_dir():
+        raise UserError(f"dataset root {str(root)!r} does not exist or is not a folder", key="root")
+    folder = root / category
+    if not folder.is_dir():
+        found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        raise UserError(
+            f"category folder {str(folder)!r} not found; categories under the root: {found}",
+            key="categories",
+        )
+    train_dir, test_dir = folder / "train" / NORMAL, folder / "test"
+    for needed in (train_dir, test_dir):
+        if not needed.is_dir():
+            raise UserError(
+                f"{str(needed)!r} is missing: expected MVTec layout <category>/train/good, "
+                "<category>/test/<defect|good>, <category>/ground_truth/<defect>/<stem>_mask.png"
+            )
+    train = _images_in(train_dir)
+    if not train:
+        raise UserError(f"no images in {str(train_dir)!r} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    test = [p for d in sorted(test_dir.iterdir()) if d.is_dir() for p in _images_in(d)]
+    if not test:
+        raise UserError(f"no test images under {str(test_dir)!r}")
+    return {"train": train, "test": test}
+
+
+def mask_path(root: Path, category: str, image: Path) -> Path:
+    return root / category / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
+
+
+def read_category(root: Path, category: str, image_size: int) -> Split:
+    files = list_category(root, category)
+    train = to_tensor(np.stack([_read_rgb(p, image_size) for p in files["train"]]))
+    test = to_tensor(np.stack([_read_rgb(p, image_size) for p in files["test"]]))
+    labels = np.array([int(p.parent.name != NORMAL) for p in files["test"]])
+    masks = np.zeros((len(files["test"]), image_size, image_size), dtype=np.float32)
+    for i, path in enumerate(files["test"]):
+        if labels[i]:
+            mpath = mask_path(root, category, path)
+            if not mpath.is_file():
+                raise UserError(f"mask {str(mpath)!r} for anomalous image {str(path)!r} is missing")
+            masks[i] = _read_mask(mpath, image_size)
+    names = [f"{p.parent.name}/{p.stem}" for p in files["test"]]
+    return Split(train, test, labels, torch.from_numpy(masks), names)
+
+
+def fingerprint_folder(root: Path, category: str) -> str:
+    """Relative paths and sizes of every file the category uses."""
+    files = list_category(root, category)
+    entries = [(str(p.relative_to(root)), p.stat().st_size) for p in files["train"] + files["test"]]
+    gt = root / category / "ground_truth"
+    if gt.is_dir():
+        entries += [(str(p.relative_to(root)), p.stat().st_size) for p in sorted(gt.rglob("*")) if p.is_file()]
+    return digest(entries)[:16]
+
+
+@register_dataset("mvtec")
+class MVTec(Dataset):
+    name = "mvtec"
+    version = "1"
+    has_masks = True
+
+    def __init__(self, root: str, categories: list[str] | None = None, image_size: int = 256):
+        self.root = Path(root).expanduser()
+        self.image_size = image_size
+        self._categories = categories
+
+    @property
+    def categories(self) -> list[str]:
+        if self._categories:
+            return list(self._categories)
+        if not self.root.is_dir():
+            raise UserError(f"dataset root {str(self.root)!r} does not exist", key="root")
+        return sorted(p.name for p in self.root.iterdir() if (p / "train" / NORMAL).is_dir())
+
+    @staticmethod
+    def check_config(**kwargs) -> list[str]:
+        if kwargs.get("image_size", 256) < 8:
+            return [f"image_size must be at least 8, got {kwargs['image_size']}"]
+        return []
+
+    def fingerprint(self, category: str, *, seed: int) -> str:
+        return fingerprint_folder(self.root, category)
+
+    def load(self, category: str, *, seed: int, data_dir: Path) -> Split:
+        return read_category(self.root, category, self.image_size)

@@ -1,0 +1,107 @@
+"""Grid expansion: seed × detector × dataset/category × attack point → frozen ``Cell``s.
+
+A cell's id is readable (labels, category, attack, ε, seed) plus 8 hex digits of the hash
+of its full configuration, so two attack entries that differ only in, say, steps get
+distinct ids, and a changed configuration never reuses an old row.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .attacks import ATTACKS, KNOWLEDGE
+from .datasets import DATASETS, Dataset
+from .datasets.base import digest
+from .schema import parameters
+from .suite import ATTACK_CONTEXT, Entry, Suite, expand_attack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cell:
+    suite: str
+    seed: int
+    detector: Entry
+    dataset: Entry
+    category: str
+    attack: Entry  # one point: scalar kwargs, defaults filled in
+    batch_size: int
+    map_size: int
+
+    @property
+    def eps(self) -> float:
+        return float(self.attack.kwargs.get("eps", 0.0))
+
+    @property
+    def objective(self) -> str:
+        return self.attack.kwargs.get("objective", "detection")
+
+    @property
+    def knowledge(self) -> str:
+        return self.attack.kwargs.get("knowledge") or ("none" if self.attack.name == "none" else KNOWLEDGE[self.objective])
+
+    def fit_config(self) -> dict[str, Any]:
+        return {"detector": self.detector.config(), "dataset": self.dataset.config(), "category": self.category, "seed": self.seed}
+
+    def config(self) -> dict[str, Any]:
+        return {**self.fit_config(), "attack": self.attack.config(), "batch_size": self.batch_size, "map_size": self.map_size}
+
+    @property
+    def cell_id(self) -> str:
+        parts = [self.detector.label, self.dataset.label, self.category, self.attack.label]
+        if "norm" in self.attack.kwargs:
+            parts.append(self.attack.kwargs["norm"])
+        if "eps" in self.attack.kwargs:
+            parts.append(eps_slug(self.eps))
+        parts += [f"s{self.seed}", digest(self.config())[:8]]
+        return ".".join(re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(p)) for p in parts)
+
+
+def eps_slug(eps: float) -> str:
+    """``eps8-255`` for multiples of 1/255, else ``eps0.5``: readable ids, not display strings."""
+    k = eps * 255
+    return f"eps{round(k)}-255" if abs(k - round(k)) < 1e-6 else f"eps{eps:.4g}"
+
+
+def resolve_attack(entry: Entry, point: dict[str, Any]) -> Entry:
+    """Fill in the attack function's defaults so every knob is recorded in the cell."""
+    kwargs = {k: default for k, (_, default) in parameters(ATTACKS.get(entry.name), skip=ATTACK_CONTEXT).items()}
+    kwargs.update(point)
+    if "objective" in kwargs and kwargs.get("knowledge") is None:
+        kwargs["knowledge"] = KNOWLEDGE[kwargs["objective"]]
+    if "step_size" in kwargs and kwargs["step_size"] is None and kwargs.get("steps"):
+        kwargs["step_size"] = 2.5 * kwargs["eps"] / kwargs["steps"]  # α = 2.5·ε/steps
+    return Entry(name=entry.name, label=entry.label, kwargs=kwargs)
+
+
+def build_dataset(entry: Entry) -> Dataset:
+    return DATASETS.get(entry.name)(**entry.kwargs)
+
+
+def expand(suite: Suite) -> list[Cell]:
+    cells = []
+    attacks = [resolve_attack(a, p) for a in suite.attacks for p in expand_attack(a)]
+    for seed in suite.seeds:
+        for det in suite.detectors:
+            for ds_entry in suite.datasets:
+                dataset = build_dataset(ds_entry)
+                for category in dataset.categories:
+                    for attack in attacks:
+                        if attack.kwargs.get("objective") == "localization" and not dataset.has_masks:
+                            log.info("skipping %s on %s: localization needs masks", attack.label, ds_entry.label)
+                            continue
+                        cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size))
+    return cells
+
+
+def select(cells: list[Cell], only: str | None) -> list[Cell]:
+    """Cells whose id matches the glob ``only`` (all when None)."""
+    if not only:
+        return cells
+    pattern = only if any(ch in only for ch in "*?[") else f"*{only}*"
+    return [c for c in cells if fnmatch.fnmatch(c.cell_id, pattern)]

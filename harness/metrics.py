@@ -1,0 +1,137 @@
+"""Detection and localization metrics, computed from saved per-image scores and maps.
+
+Image level: AUROC, AP, F1 at a threshold fixed on the clean run, F1-max (best threshold,
+reported separately), G-mean at the clean threshold. Pixel level: AUROC and AUPRO up to
+FPR 0.3 (Bergmann et al., IJCV 2021). Every function returns ``None`` where the metric
+is undefined (one class only, no masks), never a made-up number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from .registry import Registry
+
+MetricFn = Callable[..., "float | None"]
+METRICS: Registry[MetricFn] = Registry("metric")
+register_metric = METRICS.register
+
+
+def _two_classes(labels: np.ndarray) -> bool:
+    return 0 < int(np.sum(labels)) < len(labels)
+
+
+def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """(F1-max, its threshold); predictions are ``score >= threshold``."""
+    from sklearn.metrics import precision_recall_curve  # sklearn is imported on use (seconds)
+
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    denom = precision[:-1] + recall[:-1]
+    f1 = np.divide(2 * precision[:-1] * recall[:-1], denom, out=np.zeros_like(denom), where=denom > 0)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(thresholds[best])
+
+
+@register_metric("image_auroc")
+def image_auroc(labels, scores, **_) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores)) if _two_classes(labels) else None
+
+
+@register_metric("image_ap")
+def image_ap(labels, scores, **_) -> float | None:
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(labels, scores)) if _two_classes(labels) else None
+
+
+@register_metric("f1_max")
+def f1_max(labels, scores, **_) -> float | None:
+    return best_f1_threshold(labels, scores)[0] if _two_classes(labels) else None
+
+
+def _confusion(labels, scores, threshold):
+    pred = scores >= threshold
+    tp = int(np.sum(pred & (labels == 1)))
+    fp = int(np.sum(pred & (labels == 0)))
+    fn = int(np.sum(~pred & (labels == 1)))
+    tn = int(np.sum(~pred & (labels == 0)))
+    return tp, fp, fn, tn
+
+
+@register_metric("f1")
+def f1(labels, scores, *, threshold=None, **_) -> float | None:
+    """F1 at ``threshold`` (fixed on the clean run of the same detector and category)."""
+    if threshold is None or not _two_classes(labels):
+        return None
+    tp, fp, fn, _ = _confusion(labels, scores, threshold)
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+@register_metric("gmean")
+def gmean(labels, scores, *, threshold=None, **_) -> float | None:
+    """sqrt(TPR · TNR) at the clean threshold."""
+    if threshold is None or not _two_classes(labels):
+        return None
+    tp, fp, fn, tn = _confusion(labels, scores, threshold)
+    return float(np.sqrt(tp / (tp + fn) * tn / (tn + fp)))
+
+
+@register_metric("pixel_auroc")
+def pixel_auroc(labels, scores, *, maps=None, masks=None, **_) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if maps is None or masks is None:
+        return None
+    truth = masks.reshape(-1) > 0.5
+    if truth.all() or not truth.any():
+        return None
+    return float(roc_auc_score(truth, maps.reshape(-1)))
+
+
+@register_metric("aupro")
+def aupro(labels, scores, *, maps=None, masks=None, max_fpr: float = 0.3, **_) -> float | None:
+    """Area under the per-region-overlap curve up to ``max_fpr``, normalised to [0,1].
+
+    Regions are the 8-connected components of each ground-truth mask. Sweeping the threshold
+    down through every distinct map value, PRO is the mean over regions of the fraction of
+    the region above threshold, and FPR the fraction of normal pixels above it.
+    """
+    if maps is None or masks is None:
+        return None
+    truth = masks > 0.5
+    sizes, region = [], np.zeros(truth.shape, dtype=np.int64)  # 0 = normal pixel
+    for i in range(truth.shape[0]):
+        comp, n = ndimage.label(truth[i], structure=np.ones((3, 3)))
+        if n:
+            region[i][comp > 0] = comp[comp > 0] + len(sizes)
+            sizes.extend(np.bincount(comp.ravel())[1:].tolist())
+    n_normal = int((~truth).sum())
+    if not sizes or n_normal == 0:
+        return None
+    flat_scores, flat_region = maps.reshape(-1), region.reshape(-1)
+    order = np.argsort(-flat_scores, kind="stable")
+    flat_scores, flat_region = flat_scores[order], flat_region[order]
+    weight = np.where(flat_region > 0, 1.0 / np.asarray([np.inf, *sizes])[flat_region], 0.0)
+    pro = np.cumsum(weight) / len(sizes)
+    fpr = np.cumsum(flat_region == 0) / n_normal
+    last_of_tie = np.r_[flat_scores[1:] != flat_scores[:-1], True]
+    fpr, pro = np.r_[0.0, fpr[last_of_tie]], np.r_[0.0, pro[last_of_tie]]
+    cut = np.searchsorted(fpr, max_fpr, side="right")
+    if cut < len(fpr):  # interpolate the curve at exactly max_fpr
+        f0, f1_, p0, p1 = fpr[cut - 1], fpr[cut], pro[cut - 1], pro[cut]
+        p_at = p0 + (p1 - p0) * (max_fpr - f0) / (f1_ - f0)
+        fpr, pro = np.r_[fpr[:cut], max_fpr], np.r_[pro[:cut], p_at]
+    return float(np.trapezoid(pro, fpr) / max_fpr)
+
+
+def compute_metrics(labels, scores, *, maps=None, masks=None, threshold=None) -> dict[str, float | None]:
+    """Every registered metric on one cell's saved arrays."""
+    return {
+        name: METRICS.get(name)(labels, scores, maps=maps, masks=masks, threshold=threshold)
+        for name in METRICS.names()
+    }

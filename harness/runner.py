@@ -1,0 +1,229 @@
+"""Plan and run a suite: group cells by fit, skip what is done, compute the rest, keep everything.
+
+Keys (sha256 of canonical JSON):
+- fit key  = detector config + adapter version, dataset config + fingerprint, category,
+             seed, package version;
+- cell key = fit key + resolved attack config + batch size + saved map size
+             (reported as ``config_hash``).
+A rerun of a finished suite reads rows only; cells evaluated before under another output
+folder come from the cache; only missing cells do model work.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import platform
+import sys
+import traceback
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .cache import Cache
+from .datasets.base import digest
+from .errors import UserError
+from .evaluate import Fitted, downsampled_masks, evaluate_cell, fit_state, seeded
+from .grid import Cell, build_dataset, expand, select
+from .metrics import best_f1_threshold
+from .results import ResultStore
+from .suite import Suite, deep_check
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunReport:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    computed: int = 0  # cells evaluated now
+    from_cache: int = 0  # cells copied from the content-addressed cache
+    already_done: int = 0  # cells whose row was already in the output folder
+    failed: list[str] = field(default_factory=list)
+    user_errors: list[str] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine; use cpu or auto")
+    return torch.device(device)
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+    import timm
+
+    return {
+        "robustad_bench": __version__, "torch": torch.__version__, "timm": timm.__version__,
+        "faiss": faiss.__version__, "numpy": np.__version__, "python": platform.python_version(),
+    }
+
+
+def group_keys(cells: list[Cell]) -> dict[str, str]:
+    """Fit key per cell id, computing each dataset fingerprint once per fit group."""
+    from robustad_bench.adapters import DETECTORS
+
+    keys, memo = {}, {}
+    for cell in cells:
+        group = digest(cell.fit_config())
+        if group not in memo:
+            dataset = build_dataset(cell.dataset)
+            memo[group] = digest({
+                **cell.fit_config(),
+                "detector_version": DETECTORS.get(cell.detector.name).version,
+                "dataset_version": dataset.version,
+                "dataset_fingerprint": dataset.fingerprint(cell.category, seed=cell.seed),
+                "package": __version__,
+            })
+        keys[cell.cell_id] = memo[group]
+    return keys
+
+
+def cell_key(cell: Cell, fit_key: str) -> str:
+    return digest({"fit": fit_key, "attack": cell.attack.config(), "batch_size": cell.batch_size, "map_size": cell.map_size})
+
+
+def identity(cell: Cell) -> dict[str, Any]:
+    """The row fields that say which cell this is (contract: DESIGN §5)."""
+    kw = cell.attack.kwargs
+    return {
+        "cell_id": cell.cell_id, "suite": cell.suite, "detector": cell.detector.label,
+        "dataset": cell.dataset.label, "category": cell.category, "attack": cell.attack.label,
+        "norm": kw.get("norm"), "eps": cell.eps, "steps": int(kw.get("steps", 1 if "eps" in kw else 0)),
+        "knowledge": cell.knowledge, "task": cell.objective, "seed": cell.seed,
+        "attack_params": {"name": cell.attack.name, **kw},
+        "detector_config": cell.detector.config(), "dataset_config": cell.dataset.config(),
+    }
+
+
+def _failed_row(cell: Cell, key: str, err: BaseException) -> dict[str, Any]:
+    return {
+        **identity(cell), "status": "failed", "config_hash": key, "metrics": {}, "flags": [],
+        "error": f"{err.__class__.__name__}: {err}", "user_error": isinstance(err, UserError),
+        "_traceback": "".join(traceback.format_exception(err)),
+    }
+
+
+def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, device: str, force: bool, progress: bool, on_cell=None) -> list[tuple[dict, dict | None]]:
+    """Fit once and evaluate every cell of one (detector, dataset, category, seed) group."""
+    from robustad_bench.adapters import create_detector
+
+    cache, first, results = Cache(cache_root), cells[0], []
+    fit_key = keys[first.cell_id]
+
+    def emit(row, arrays):
+        results.append((row, arrays))
+        if on_cell is not None:
+            on_cell(row, arrays)
+
+    try:
+        dataset = build_dataset(first.dataset)
+        split = dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir)
+        with seeded(first.seed):
+            detector = create_detector(first.detector.name, **first.detector.kwargs)
+        split = split.resized(detector.input_size)
+        detector.to(device).eval()
+        state = None if force else cache.load_fit(fit_key)
+        if state is None:
+            state = fit_state(detector, split, seed=first.seed, batch_size=first.batch_size, map_size=first.map_size, device=device)
+            cache.save_fit(fit_key, state)
+        else:
+            detector.load_state_dict(state["state_dict"])
+        fitted = Fitted(detector, split, state["clean_scores"].numpy(), state["clean_maps"].numpy(), downsampled_masks(split, first.map_size), float(state["fit_seconds"]))
+    except Exception as err:  # the whole group fails; other groups still run
+        for cell in cells:
+            emit(_failed_row(cell, cell_key(cell, fit_key), err), None)
+        return results
+    labels = split.labels
+    threshold = best_f1_threshold(labels, fitted.clean_scores)[1] if 0 < labels.sum() < len(labels) else None
+    base = {
+        "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()), "versions": _versions(),
+        "weights": getattr(detector, "weights", "unknown"), "fit_seconds": round(fitted.fit_seconds, 3),
+        "dataset_fingerprint": dataset.fingerprint(first.category, seed=first.seed), "flags": [],
+    }
+    for cell in cells:
+        key = cell_key(cell, fit_key)
+        try:
+            fields, arrays = evaluate_cell(cell, fitted, threshold=threshold, device=device, progress=progress)
+        except Exception as err:
+            emit(_failed_row(cell, key, err), None)
+            continue
+        row = {**identity(cell), "status": "ok", "config_hash": key, **base, **fields}
+        cache.save_eval(key, row, arrays)
+        emit(row, arrays)
+    return results
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, device: str = "auto", only: str | None = None,
+              force: bool = False, workers: int = 1, progress: bool = True) -> RunReport:
+    dev = resolve_device(device)
+    plan = expand(suite)
+    cells = select(plan, only)
+    store, cache, report = ResultStore(out_dir), Cache(cache_dir), RunReport()
+    fit_keys = group_keys(cells)
+    groups: dict[str, list[Cell]] = defaultdict(list)
+    bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress, file=sys.stderr)
+
+    def record(row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
+        tb = row.pop("_traceback", None)
+        if tb is not None:
+            tb_path = store.out_dir / "cells" / row["cell_id"] / "traceback.txt"
+            tb_path.parent.mkdir(parents=True, exist_ok=True)
+            tb_path.write_text(tb)
+            row["traceback"] = str(tb_path.relative_to(store.out_dir))
+            (report.user_errors if row.get("user_error") else report.failed).append(f"{row['cell_id']}: {row['error']}")
+        else:
+            report.computed += 1
+        store.add(row, arrays)
+        bar.update(1)
+        bar.set_postfix_str(row["cell_id"][:60])
+
+    for cell in cells:
+        key = cell_key(cell, fit_keys[cell.cell_id])
+        if not force and store.done(cell.cell_id, key):
+            report.already_done += 1
+            bar.update(1)
+            continue
+        cached = None if force else cache.load_eval(key)
+        if cached is not None:
+            row, arrays = cached
+            store.add({**row, **identity(cell)}, arrays)
+            report.from_cache += 1
+            bar.update(1)
+            continue
+        groups[fit_keys[cell.cell_id]].append(cell)
+
+    if groups:
+        deep_check(suite)  # heavy checks (timm names, ...) only when there is model work
+    job = {"keys": fit_keys, "cache_root": str(cache.root), "force": force}
+    if workers <= 1 or len(groups) <= 1:
+        for group in groups.values():
+            run_group(group, device=str(dev), progress=progress, on_cell=record, **job)
+    else:
+        threads = max(1, torch.get_num_threads() // workers)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
+            devices = [f"cuda:{i % torch.cuda.device_count()}" if dev.type == "cuda" else "cpu" for i in range(len(groups))]
+            futures = [pool.submit(run_group, group, device=d, progress=False, **job) for group, d in zip(groups.values(), devices)]
+            for future in futures:
+                for row, arrays in future.result():
+                    record(row, arrays)
+    bar.close()
+    report.rows = store.finalize([c.cell_id for c in plan])
+    return report
+
+
+def dry_run(suite: Suite, only: str | None = None) -> list[Cell]:
+    return select(expand(suite), only)
+

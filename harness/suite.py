@@ -1,0 +1,199 @@
+"""Suite YAML → a validated, frozen ``Suite``.
+
+Each list entry is ``{name: X, label: Y?, **kwargs}`` where the kwargs are exactly the
+registered constructor's (or attack function's) keyword arguments. Every problem is
+collected and reported together, each naming the file, the key path and the allowed values.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .attacks import ATTACKS
+from .datasets import DATASETS
+from .errors import SuiteErrors, UserError
+from .registry import Registry
+from .schema import BadValue, coerce, parameters
+
+TOP_LEVEL = {
+    "name": "suite name; default output folder runs/<name>",
+    "description": "free text",
+    "seed": "an integer or a list of integers (the grid expands over seeds)",
+    "batch_size": "images per attack/evaluation batch",
+    "map_size": "side of the anomaly maps saved per cell (downsampled)",
+    "datasets": "list of {name, ...}",
+    "detectors": "list of {name, ...}",
+    "attacks": "list of {name, ...}",
+}
+ATTACK_CONTEXT = ("detector", "x", "labels", "masks", "seed")  # filled by the harness
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component with its keyword arguments (as written, normalised)."""
+
+    name: str
+    label: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    key: str = field(default="", compare=False)  # where it sits in the suite file, e.g. detectors[0]
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **self.kwargs}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    file: str
+    seeds: tuple[int, ...]
+    datasets: tuple[Entry, ...]
+    detectors: tuple[Entry, ...]
+    attacks: tuple[Entry, ...]  # list-valued kwargs not yet expanded
+    batch_size: int = 16
+    map_size: int = 64
+    description: str = ""
+
+
+def _registries() -> dict[str, Registry]:
+    from robustad_bench.adapters import DETECTORS
+
+    return {"datasets": DATASETS, "detectors": DETECTORS, "attacks": ATTACKS}
+
+
+def check_threat_model(kwargs: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, problem) pairs for one expanded attack point."""
+    problems = []
+    eps, norm = kwargs.get("eps"), kwargs.get("norm", "linf")
+    if eps is not None and (eps < 0 or (norm == "linf" and eps > 1)):
+        problems.append(("eps", f"ε must be in [0, 1] for linf (≥ 0 for l2), got {eps}"))
+    for key in ("steps", "restarts"):
+        if key in kwargs and kwargs[key] is not None and kwargs[key] < 1:
+            problems.append((key, f"must be at least 1, got {kwargs[key]}"))
+    if kwargs.get("step_size") is not None and kwargs["step_size"] <= 0:
+        problems.append(("step_size", f"must be positive, got {kwargs['step_size']}"))
+    return problems
+
+
+def expand_attack(entry: Entry) -> list[dict[str, Any]]:
+    """List-valued kwargs expand into the product of their values."""
+    keys = list(entry.kwargs)
+    values = [v if isinstance(v, list) else [v] for v in entry.kwargs.values()]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, problems: list) -> Entry | None:
+    path = f"{section}[{i}]"
+    if not isinstance(raw, dict) or "name" not in raw:
+        problems.append(UserError(f"each entry needs a 'name' key, got {raw!r}", file=file, key=path))
+        return None
+    name = raw["name"]
+    if name not in registry:
+        problems.append(UserError(registry.unknown_message(name), file=file, key=f"{path}.name"))
+        return None
+    target = registry.get(name)
+    params = parameters(target, skip=ATTACK_CONTEXT if section == "attacks" else ())
+    label = raw.get("label", name)
+    kwargs, bad = {}, False
+    for key, value in raw.items():
+        if key in ("name", "label"):
+            continue
+        if key not in params:
+            allowed = ", ".join(["label", *params]) or "label"
+            problems.append(UserError(f"unknown key {key!r} for {name!r}; allowed: {allowed}", file=file, key=f"{path}.{key}"))
+            bad = True
+            continue
+        annotation = params[key][0]
+        expands = section == "attacks" and isinstance(value, list)
+        try:
+            kwargs[key] = [coerce(v, annotation) for v in value] if expands else coerce(value, annotation)
+        except BadValue as err:
+            problems.append(UserError(str(err), file=file, key=f"{path}.{key}"))
+            bad = True
+    missing = [k for k, (_, default) in params.items() if default is inspect.Parameter.empty and k not in raw]
+    for key in missing:
+        problems.append(UserError(f"{name!r} needs the key {key!r}", file=file, key=path))
+        bad = True
+    if bad:
+        return None
+    entry = Entry(name=name, label=str(label), kwargs=kwargs, key=path)
+    if section == "attacks":
+        for point in expand_attack(entry):
+            for key, problem in check_threat_model(point):
+                problems.append(UserError(problem, file=file, key=f"{path}.{key}"))
+    return entry
+
+
+def deep_check(suite: Suite) -> None:
+    """The components' own ``check_config`` (e.g. timm backbone names); raises ``SuiteErrors``.
+
+    Kept apart from the schema check because it may import heavy libraries (timm takes
+    seconds): ``validate`` always runs it, ``run`` only when there is model work to do.
+    """
+    registries = _registries()
+    problems = []
+    for section in ("datasets", "detectors"):
+        for entry in getattr(suite, section):
+            target = registries[section].get(entry.name)
+            for problem in getattr(target, "check_config", lambda **_: [])(**entry.kwargs):
+                problems.append(UserError(problem, file=suite.file, key=entry.key))
+    if problems:
+        raise SuiteErrors(problems)
+
+
+
+def load_suite(path: str | Path, *, deep: bool = True) -> Suite:
+    """Read and validate a suite file; raises ``SuiteErrors`` listing every problem."""
+    file = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError("suite file not found", file=file) from None
+    except yaml.YAMLError as err:
+        raise UserError(f"not valid YAML: {err}", file=file) from None
+    suite = parse_suite(raw, file=file, default_name=Path(path).stem)
+    if deep:
+        deep_check(suite)
+    return suite
+
+
+def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
+    if not isinstance(raw, dict):
+        raise UserError("a suite must be a mapping with keys: " + ", ".join(TOP_LEVEL), file=file)
+    problems: list[UserError] = []
+    for key in raw:
+        if key not in TOP_LEVEL:
+            problems.append(UserError(f"unknown top-level key {key!r}; allowed: {', '.join(TOP_LEVEL)}", file=file, key=str(key)))
+    seeds = raw.get("seed", 0)
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        problems.append(UserError(f"seed must be an integer or a list of integers, got {raw.get('seed')!r}", file=file, key="seed"))
+    scalars = {}
+    for key, default in (("batch_size", 16), ("map_size", 64)):
+        value = raw.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(UserError(f"must be a positive integer, got {value!r}", file=file, key=key))
+        scalars[key] = value
+    sections = {}
+    for section, registry in _registries().items():
+        entries = raw.get(section)
+        if not isinstance(entries, list) or not entries:
+            problems.append(UserError(f"must be a non-empty list of {{name: ..., ...}} entries; registered: {', '.join(registry.names())}", file=file, key=section))
+            continue
+        checked = [_check_entry(section, i, e, registry, file, problems) for i, e in enumerate(entries)]
+        sections[section] = tuple(e for e in checked if e is not None)
+        labels = [e.label for e in sections[section]]
+        for label in {lb for lb in labels if labels.count(lb) > 1 and section != "attacks"}:
+            problems.append(UserError(f"two entries share the label {label!r}; give each a distinct 'label:'", file=file, key=section))
+    if problems:
+        raise SuiteErrors(problems)
+    return Suite(
+        name=str(raw.get("name", default_name)), file=file, seeds=tuple(seeds),
+        datasets=sections["datasets"], detectors=sections["detectors"], attacks=sections["attacks"],
+        description=str(raw.get("description", "")), **scalars,
+    )

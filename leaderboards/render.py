@@ -1,0 +1,131 @@
+"""Results → ``leaderboard.md`` (tabulate) and a static site (jinja2).
+
+Renderers only render: every number comes from ``results.jsonl``; nothing is recomputed.
+Metric fractions are shown as percentages; ε as k/255 where it is a multiple of 1/255.
+"""
+
+from __future__ import annotations
+
+import html
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from tabulate import tabulate
+
+from robustad_bench.harness.errors import UserError
+from robustad_bench.harness.results import read_rows
+
+TEMPLATES = Path(__file__).parent / "templates"
+KEYS = ["detector", "weights", "dataset", "category", "seed"]
+
+
+def eps_text(eps: float) -> str:
+    if eps == 0:
+        return "0"
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+
+
+def pct(value) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{100 * value:.1f}"
+
+
+def weights_text(weights: str) -> str:
+    return "random init" if weights == "random" else weights
+
+
+def load_frame(out_dir: Path) -> pd.DataFrame:
+    rows = read_rows(out_dir / "results.jsonl")
+    if not rows:
+        raise UserError(f"no results in {str(out_dir / 'results.jsonl')!r}; run a suite first")
+    records = []
+    for row in rows:
+        rec = {k: row.get(k) for k in ("cell_id", "detector", "dataset", "category", "attack", "norm", "eps", "steps", "knowledge", "task", "seed", "status", "weights")}
+        rec["weights"] = weights_text(rec["weights"] or "unknown")
+        rec.update(row.get("metrics") or {})
+        rec["flags"] = ", ".join(row.get("flags") or [])
+        records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def attack_text(row) -> str:
+    if row["attack"] == "none":
+        return "clean"
+    norm = f" {row['norm']}" if row.get("norm") else ""
+    return f"{row['attack']}{norm} ε={eps_text(row['eps'])} ({row['knowledge']})"
+
+
+def summary_table(frame: pd.DataFrame) -> list[dict]:
+    """One line per detector × dataset × attack × ε: clean and adversarial AUROCs, mean over categories."""
+    ok = frame[frame["status"] == "ok"].copy()
+    for col in ("image_auroc", "pixel_auroc", "aupro", "f1", "image_ap"):
+        if col not in ok:
+            ok[col] = float("nan")
+    clean = ok[ok["attack"] == "none"].set_index(KEYS)[["image_auroc", "pixel_auroc"]]
+    clean.columns = ["clean_image_auroc", "clean_pixel_auroc"]
+    merged = ok.join(clean, on=KEYS)
+    merged["attack_text"] = merged.apply(attack_text, axis=1)
+    group = ["detector", "weights", "dataset", "attack_text", "eps"]
+    agg = merged.groupby(group, sort=False, dropna=False).agg(
+        categories=("category", "nunique"), clean_image_auroc=("clean_image_auroc", "mean"),
+        image_auroc=("image_auroc", "mean"), clean_pixel_auroc=("clean_pixel_auroc", "mean"),
+        pixel_auroc=("pixel_auroc", "mean"), aupro=("aupro", "mean"), f1=("f1", "mean"),
+        flags=("flags", lambda s: ", ".join(sorted({f for v in s for f in v.split(", ") if f}))),
+    ).reset_index().sort_values(["detector", "dataset", "eps"], kind="stable")
+    return agg.to_dict("records")
+
+
+def render_markdown(frame: pd.DataFrame, title: str) -> str:
+    headers = ["Detector", "Weights", "Dataset", "Attack", "#cat", "Img AUROC clean", "Img AUROC adv",
+               "Px AUROC clean", "Px AUROC adv", "AUPRO", "F1", "Flags"]
+    lines = []
+    for r in summary_table(frame):
+        adv = r["attack_text"] != "clean"
+        lines.append([
+            r["detector"], r["weights"], r["dataset"], r["attack_text"], r["categories"],
+            pct(r["clean_image_auroc"]), pct(r["image_auroc"]) if adv else "",
+            pct(r["clean_pixel_auroc"]), pct(r["pixel_auroc"]) if adv else "",
+            pct(r["aupro"]), pct(r["f1"]), r["flags"],
+        ])
+    failed = frame[frame["status"] != "ok"]
+    parts = [
+        f"# {title}", "",
+        "Metrics in percent, mean over categories; F1 at the threshold fixed on the clean run. "
+        "Rows with *random init* weights use randomly initialised backbones: their clean numbers "
+        "are not the papers' numbers.", "",
+        tabulate(lines, headers=headers, tablefmt="github"), "",
+        "## Per category", "",
+        tabulate(_detail(frame), headers=["Detector", "Dataset", "Category", "Attack", "Img AUROC", "AP", "F1", "F1-max", "G-mean", "Px AUROC", "AUPRO"], tablefmt="github"),
+    ]
+    if len(failed):
+        parts += ["", "## Failed cells", "", tabulate([[c] for c in failed["cell_id"]], headers=["cell_id"], tablefmt="github")]
+    return "\n".join(parts) + "\n"
+
+
+def _detail(frame: pd.DataFrame) -> list[list]:
+    ok = frame[frame["status"] == "ok"]
+    out = []
+    for _, r in ok.iterrows():
+        out.append([r["detector"], r["dataset"], r["category"], attack_text(r)] + [pct(r.get(m)) for m in ("image_auroc", "image_ap", "f1", "f1_max", "gmean", "pixel_auroc", "aupro")])
+    return out
+
+
+def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str | None = None) -> tuple[Path, Path]:
+    """Write ``leaderboard.md`` into ``out_dir`` and the static site into ``site_dir``."""
+    out_dir = Path(out_dir)
+    frame = load_frame(out_dir)
+    title = title or f"robustad-bench leaderboard — {out_dir.name}"
+    md_path = out_dir / "leaderboard.md"
+    md_path.write_text(render_markdown(frame, title))
+    site = Path(site_dir) if site_dir else out_dir / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    page = env.get_template("index.html.j2").render(
+        title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct, esc=html.escape,
+        failed=list(frame[frame["status"] != "ok"]["cell_id"]),
+    )
+    (site / "index.html").write_text(page)
+    shutil.copyfile(TEMPLATES / "style.css", site / "style.css")
+    return md_path, site / "index.html"

@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny suite on the embedded data that runs in seconds on a CPU."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+TINY_SUITE = """
+name: tiny
+seed: 0
+batch_size: 8
+map_size: 16
+datasets:
+  - {name: textures, categories: [brick, grass], image_size: 64, crop_size: 96, n_train: 6, n_test_normal: 4, n_test_anomalous: 4}
+  - {name: digits, categories: ["1"], image_size: 32, n_train: 10, n_test_normal: 6, n_test_anomalous: 6}
+detectors:
+  - {name: patchcore, label: pc, backbone: resnet18, weights: random, input_size: 64, blur_sigma: 1.0}
+attacks:
+  - {name: none}
+  - {name: pgd, norm: linf, eps: [8/255], steps: 2}
+"""
+
+
+@pytest.fixture
+def tiny_suite(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(textwrap.dedent(TINY_SUITE))
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """Generated embedded data, shared by the whole session."""
+    return tmp_path_factory.mktemp("data")

@@ -1,0 +1,110 @@
+"""Suite validation: every problem names file, key path and allowed values; grid expansion."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from robustad_bench.harness.errors import SuiteErrors, UserError
+from robustad_bench.harness.grid import expand, select
+from robustad_bench.harness.schema import parse_float
+from robustad_bench.harness.suite import load_suite, parse_suite
+
+BASE = {
+    "name": "t",
+    "datasets": [{"name": "digits", "categories": ["0", "1"]}],
+    "detectors": [{"name": "patchcore", "backbone": "resnet18"}],
+    "attacks": [{"name": "none"}, {"name": "pgd", "eps": ["2/255", "8/255"], "steps": [5, 10]}],
+}
+
+
+def problems(raw) -> list[str]:
+    with pytest.raises(SuiteErrors) as info:
+        parse_suite(raw, file="s.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def with_(section, index, **changes):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw[section][index].update(changes)
+    return raw
+
+
+def test_grid_is_the_product_of_lists_and_list_kwargs():
+    suite = parse_suite(BASE, file="s.yaml")
+    cells = expand(suite)
+    assert len(cells) == 2 * (1 + 2 * 2)  # categories × (none + eps × steps)
+    assert len({c.cell_id for c in cells}) == len(cells)
+    eps = sorted({c.eps for c in cells})
+    assert eps == pytest.approx([0.0, 2 / 255, 8 / 255])
+
+
+def test_attack_defaults_are_recorded_in_the_cell():
+    cell = [c for c in expand(parse_suite(BASE, file="s.yaml")) if c.attack.name == "pgd"][0]
+    kw = cell.attack.kwargs
+    assert kw["step_size"] == pytest.approx(2.5 * kw["eps"] / kw["steps"])
+    assert kw["random_start"] is True and kw["knowledge"] == "label"
+
+
+def test_misspelled_detector_names_key_and_nearest_name():
+    (msg,) = problems(with_("detectors", 0, name="patchcor"))
+    assert "s.yaml" in msg and "detectors[0].name" in msg and "'patchcore'" in msg
+
+
+def test_unknown_key_lists_allowed_keys():
+    (msg,) = problems(with_("attacks", 1, stepz=3))
+    assert "attacks[1].stepz" in msg and "steps" in msg and "step_size" in msg
+
+
+def test_eps_out_of_range_and_wrong_types():
+    msgs = problems(with_("attacks", 1, eps=2.0, steps="ten"))
+    assert any("attacks[1].steps" in m and "int" in m for m in msgs)
+    raw = with_("attacks", 1, eps=2.0)
+    assert any("attacks[1].eps" in m and "[0, 1]" in m for m in problems(raw))
+    assert any("norm" in m and "'linf'" in m for m in problems(with_("attacks", 1, norm="l3")))
+
+
+def test_every_problem_is_reported_at_once():
+    raw = with_("detectors", 0, name="nope")
+    raw["attacks"][1]["objective"] = "segmentation"
+    raw["typo"] = 1
+    assert len(problems(raw)) == 3
+
+
+def test_unknown_category_lists_allowed(tmp_path):
+    raw = with_("datasets", 0, categories=["11"])
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteErrors) as info:
+        load_suite(path)
+    assert "datasets[0]" in str(info.value) and "'9'" in str(info.value)
+
+
+def test_bad_backbone_is_a_deep_check_with_a_hint(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(with_("detectors", 0, backbone="resnet_18")))
+    load_suite(path, deep=False)  # the schema is fine
+    with pytest.raises(SuiteErrors, match=r"detectors\[0\].*resnet18"):
+        load_suite(path)
+
+
+def test_missing_required_key_and_bad_yaml(tmp_path):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["datasets"] = [{"name": "mvtec"}]
+    assert any("'root'" in m for m in problems(raw))
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: [unclosed")
+    with pytest.raises(UserError, match="bad.yaml"):
+        load_suite(path)
+
+
+def test_fractions_parse():
+    assert parse_float("8/255") == pytest.approx(8 / 255)
+    assert parse_float(" 2 / 255 ") == pytest.approx(2 / 255)
+    assert parse_float(0.5) == 0.5
+
+
+def test_only_glob_selects_cells():
+    cells = expand(parse_suite(BASE, file="s.yaml"))
+    assert len(select(cells, "*.none.*")) == 2
+    assert len(select(cells, "digits.1")) == 5
