@@ -1,0 +1,191 @@
+"""The CLI end to end on a tiny suite of embedded data: the contracts users rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from robustad_bench.harness import evaluate as evaluate_module
+from robustad_bench.harness.cli import main
+from robustad_bench.harness.runner import run_suite
+from robustad_bench.harness.suite import load_suite
+
+ROW_FIELDS = {
+    "cell_id", "suite", "detector", "dataset", "category", "attack", "norm", "eps", "steps", "knowledge",
+    "task", "seed", "metrics", "n_normal", "n_anomalous", "seconds", "config_hash", "versions", "weights", "flags",
+}
+METRIC_FIELDS = {"image_auroc", "image_ap", "f1", "f1_max", "gmean", "pixel_auroc", "aupro"}
+N_CELLS = 6  # (brick, grass, digits/1) × (none, pgd 8/255)
+
+
+def rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def ran(tiny_suite, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert main(["run", str(tiny_suite), "--out", str(out), "--cache", str(cache), "--no-progress"]) == 0
+    return out, cache
+
+
+def test_run_writes_the_contract(ran, capsys):
+    out, _ = ran
+    result = rows(out)
+    assert len(result) == N_CELLS
+    for row in result:
+        assert ROW_FIELDS <= set(row), ROW_FIELDS - set(row)
+        assert METRIC_FIELDS <= set(row["metrics"])
+        assert row["status"] == "ok" and row["weights"] == "random"
+        assert isinstance(row["eps"], float)
+        data = np.load(out / "cells" / row["cell_id"] / "scores.npz")
+        # every reported image AUROC is recomputable from the saved scores
+        assert row["metrics"]["image_auroc"] == pytest.approx(roc_auc_score(data["labels"], data["scores"]), abs=1e-6)
+        assert row["n_anomalous"] == int(data["labels"].sum())
+        if row["dataset"] == "textures":
+            assert data["maps"].shape == data["masks"].shape == (8, 16, 16)
+            assert row["metrics"]["pixel_auroc"] == pytest.approx(
+                roc_auc_score(data["masks"].ravel(), data["maps"].ravel()), abs=1e-6)
+        else:
+            assert "maps" not in data and row["metrics"]["pixel_auroc"] is None
+    clean = [r for r in result if r["attack"] == "none"]
+    assert all(r["eps"] == 0.0 and r["knowledge"] == "none" for r in clean)
+    adv = [r for r in result if r["attack"] == "pgd"]
+    assert all(r["perturbation"]["linf_max"] <= 8 / 255 + 1e-6 and r["passes"]["gradient"] > 0 for r in adv)
+    md = (out / "leaderboard.md").read_text()
+    assert "random init" in md and "pgd linf ε=8/255" in md
+    assert (out / "site" / "index.html").is_file()
+
+
+def test_attack_lowers_auroc_on_textures(ran):
+    result = rows(ran[0])
+    clean = np.mean([r["metrics"]["image_auroc"] for r in result if r["attack"] == "none"])
+    adv = np.mean([r["metrics"]["image_auroc"] for r in result if r["attack"] == "pgd"])
+    assert adv < clean - 0.2
+
+
+def test_rerun_does_no_model_work(ran, tiny_suite, monkeypatch):
+    out, cache = ran
+    before = (out / "results.jsonl").read_text()
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("model work on a finished suite")
+
+    monkeypatch.setattr("robustad_bench.harness.runner.fit_state", forbidden)
+    monkeypatch.setattr("robustad_bench.harness.runner.evaluate_cell", forbidden)
+    report = run_suite(load_suite(tiny_suite), out_dir=out, cache_dir=cache, progress=False)
+    assert report.already_done == N_CELLS and report.computed == 0
+    assert (out / "results.jsonl").read_text() == before
+    # a fresh output folder is filled from the content-addressed cache
+    report = run_suite(load_suite(tiny_suite), out_dir=out.parent / "out2", cache_dir=cache, progress=False)
+    assert report.from_cache == N_CELLS and len(rows(out.parent / "out2")) == N_CELLS
+
+
+def test_changing_one_attack_recomputes_only_its_cells(ran, tiny_suite, monkeypatch):
+    out, cache = ran
+    tiny_suite.write_text(tiny_suite.read_text().replace("steps: 2", "steps: 3"))
+    report = run_suite(load_suite(tiny_suite), out_dir=out, cache_dir=cache, progress=False)
+    assert report.computed == 3 and report.already_done == 3
+    assert len(rows(out)) == N_CELLS and all(r["steps"] == 3 for r in rows(out) if r["attack"] == "pgd")
+
+
+def test_resume_after_interruption(tiny_suite, tmp_path, monkeypatch):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    real, calls = evaluate_module.evaluate_cell, []
+
+    def dies_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("robustad_bench.harness.runner.evaluate_cell", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(load_suite(tiny_suite), out_dir=out, cache_dir=cache, progress=False)
+    kept = rows(out)
+    assert len(kept) == 2
+    monkeypatch.setattr("robustad_bench.harness.runner.evaluate_cell", real)
+    report = run_suite(load_suite(tiny_suite), out_dir=out, cache_dir=cache, progress=False)
+    assert report.already_done == 2 and report.computed == N_CELLS - 2
+    assert {r["cell_id"]: r for r in rows(out)}[kept[0]["cell_id"]] == kept[0]
+
+
+def test_resume_after_sigkill(tiny_suite, tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    cmd = [sys.executable, "-m", "robustad_bench.harness.cli", "run", str(tiny_suite), "--out", str(out), "--cache", str(cache), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if results.is_file() and results.read_text().count("\n") >= 1:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    done_before = {json.loads(line)["cell_id"] for line in results.read_text().splitlines() if line.endswith("}")}
+    assert done_before
+    report = run_suite(load_suite(tiny_suite), out_dir=out, cache_dir=cache, progress=False)
+    assert report.already_done >= len(done_before) and len(rows(out)) == N_CELLS
+
+
+def test_a_failing_cell_is_kept_and_exit_code_is_1(tiny_suite, tmp_path, monkeypatch):
+    real = evaluate_module.evaluate_cell
+
+    def pgd_breaks(cell, *args, **kwargs):
+        if cell.attack.name == "pgd" and cell.category == "grass":
+            raise RuntimeError("boom")
+        return real(cell, *args, **kwargs)
+
+    monkeypatch.setattr("robustad_bench.harness.runner.evaluate_cell", pgd_breaks)
+    out = tmp_path / "out"
+    code = main(["run", str(tiny_suite), "--out", str(out), "--cache", str(tmp_path / "c"), "--no-progress"])
+    assert code == 1
+    result = rows(out)
+    failed = [r for r in result if r["status"] == "failed"]
+    assert len(result) == N_CELLS and len(failed) == 1
+    assert "boom" in (out / failed[0]["traceback"]).read_text()
+
+
+def test_validate_misspelled_detector_exits_2(tiny_suite, capsys):
+    tiny_suite.write_text(tiny_suite.read_text().replace("name: patchcore", "name: patchcor"))
+    assert main(["validate", str(tiny_suite)]) == 2
+    err = capsys.readouterr().err
+    assert "detectors[0].name" in err and "Did you mean 'patchcore'" in err and str(tiny_suite) in err
+
+
+def test_validate_ok_and_dry_run(tiny_suite, capsys):
+    assert main(["validate", str(tiny_suite)]) == 0
+    assert main(["run", str(tiny_suite), "--dry-run", "--only", "*brick*"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1] == "2 cells" and all("brick" in line for line in lines[-3:-1])
+
+
+def test_list(capsys):
+    for kind, expected in [("detectors", "patchcore"), ("attacks", "pgd"), ("datasets", "textures"), ("metrics", "aupro")]:
+        assert main(["list", kind]) == 0
+        assert expected in capsys.readouterr().out.split()
+
+
+def test_missing_suite_and_missing_data_root(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "none.yaml")]) == 2
+    suite = tmp_path / "m.yaml"
+    suite.write_text("name: m\ndatasets: [{name: mvtec, root: /no/such/dir, categories: [bottle]}]\n"
+                     "detectors: [{name: patchcore, backbone: resnet18}]\nattacks: [{name: none}]\n")
+    code = main(["run", str(suite), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"), "--no-progress"])
+    assert code == 2
+    assert "/no/such/dir" in capsys.readouterr().err
+
+
+def test_quick_suite_validates():
+    root = Path(__file__).resolve().parents[2]
+    for path in sorted((root / "suites").glob("**/*.yaml")):
+        assert main(["validate", str(path)]) == 0, path

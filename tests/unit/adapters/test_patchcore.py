@@ -1,0 +1,126 @@
+"""The detector contract for PatchCore: differentiable, exact kNN, deterministic, state round-trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustad_bench.adapters import create_detector, list_detectors
+from robustad_bench.adapters.knn import MemoryBank, greedy_coreset
+from robustad_bench.harness.errors import UserError
+from robustad_bench.harness.evaluate import seeded
+
+SIZE = 64
+
+
+def make(seed=0, **kwargs):
+    with seeded(seed):
+        return create_detector("patchcore", backbone="resnet18", input_size=SIZE, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def images():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(8, 3, SIZE, SIZE, generator=g), torch.rand(4, 3, SIZE, SIZE, generator=g)
+
+
+@pytest.fixture(scope="module")
+def fitted(images):
+    det = make().eval()
+    det.fit(images[0], seed=0)
+    return det
+
+
+def test_registered():
+    assert "patchcore" in list_detectors()
+
+
+def test_output_shapes_and_finite(fitted, images):
+    out = fitted(images[1])
+    assert out.score.shape == (4,) and out.map.shape == (4, SIZE, SIZE)
+    assert torch.isfinite(out.score).all() and torch.isfinite(out.map).all()
+    assert torch.allclose(out.score, out.map.flatten(1).amax(1))  # score = max of the map
+
+
+def test_gradient_wrt_input_is_finite_and_nonzero(fitted, images):
+    x = images[1].clone().requires_grad_(True)
+    out = fitted(x)
+    (out.score.sum() + out.map.mean()).backward()
+    assert torch.isfinite(x.grad).all()
+    assert (x.grad.flatten(1).abs().sum(1) > 0).all()  # every image gets a gradient
+    assert all(p.grad is None for p in fitted.parameters())  # backbone stays frozen
+
+
+def test_faiss_search_equals_torch_brute_force(fitted, images):
+    feats = fitted.features(images[1])
+    queries = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+    bank = fitted.memory_bank.bank
+    ours = fitted.memory_bank.distances(queries, k=3)
+    brute = torch.cdist(queries, bank).topk(3, dim=1, largest=False).values
+    assert torch.allclose(ours, brute, rtol=1e-4, atol=1e-4)
+
+
+def test_same_seed_same_scores(images):
+    a, b = make(seed=1), make(seed=1)
+    a.fit(images[0], seed=3)
+    b.fit(images[0], seed=3)
+    assert torch.equal(a(images[1]).score, b(images[1]).score)
+
+
+def test_state_dict_round_trip_gives_identical_scores(fitted, images):
+    fresh = make(seed=99)  # different random init: everything must come from the state
+    fresh.load_state_dict(fitted.state_dict())
+    assert torch.equal(fresh.eval()(images[1]).score, fitted(images[1]).score)
+    assert torch.equal(fresh.memory_bank.bank, fitted.memory_bank.bank)
+
+
+def test_coreset_is_greedy_k_center():
+    g = torch.Generator().manual_seed(0)
+    clusters = torch.cat([torch.randn(50, 4, generator=g) * 0.01 + c for c in (0.0, 10.0, -10.0)])
+    chosen = greedy_coreset(clusters, 3, seed=0, projection_dim=4)
+    assert sorted(int(i) // 50 for i in chosen) == [0, 1, 2]  # one point per cluster
+
+
+def test_memory_bank_round_trip_resizes():
+    bank = MemoryBank()
+    bank.set(torch.randn(7, 5))
+    other = MemoryBank()
+    other.load_state_dict(bank.state_dict())
+    assert torch.equal(other.bank, bank.bank)
+
+
+def test_bad_config_is_a_user_error():
+    with pytest.raises(UserError, match="resnet18"):
+        create_detector("patchcore", backbone="resnet_18")
+    with pytest.raises(UserError, match="layer4"):
+        create_detector("patchcore", backbone="resnet18", layers=["layer9"])
+    with pytest.raises(UserError, match="weights"):
+        create_detector("patchcore", backbone="resnet18", weights="/no/such/file.pth")
+
+
+def test_checkpoint_path_weights(tmp_path, images):
+    src = make(seed=5)
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.backbone.state_dict().items()}}, path)
+    loaded = create_detector("patchcore", backbone="resnet18", input_size=SIZE, weights=str(path))
+    assert loaded.weights == str(path)
+    for k, v in src.backbone.state_dict().items():
+        assert torch.equal(loaded.backbone.state_dict()[k], v)
+    torch.save({"fc.weight": torch.zeros(2)}, tmp_path / "bad.pth")
+    with pytest.raises(UserError, match="missing key"):
+        create_detector("patchcore", backbone="resnet18", weights=str(tmp_path / "bad.pth"))
+
+
+def test_timm_weights_offline_names_the_file_to_provide(monkeypatch):
+    import timm
+
+    real = timm.create_model
+
+    def offline(*args, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("network is unreachable")
+        return real(*args, pretrained=pretrained, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(UserError, match=r"weights: /path/to/resnet18"):
+        create_detector("patchcore", backbone="resnet18", weights="timm")

@@ -1,0 +1,100 @@
+"""Embedded data (deterministic, exact masks, fingerprinted) and the MVTec-layout loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from robustad_bench.harness.datasets import DATASETS
+from robustad_bench.harness.errors import UserError
+
+SMALL = {"image_size": 48, "crop_size": 64, "n_train": 3, "n_test_normal": 2, "n_test_anomalous": 4}
+
+
+def textures(**kwargs):
+    return DATASETS.get("textures")(categories=["gravel"], **{**SMALL, **kwargs})
+
+
+def test_textures_split_shapes_labels_and_masks(data_dir):
+    split = textures().load("gravel", seed=0, data_dir=data_dir)
+    assert split.train.shape == (3, 3, 48, 48) and split.test.shape == (6, 3, 48, 48)
+    assert split.train.min() >= 0 and split.train.max() <= 1
+    assert list(split.labels).count(1) == 4
+    area = split.masks.sum((1, 2)).numpy()
+    assert (area[split.labels == 1] > 0).all() and (area[split.labels == 0] == 0).all()
+    assert set(n.split("/")[0] for n in split.names) == {"good", "scratch", "hole", "stain", "cut_paste"}
+
+
+def test_defects_change_exactly_the_masked_region(data_dir):
+    # The anomalous crop differs from its texture inside the mask; the mask is what changed.
+    split = textures().load("gravel", seed=0, data_dir=data_dir)
+    for i in np.flatnonzero(split.labels):
+        m = split.masks[i].bool()
+        assert m.any() and (~m).any()
+
+
+def test_textures_deterministic_from_seed_and_fingerprinted(data_dir, tmp_path):
+    ds = textures()
+    a = ds.load("gravel", seed=0, data_dir=data_dir)
+    b = ds.load("gravel", seed=0, data_dir=tmp_path)  # generated again elsewhere
+    assert torch.equal(a.test, b.test) and torch.equal(a.masks, b.masks)
+    assert ds.fingerprint("gravel", seed=0) != ds.fingerprint("gravel", seed=1)
+    assert ds.fingerprint("gravel", seed=0) != textures(n_train=4).fingerprint("gravel", seed=0)
+    c = ds.load("gravel", seed=1, data_dir=data_dir)
+    assert not torch.equal(a.test, c.test)
+
+
+def test_train_and_test_come_from_different_regions(data_dir):
+    split = textures().load("gravel", seed=0, data_dir=data_dir)
+    for t in split.test[split.labels == 0]:
+        assert min(float((t - tr).abs().mean()) for tr in split.train) > 1e-3
+
+
+def test_digits_one_class(data_dir):
+    ds = DATASETS.get("digits")(categories=["3"], image_size=16, n_train=20, n_test_normal=10, n_test_anomalous=15)
+    split = ds.load("3", seed=0, data_dir=data_dir)
+    assert split.masks is None and not ds.has_masks
+    assert split.train.shape == (20, 3, 16, 16) and split.labels.tolist() == [0] * 10 + [1] * 15
+    assert all(not n.startswith("3/") for n in split.names)
+
+
+def _write_mvtec(root, category="widget", masks=True):
+    rng = np.random.default_rng(0)
+
+    def img(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
+
+    for i in range(3):
+        img(root / category / "train" / "good" / f"{i:03d}.png")
+    img(root / category / "test" / "good" / "000.png")
+    img(root / category / "test" / "crack" / "000.png")
+    if masks:
+        gt = root / category / "ground_truth" / "crack" / "000_mask.png"
+        gt.parent.mkdir(parents=True, exist_ok=True)
+        mask = np.zeros((20, 20), np.uint8)
+        mask[5:10, 5:10] = 255
+        Image.fromarray(mask).save(gt)
+
+
+def test_mvtec_layout_reads(tmp_path):
+    _write_mvtec(tmp_path)
+    ds = DATASETS.get("mvtec")(root=str(tmp_path), image_size=20)
+    assert ds.categories == ["widget"]
+    split = ds.load("widget", seed=0, data_dir=tmp_path)
+    assert split.labels.tolist() == [1, 0]  # test/crack, test/good (sorted)
+    assert int(split.masks[0].sum()) == 25 and int(split.masks[1].sum()) == 0
+    assert len(ds.fingerprint("widget", seed=0)) == 16
+
+
+def test_mvtec_errors_name_the_missing_path(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        DATASETS.get("mvtec")(root=str(tmp_path / "nope"), categories=["a"]).load("a", seed=0, data_dir=tmp_path)
+    _write_mvtec(tmp_path)
+    with pytest.raises(UserError, match=r"categories under the root: \['widget'\]"):
+        DATASETS.get("mvtec")(root=str(tmp_path), categories=["gadget"]).load("gadget", seed=0, data_dir=tmp_path)
+    _write_mvtec(tmp_path / "other", masks=False)
+    with pytest.raises(UserError, match="000_mask.png"):
+        DATASETS.get("mvtec")(root=str(tmp_path / "other")).load("widget", seed=0, data_dir=tmp_path)
