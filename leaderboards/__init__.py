@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .render import render
+from .renderer import render
 
 __all__ = ["render"]
