@@ -96,7 +96,8 @@ def identity(cell: Cell) -> dict[str, Any]:
     kw = cell.attack.kwargs
     return {
         "cell_id": cell.cell_id, "suite": cell.suite, "detector": cell.detector.label,
-        "dataset": cell.dataset.label, "category": cell.category, "attack": cell.attack.label,
+        "dataset": cell.dataset.label, "category": cell.category,
+        "attack": cell.attack.name, "attack_label": cell.attack.label,
         "norm": kw.get("norm"), "eps": cell.eps, "steps": int(kw.get("steps", 1 if "eps" in kw else 0)),
         "knowledge": cell.knowledge, "task": cell.objective, "seed": cell.seed,
         "attack_params": {"name": cell.attack.name, **kw},

@@ -43,6 +43,7 @@ def load_frame(out_dir: Path) -> pd.DataFrame:
     records = []
     for row in rows:
         rec = {k: row.get(k) for k in ("cell_id", "detector", "dataset", "category", "attack", "norm", "eps", "steps", "knowledge", "task", "seed", "status", "weights")}
+        rec["attack_label"] = row.get("attack_label") or rec["attack"]
         rec["weights"] = weights_text(rec["weights"] or "unknown")
         rec.update(row.get("metrics") or {})
         rec["flags"] = ", ".join(row.get("flags") or [])
@@ -54,7 +55,8 @@ def attack_text(row) -> str:
     if row["attack"] == "none":
         return "clean"
     norm = f" {row['norm']}" if row.get("norm") else ""
-    return f"{row['attack']}{norm} ε={eps_text(row['eps'])} ({row['knowledge']})"
+    steps = f"-{int(row['steps'])}" if row.get("steps") and row["steps"] > 1 else ""
+    return f"{row['attack_label']}{steps}{norm} ε={eps_text(row['eps'])} ({row['knowledge']})"
 
 
 def summary_table(frame: pd.DataFrame) -> list[dict]:

@@ -62,7 +62,7 @@ def test_run_writes_the_contract(ran, capsys):
     adv = [r for r in result if r["attack"] == "pgd"]
     assert all(r["perturbation"]["linf_max"] <= 8 / 255 + 1e-6 and r["passes"]["gradient"] > 0 for r in adv)
     md = (out / "leaderboard.md").read_text()
-    assert "random init" in md and "pgd linf ε=8/255" in md
+    assert "random init" in md and "pgd-2 linf ε=8/255 (label)" in md
     assert (out / "site" / "index.html").is_file()
 
 
@@ -153,6 +153,25 @@ def test_a_failing_cell_is_kept_and_exit_code_is_1(tiny_suite, tmp_path, monkeyp
     failed = [r for r in result if r["status"] == "failed"]
     assert len(result) == N_CELLS and len(failed) == 1
     assert "boom" in (out / failed[0]["traceback"]).read_text()
+
+
+def test_parallel_workers_give_the_same_rows(ran, tiny_suite, tmp_path):
+    out, _ = ran
+    par = tmp_path / "par"
+    report = run_suite(load_suite(tiny_suite), out_dir=par, cache_dir=tmp_path / "fresh", workers=2, progress=False)
+    assert report.computed == N_CELLS
+    key = lambda r: (r["cell_id"], r["metrics"]["image_auroc"])  # noqa: E731
+    assert sorted(map(key, rows(par))) == sorted(map(key, rows(out)))
+
+
+def test_data_prepare_writes_mvtec_layout(tmp_path, capsys):
+    assert main(["data", "prepare", "digits", "--root", str(tmp_path)]) == 0
+    assert "digits/0:" in capsys.readouterr().out
+    assert main(["data", "prepare", "textures", "--root", str(tmp_path)]) == 0
+    roots = list((tmp_path / "textures").iterdir())
+    assert main(["data", "prepare", "mvtec", "--root", str(roots[0])]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["data", "prepare", "nonesuch"]) == 2
 
 
 def test_validate_misspelled_detector_exits_2(tiny_suite, capsys):
