@@ -6,7 +6,6 @@ Metric fractions are shown as percentages; ε as k/255 where it is a multiple of
 
 from __future__ import annotations
 
-import html
 import shutil
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     site.mkdir(parents=True, exist_ok=True)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     page = env.get_template("index.html.j2").render(
-        title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct, esc=html.escape,
+        title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct,
         failed=list(frame[frame["status"] != "ok"]["cell_id"]),
     )
     (site / "index.html").write_text(page)

@@ -20,6 +20,7 @@ detectors:
 attacks:
   - {name: none}
   - {name: pgd, norm: linf, eps: [8/255], steps: 2}
+  - {name: fgsm, label: fgsm-al, eps: 8/255, objective: localization}
 """
 
 

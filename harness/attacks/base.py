@@ -7,8 +7,10 @@ Every attack has one signature (DESIGN §5)::
 Objectives (seed 002 §3, DESIGN §2), maximised by the attacker:
 
 - ``detection``    mean(y · s(x)), y = +1 normal, −1 anomalous  (knowledge ``label``)
-- ``localization`` mean over pixels of Y · M(x), Y = +1 normal pixel, −1 anomalous pixel
-                   from the ground-truth mask                 (knowledge ``mask``)
+- ``localization`` per image, mean of M(x) over normal pixels − mean over anomalous pixels
+                   of the ground-truth mask (PatchGuard's code; its sign per pixel is
+                   seed 002's Y · M, balanced so small defects are not outvoted by the
+                   background)                                 (knowledge ``mask``)
 """
 
 from __future__ import annotations
@@ -49,8 +51,12 @@ def objective_loss(detector, x: Tensor, labels: Tensor, masks: Tensor | None, ob
         return y * out.score
     if masks is None:
         raise UserError("the localization objective needs pixel masks; this dataset has none", key="objective")
-    sign = 1.0 - 2.0 * masks.to(out.map.dtype)  # (B, H, W): +1 normal pixel, −1 anomalous
-    return (sign * out.map).flatten(1).mean(dim=1)
+    anomalous = masks.to(out.map.dtype).flatten(1)  # (B, H*W), 1 = anomalous pixel
+    normal = 1.0 - anomalous
+    maps = out.map.flatten(1)
+    normal_mean = (maps * normal).sum(1) / normal.sum(1).clamp_min(1.0)
+    anomalous_mean = (maps * anomalous).sum(1) / anomalous.sum(1).clamp_min(1.0)  # 0 without defect
+    return normal_mean - anomalous_mean
 
 
 def input_gradient(detector, x: Tensor, labels, masks, objective: str) -> tuple[Tensor, Tensor]:

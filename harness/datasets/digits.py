@@ -62,10 +62,10 @@ class Digits(Dataset):
         normal = rng.permutation(np.flatnonzero(digits.target == int(category)))
         other = rng.permutation(np.flatnonzero(digits.target != int(category)))
         train_idx = normal[: self.n_train]
-        test_idx = np.concatenate([
-            normal[self.n_train : self.n_train + self.n_test_normal], other[: self.n_test_anomalous]
-        ])
-        labels = np.array([0] * (len(test_idx) - min(self.n_test_anomalous, len(other))) + [1] * min(self.n_test_anomalous, len(other)))
+        test_normal = normal[self.n_train : self.n_train + self.n_test_normal]
+        test_anomalous = other[: self.n_test_anomalous]
+        test_idx = np.concatenate([test_normal, test_anomalous])
+        labels = np.r_[np.zeros(len(test_normal), int), np.ones(len(test_anomalous), int)]
 
         def images(idx: np.ndarray) -> torch.Tensor:
             x = torch.from_numpy(digits.images[idx]).float().div(16.0)[:, None]  # (N, 1, 8, 8)

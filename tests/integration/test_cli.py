@@ -24,7 +24,7 @@ ROW_FIELDS = {
     "task", "seed", "metrics", "n_normal", "n_anomalous", "seconds", "config_hash", "versions", "weights", "flags",
 }
 METRIC_FIELDS = {"image_auroc", "image_ap", "f1", "f1_max", "gmean", "pixel_auroc", "aupro"}
-N_CELLS = 6  # (brick, grass, digits/1) × (none, pgd 8/255)
+N_CELLS = 8  # (brick, grass, digits/1) × (none, pgd) + (brick, grass) × fgsm-al (digits has no masks)
 
 
 def rows(out: Path) -> list[dict]:
@@ -57,6 +57,10 @@ def test_run_writes_the_contract(ran, capsys):
                 roc_auc_score(data["masks"].ravel(), data["maps"].ravel()), abs=1e-6)
         else:
             assert "maps" not in data and row["metrics"]["pixel_auroc"] is None
+    al = [r for r in result if r["attack_label"] == "fgsm-al"]
+    assert {r["dataset"] for r in al} == {"textures"} and all(r["task"] == "localization" and r["knowledge"] == "mask" for r in al)
+    clean_px = {r["category"]: r["metrics"]["pixel_auroc"] for r in result if r["attack"] == "none" and r["dataset"] == "textures"}
+    assert all(r["metrics"]["pixel_auroc"] < clean_px[r["category"]] for r in al)  # the map attack hurts localization
     clean = [r for r in result if r["attack"] == "none"]
     assert all(r["eps"] == 0.0 and r["knowledge"] == "none" for r in clean)
     adv = [r for r in result if r["attack"] == "pgd"]
@@ -94,7 +98,7 @@ def test_changing_one_attack_recomputes_only_its_cells(ran, tiny_suite, monkeypa
     out, cache = ran
     tiny_suite.write_text(tiny_suite.read_text().replace("steps: 2", "steps: 3"))
     report = run_suite(load_suite(tiny_suite), out_dir=out, cache_dir=cache, progress=False)
-    assert report.computed == 3 and report.already_done == 3
+    assert report.computed == 3 and report.already_done == N_CELLS - 3
     assert len(rows(out)) == N_CELLS and all(r["steps"] == 3 for r in rows(out) if r["attack"] == "pgd")
 
 
@@ -185,7 +189,7 @@ def test_validate_ok_and_dry_run(tiny_suite, capsys):
     assert main(["validate", str(tiny_suite)]) == 0
     assert main(["run", str(tiny_suite), "--dry-run", "--only", "*brick*"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1] == "2 cells" and all("brick" in line for line in lines[-3:-1])
+    assert lines[-1] == "3 cells" and all("brick" in line for line in lines[-4:-1])
 
 
 def test_list(capsys):

@@ -111,3 +111,17 @@ def test_project_l2_shrinks_only_outside():
     assert torch.allclose(project(inside, x, 1.0, "l2"), inside)
     far = x + 0.4
     assert (project(far, x, 0.5, "l2") - x).flatten(1).norm(dim=1).max() <= 0.5 + 1e-6
+
+
+def test_localization_objective_is_balanced_per_image():
+    class Fixed(nn.Module):
+        def forward(self, x):
+            m = torch.zeros(2, 4, 4)
+            m[:, :2] = 1.0  # top half = 1, bottom half = 0
+            return AnomalyOutput(score=m.flatten(1).amax(1), map=m)
+
+    masks = torch.zeros(2, 4, 4)
+    masks[1, 0, 0] = 1  # image 1: one anomalous pixel, with map value 1
+    loss = objective_loss(Fixed(), torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), masks, "localization")
+    # image 0: mean over 16 normal pixels = 0.5; image 1: normal mean 7/15, anomalous mean 1
+    assert torch.allclose(loss, torch.tensor([0.5, 7 / 15 - 1.0]))
