@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import SuiteErrors, UserError
 
-LISTABLE = ("detectors", "attacks", "datasets", "metrics")
+LISTABLE = ("detectors", "attacks", "datasets", "metrics", "backends")
 
 
 def default_cache() -> Path:
@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="output folder (default runs/<suite name>)")
     run.add_argument("--cache", help=f"cache folder (default $ROBUSTAD_BENCH_CACHE or {default_cache()})")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    run.add_argument("--backend", default="local", choices=["local"], help="where tasks run")
+    run.add_argument("--backend", default="local", help="local | slurm | ray (see robustad-bench list backends)")
+    run.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="passed to the backend, e.g. slurm_partition=gpu, timeout_min=600, num_gpus=1")
     run.add_argument("--workers", type=int, default=1, help="parallel fit groups (processes)")
     run.add_argument("--only", help="run only cells whose id matches this glob (substring if no wildcard)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and stop")
@@ -68,16 +70,18 @@ def cmd_list(args) -> int:
     from robustad_bench.adapters import DETECTORS
 
     from .attacks import ATTACKS
+    from .backends import BACKENDS
     from .datasets import DATASETS
     from .metrics import METRICS
 
-    registry = {"detectors": DETECTORS, "attacks": ATTACKS, "datasets": DATASETS, "metrics": METRICS}[args.kind]
+    registry = {"detectors": DETECTORS, "attacks": ATTACKS, "datasets": DATASETS, "metrics": METRICS, "backends": BACKENDS}[args.kind]
     for name in registry.names():
         print(name)
     return 0
 
 
 def cmd_run(args) -> int:
+    from .backends import parse_options
     from .runner import dry_run, run_suite
     from .suite import load_suite
 
@@ -94,6 +98,7 @@ def cmd_run(args) -> int:
     report = run_suite(
         suite, out_dir=out, cache_dir=args.cache or default_cache(), device=args.device, only=args.only,
         force=args.force, workers=args.workers, progress=not args.no_progress,
+        backend=args.backend, backend_options=parse_options(args.backend_option),
     )
     print(f"{len(report.rows)} rows in {out / 'results.jsonl'}: {report.computed} computed, "
           f"{report.from_cache} from cache, {report.already_done} already done")

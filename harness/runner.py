@@ -12,13 +12,12 @@ folder come from the cache; only missing cells do model work.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import platform
 import sys
 import traceback
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
+from .backends import BACKENDS
 from .cache import Cache
 from .datasets.base import digest
 from .errors import UserError
@@ -114,9 +114,14 @@ def _failed_row(cell: Cell, key: str, err: BaseException) -> dict[str, Any]:
 
 
 def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, device: str, force: bool, progress: bool, on_cell=None) -> list[tuple[dict, dict | None]]:
-    """Fit once and evaluate every cell of one (detector, dataset, category, seed) group."""
+    """Fit once and evaluate every cell of one (detector, dataset, category, seed) group.
+
+    Runs wherever the backend puts it; returns the (row, arrays) pairs and, in process,
+    hands each to ``on_cell`` as soon as it is written to the cache.
+    """
     from robustad_bench.adapters import create_detector
 
+    device = str(resolve_device(device))
     cache, first, results = Cache(cache_root), cells[0], []
     fit_key = keys[first.cell_id]
 
@@ -163,13 +168,11 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
     return results
 
 
-def _worker_init(threads: int) -> None:
-    torch.set_num_threads(threads)
-
-
 def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, device: str = "auto", only: str | None = None,
-              force: bool = False, workers: int = 1, progress: bool = True) -> RunReport:
-    dev = resolve_device(device)
+              force: bool = False, workers: int = 1, progress: bool = True, backend: str = "local",
+              backend_options: dict[str, Any] | None = None) -> RunReport:
+    resolve_device(device)  # fail early on an impossible device
+    run_backend = BACKENDS.get(backend, key="--backend")
     plan = expand(suite)
     cells = select(plan, only)
     store, cache, report = ResultStore(out_dir), Cache(cache_dir), RunReport()
@@ -208,18 +211,9 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
 
     if groups:
         deep_check(suite)  # heavy checks (timm names, ...) only when there is model work
-    job = {"keys": fit_keys, "cache_root": str(cache.root), "force": force}
-    if workers <= 1 or len(groups) <= 1:
-        for group in groups.values():
-            run_group(group, device=str(dev), progress=progress, on_cell=record, **job)
-    else:
-        threads = max(1, torch.get_num_threads() // workers)
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init, initargs=(threads,)) as pool:
-            devices = [f"cuda:{i % torch.cuda.device_count()}" if dev.type == "cuda" else "cpu" for i in range(len(groups))]
-            futures = [pool.submit(run_group, group, device=d, progress=False, **job) for group, d in zip(groups.values(), devices)]
-            for future in futures:
-                for row, arrays in future.result():
-                    record(row, arrays)
+        task = partial(run_group, keys=fit_keys, cache_root=str(cache.root), force=force)
+        run_backend(task, list(groups.values()), workers=workers, record=record, device=device,
+                    options=backend_options or {}, folder=cache.root / "jobs" / backend, progress=progress)
     bar.close()
     report.rows = store.finalize([c.cell_id for c in plan])
     return report
