@@ -1,6 +1,6 @@
 """The two tasks of a plan: fit one detector on one category, evaluate one cell with it.
 
-``fit_and_score`` builds the fitted state and the clean test outputs once per
+``fit_state`` builds the fitted state and the clean test outputs once per
 (detector, dataset, category, seed); every cell of that group then reuses both: the clean
 outputs give the clean threshold, and a cell whose attack leaves the images unchanged
 reuses them instead of recomputing (DESIGN §7).

@@ -151,7 +151,8 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
     labels = split.labels
     threshold = best_f1_threshold(labels, fitted.clean_scores)[1] if 0 < labels.sum() < len(labels) else None
     base = {
-        "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()), "versions": _versions(),
+        "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()),
+        "versions": {**_versions(), "detector": detector.version, "dataset": dataset.version},
         "weights": getattr(detector, "weights", "unknown"), "fit_seconds": round(fitted.fit_seconds, 3),
         "dataset_fingerprint": dataset.fingerprint(first.category, seed=first.seed), "flags": [],
     }
