@@ -61,6 +61,8 @@ def attack_text(row) -> str:
 def summary_table(frame: pd.DataFrame) -> list[dict]:
     """One line per detector × dataset × attack × ε: clean and adversarial AUROCs, mean over categories."""
     ok = frame[frame["status"] == "ok"].copy()
+    if ok.empty:
+        return []
     for col in ("image_auroc", "pixel_auroc", "aupro", "f1", "image_ap"):
         if col not in ok:
             ok[col] = float("nan")

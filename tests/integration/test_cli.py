@@ -212,3 +212,24 @@ def test_quick_suite_validates():
     root = Path(__file__).resolve().parents[2]
     for path in sorted((root / "suites").glob("**/*.yaml")):
         assert main(["validate", str(path)]) == 0, path
+
+
+def test_cuda_requested_without_cuda_exits_2(tiny_suite, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["run", str(tiny_suite), "--out", str(tmp_path / "o"), "--device", "cuda", "--no-progress"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_corrupt_fit_cache_is_reported_by_path(ran, tiny_suite, capsys):
+    out, cache = ran
+    import shutil
+
+    shutil.rmtree(cache / "eval")  # force the fit artifacts to be read again
+    for path in (cache / "fit").rglob("*.pt"):
+        path.write_bytes(b"truncated")
+    code = main(["run", str(tiny_suite), "--out", str(out.parent / "again"), "--cache", str(cache), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "corrupt cache file" in err and ".pt" in err and "--force" in err
+    assert "## Failed cells" in (out.parent / "again" / "leaderboard.md").read_text()  # still rendered
+    assert main(["run", str(tiny_suite), "--out", str(out.parent / "again"), "--cache", str(cache), "--no-progress", "--force"]) == 0

@@ -108,3 +108,12 @@ def test_only_glob_selects_cells():
     cells = expand(parse_suite(BASE, file="s.yaml"))
     assert len(select(cells, "*.none.*")) == 2
     assert len(select(cells, "digits.1")) == 5
+
+
+def test_seed_list_expands_the_grid():
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["seed"] = [0, 1, 2]
+    cells = expand(parse_suite(raw, file="s.yaml"))
+    assert len(cells) == 3 * 10 and sorted({c.seed for c in cells}) == [0, 1, 2]
+    raw["seed"] = "zero"
+    assert any("seed" in m and "integer" in m for m in problems(raw))
