@@ -118,13 +118,14 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
     bar = tqdm(desc="  forward passes", unit="img", leave=False, disable=not progress, file=sys.stderr)
     counting = CountingDetector(fitted.detector, bar)
     scores, maps, linf, l2 = fitted.clean_scores.copy(), fitted.clean_maps.copy(), np.zeros(n), np.zeros(n)
-    start = time.perf_counter()
+    start, perturbed = time.perf_counter(), False
     for b, sl in _batches(n, cell.batch_size):
         x = split.test[sl].to(device)
         masks = split.masks[sl].to(device) if split.masks is not None else None
         x_adv = attack(counting, x, labels[sl].to(device), masks, seed=batch_seed(cell.seed, b), **cell.attack.kwargs)
         if x_adv is x:  # images unchanged: the clean outputs stand
             continue
+        perturbed = True
         delta = (x_adv - x).detach().flatten(1)
         linf[sl], l2[sl] = delta.abs().amax(1).cpu().numpy(), delta.norm(dim=1).cpu().numpy()
         with torch.no_grad():
@@ -136,7 +137,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
     arrays = {"labels": split.labels.astype(np.int64), "scores": scores.astype(np.float32)}
     if fitted.masks is not None:
         arrays |= {"maps": maps.astype(np.float32), "masks": fitted.masks.astype(np.uint8)}
-    if cell.attack.name != "none":
+    if perturbed:  # keep the clean scores beside the adversarial ones they are compared with
         arrays["clean_scores"] = fitted.clean_scores.astype(np.float32)
     metrics = compute_metrics(arrays["labels"], arrays["scores"], maps=arrays.get("maps"), masks=arrays.get("masks"), threshold=threshold)
     fields = {
