@@ -43,7 +43,8 @@ class Cell:
 
     @property
     def knowledge(self) -> str:
-        return self.attack.kwargs.get("knowledge") or ("none" if self.attack.name == "none" else KNOWLEDGE[self.objective])
+        # resolve_attack fills knowledge for every attack with an objective; the rest know nothing
+        return self.attack.kwargs.get("knowledge") or "none"
 
     def fit_config(self) -> dict[str, Any]:
         return {"detector": self.detector.config(), "dataset": self.dataset.config(), "category": self.category, "seed": self.seed}
