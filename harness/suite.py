@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .attacks import ATTACKS
+from .attacks.base import resolve_knowledge
 from .datasets import DATASETS
 from .errors import SuiteErrors, UserError
 from .registry import Registry
@@ -77,6 +78,11 @@ def check_threat_model(kwargs: dict[str, Any]) -> list[tuple[str, str]]:
             problems.append((key, f"must be at least 1, got {kwargs[key]}"))
     if kwargs.get("step_size") is not None and kwargs["step_size"] <= 0:
         problems.append(("step_size", f"must be positive, got {kwargs['step_size']}"))
+    if kwargs.get("knowledge") is not None and "objective" in kwargs:
+        try:
+            resolve_knowledge(kwargs["objective"], kwargs["knowledge"])  # the rule the attacks apply
+        except UserError as err:
+            problems.append(("knowledge", str(err).removeprefix("knowledge: ")))
     return problems
 
 
@@ -123,9 +129,10 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
         return None
     entry = Entry(name=name, label=str(label), kwargs=kwargs, key=path)
     if section == "attacks":
-        for point in expand_attack(entry):
-            for key, problem in check_threat_model(point):
-                problems.append(UserError(problem, file=file, key=f"{path}.{key}"))
+        defaults = {k: d for k, (_, d) in params.items() if d is not inspect.Parameter.empty}
+        found = {pair: None for point in expand_attack(entry) for pair in check_threat_model({**defaults, **point})}
+        for key, problem in found:  # each distinct problem once, however many grid points share it
+            problems.append(UserError(problem, file=file, key=f"{path}.{key}"))
     return entry
 
 

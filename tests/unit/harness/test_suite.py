@@ -117,3 +117,10 @@ def test_seed_list_expands_the_grid():
     assert len(cells) == 3 * 10 and sorted({c.seed for c in cells}) == [0, 1, 2]
     raw["seed"] = "zero"
     assert any("seed" in m and "integer" in m for m in problems(raw))
+
+
+def test_knowledge_must_fit_the_objective():
+    (msg,) = problems(with_("attacks", 1, knowledge="mask"))  # default objective: detection
+    assert "attacks[1].knowledge" in msg and "'label'" in msg
+    raw = with_("attacks", 1, objective="localization", knowledge="mask")
+    assert parse_suite(raw, file="s.yaml")  # consistent: fine
