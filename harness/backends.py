@@ -3,8 +3,9 @@
 A backend receives ``run_group`` (a picklable function of one group), the pending fit
 groups, a ``record(row, arrays)`` callback for the main process, the device string, the
 ``--backend-option`` values, a scratch ``folder`` for job files and whether to show
-per-cell progress (only meaningful in this process). Every group writes its cells atomically into the shared cache as they
-finish, so an interrupted remote run resumes from the cache. ``--backend-option KEY=VALUE``
+per-cell progress (only meaningful in this process). Every group writes its cells
+atomically into the shared cache as they finish, so an interrupted remote run resumes
+from the cache. ``--backend-option KEY=VALUE``
 values go to the backend: for ``slurm`` to submitit (``cluster=`` for its constructor,
 anything else to ``update_parameters``, e.g. ``slurm_partition=gpu timeout_min=600
 gpus_per_node=1``); for ``ray`` to ``ray.remote`` (``num_gpus=1 num_cpus=4``) and
@@ -95,7 +96,10 @@ def ray(run_group: Callable, groups: list, *, workers: int, record: Callable, de
     if started:
         ray_module.init(address=options.pop("address", None))
     try:
-        remote = ray_module.remote(_call).options(**options)
+        try:
+            remote = ray_module.remote(_call).options(**options)
+        except (ValueError, TypeError) as err:
+            raise UserError(f"--backend-option: {err}", key="--backend-option") from err
         pending = [remote.remote(run_group, group, device=device, progress=False) for group in groups]
         while pending:
             done, pending = ray_module.wait(pending, num_returns=1)
