@@ -67,14 +67,11 @@ def cmd_validate(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from robustad_bench.adapters import DETECTORS
-
-    from .attacks import ATTACKS
     from .backends import BACKENDS
-    from .datasets import DATASETS
     from .metrics import METRICS
+    from .suite import registries
 
-    registry = {"detectors": DETECTORS, "attacks": ATTACKS, "datasets": DATASETS, "metrics": METRICS, "backends": BACKENDS}[args.kind]
+    registry = {**registries(), "metrics": METRICS, "backends": BACKENDS}[args.kind]
     for name in registry.names():
         print(name)
     return 0

@@ -61,7 +61,8 @@ class Suite:
     description: str = ""
 
 
-def _registries() -> dict[str, Registry]:
+def registries() -> dict[str, Registry]:
+    """The registries a suite section names entries from."""
     from robustad_bench.adapters import DETECTORS
 
     return {"datasets": DATASETS, "detectors": DETECTORS, "attacks": ATTACKS}
@@ -142,11 +143,11 @@ def deep_check(suite: Suite) -> None:
     Kept apart from the schema check because it may import heavy libraries (timm takes
     seconds): ``validate`` always runs it, ``run`` only when there is model work to do.
     """
-    registries = _registries()
+    by_section = registries()
     problems = []
     for section in ("datasets", "detectors"):
         for entry in getattr(suite, section):
-            target = registries[section].get(entry.name)
+            target = by_section[section].get(entry.name)
             for problem in getattr(target, "check_config", lambda **_: [])(**entry.kwargs):
                 problems.append(UserError(problem, file=suite.file, key=entry.key))
     if problems:
@@ -187,7 +188,7 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
             problems.append(UserError(f"must be a positive integer, got {value!r}", file=file, key=key))
         scalars[key] = value
     sections = {}
-    for section, registry in _registries().items():
+    for section, registry in registries().items():
         entries = raw.get(section)
         if not isinstance(entries, list) or not entries:
             problems.append(UserError(f"must be a non-empty list of {{name: ..., ...}} entries; registered: {', '.join(registry.names())}", file=file, key=section))
