@@ -36,6 +36,37 @@ def check_weights(weights: str) -> str | None:
     return f"weights must be 'random', 'timm' or the path of an existing checkpoint, got {weights!r}"
 
 
+def create_backbone(backbone: str, weights: str, **timm_kwargs) -> tuple[nn.Module, str]:
+    """A timm model built with ``timm_kwargs``, and its weight provenance string.
+
+    ``weights``: ``random`` (random init), ``timm`` (the hub's pretrained weights) or the
+    path of a local checkpoint (timm, torchvision or robustness-library layout).
+    """
+    import timm  # imported on use: timm pulls in torchvision, seconds a cached rerun should not pay
+
+    problem = check_backbone(backbone)
+    if problem:
+        raise UserError(problem, key="backbone")
+    if weights == "random":
+        return timm.create_model(backbone, pretrained=False, **timm_kwargs).eval(), "random"
+    if weights == "timm":
+        try:
+            model = timm.create_model(backbone, pretrained=True, **timm_kwargs)
+        except Exception as err:  # hub unreachable, missing weights, ...
+            cfg = timm.models.get_pretrained_cfg(backbone)
+            source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
+            raise UserError(
+                f"could not fetch pretrained weights for {backbone!r} from {source} ({err.__class__.__name__}: "
+                f"{err}). Download the checkpoint on a machine with internet and pass "
+                f"`weights: /path/to/{backbone}.safetensors` (or .pth) instead.",
+                key="weights",
+            ) from err
+        return model.eval(), f"timm:{backbone}"
+    model = timm.create_model(backbone, pretrained=False, **timm_kwargs)
+    load_checkpoint(model, Path(weights).expanduser())
+    return model.eval(), str(weights)
+
+
 def create_feature_backbone(backbone: str, layers: list[str], weights: str) -> tuple[nn.Module, str]:
     """A timm ``features_only`` network returning ``layers``; and its provenance string."""
     import timm
@@ -52,25 +83,19 @@ def create_feature_backbone(backbone: str, layers: list[str], weights: str) -> t
             key="layers",
         )
     out_indices = tuple(available.index(layer) for layer in layers)
-    if weights == "random":
-        model = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
-        return model.eval(), "random"
-    if weights == "timm":
-        try:
-            model = timm.create_model(backbone, pretrained=True, features_only=True, out_indices=out_indices)
-        except Exception as err:  # hub unreachable, missing weights, ...
-            cfg = timm.models.get_pretrained_cfg(backbone)
-            source = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or "the timm hub"
-            raise UserError(
-                f"could not fetch pretrained weights for {backbone!r} from {source} ({err.__class__.__name__}: "
-                f"{err}). Download the checkpoint on a machine with internet and pass "
-                f"`weights: /path/to/{backbone}.safetensors` (or .pth) instead.",
-                key="weights",
-            ) from err
-        return model.eval(), f"timm:{backbone}"
-    model = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=out_indices)
-    load_checkpoint(model, Path(weights).expanduser())
-    return model.eval(), str(weights)
+    return create_backbone(backbone, weights, features_only=True, out_indices=out_indices)
+
+
+def from_robustness_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a robustness-library checkpoint (``model.*``, ``attacker.model.*``, ``normalizer.*``
+    after the ``module.`` prefix is gone) onto plain torchvision/timm ResNet names.
+
+    The library saves the network twice (``model.`` and ``attacker.model.``) plus its input
+    normaliser; the ``model.`` copy is the one it evaluates. Other layouts pass through.
+    """
+    if not any(k.startswith("attacker.") or k.startswith("normalizer.") for k in state):
+        return state
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -91,11 +116,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = state[container]
     if not isinstance(state, dict):
         raise UserError(f"checkpoint {str(path)!r} holds no state dict", key="weights")
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    state = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return from_robustness_layout(state)
 
 
 def load_checkpoint(model: nn.Module, path: Path) -> None:
-    """Load ``path`` into a (possibly truncated) feature network; missing keys are an error."""
+    """Load ``path`` into a (possibly truncated) network; missing keys or wrong shapes are errors."""
     state = read_state_dict(path)
     own = model.state_dict()
     missing = [k for k in own if k not in state]

@@ -33,6 +33,11 @@ class Detector(nn.Module, ABC):
     version: str = "0"
     input_size: int = 224
     weights: str = "random"
+    localization: bool = True  # False: ``map`` is the score broadcast; pixel metrics are n/a
+
+    def set_category(self, category: str) -> None:
+        """Called before ``fit`` (and before loading a fitted state) with the category's name,
+        for methods whose settings depend on it (AnomalyDINO's per-category masking)."""
 
     @abstractmethod
     def fit(self, normal_images: Tensor, *, seed: int) -> None:

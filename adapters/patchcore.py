@@ -25,23 +25,8 @@ from robustad_bench.harness.errors import UserError
 from .backbones import check_backbone, check_weights, create_feature_backbone
 from .base import AnomalyOutput, Detector, Normalize
 from .knn import MemoryBank, greedy_coreset
+from .maps import patch_map
 from .registry import register_detector
-
-
-def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian blur of (B, H, W) maps, truncated at 4σ, reflect padding."""
-    if sigma <= 0:
-        return maps
-    radius = max(1, int(4 * sigma + 0.5))
-    radius = min(radius, maps.shape[-1] - 1, maps.shape[-2] - 1)
-    t = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = maps.unsqueeze(1)  # (B, 1, H, W)
-    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1))
-    return x.squeeze(1)
 
 
 @register_detector("patchcore")
@@ -123,7 +108,6 @@ class PatchCore(Detector):
         f = self.features(x)  # (B, C, h, w)
         b, c, h, w = f.shape
         queries = f.permute(0, 2, 3, 1).reshape(-1, c)  # (B*h*w, C)
-        dist = self.memory_bank.distances(queries, k=1)[:, 0].view(b, 1, h, w)
-        maps = F.interpolate(dist, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        maps = gaussian_blur(maps.squeeze(1), self.blur_sigma)  # (B, H, W)
+        dist = self.memory_bank.distances(queries, k=1)[:, 0].view(b, h, w)
+        maps = patch_map(dist, x.shape[-2:], self.blur_sigma)  # (B, H, W)
         return AnomalyOutput(score=maps.flatten(1).amax(dim=1), map=maps)

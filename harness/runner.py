@@ -135,6 +135,7 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
         split = dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir)
         with seeded(first.seed):
             detector = create_detector(first.detector.name, **first.detector.kwargs)
+        detector.set_category(first.category)
         split = split.resized(detector.input_size)
         detector.to(device).eval()
         state = None if force else cache.load_fit(fit_key)
@@ -143,7 +144,9 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
             cache.save_fit(fit_key, state)
         else:
             detector.load_state_dict(state["state_dict"])
-        fitted = Fitted(detector, split, state["clean_scores"].numpy(), state["clean_maps"].numpy(), downsampled_masks(split, first.map_size), float(state["fit_seconds"]))
+        # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
+        masks = downsampled_masks(split, first.map_size) if detector.localization else None
+        fitted = Fitted(detector, split, state["clean_scores"].numpy(), state["clean_maps"].numpy(), masks, float(state["fit_seconds"]))
     except Exception as err:  # the whole group fails; other groups still run
         for cell in cells:
             emit(_failed_row(cell, cell_key(cell, fit_key), err), None)
