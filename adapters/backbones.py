@@ -1,8 +1,10 @@
-"""timm feature backbones with explicit weight provenance: ``random | timm | PATH``.
+"""timm backbones with explicit weight provenance: ``random | timm | robustness:NAME | PATH``.
 
 ``random`` builds a randomly initialised network (labelled ``random`` on the leaderboard);
 ``timm`` asks timm for its pretrained weights (needs the model hub, so it fails offline
-with a message naming the file to provide); any other value is a local checkpoint path.
+with a message naming the file to provide); ``robustness:resnet18_linf_eps2.0`` downloads
+an adversarially trained ImageNet ResNet (ZARND's backbones); any other value is a local
+checkpoint path.
 """
 
 from __future__ import annotations
@@ -30,10 +32,47 @@ def check_backbone(backbone: str) -> str | None:
     return f"unknown timm backbone {backbone!r}.{hint} See timm.list_models() for the choices."
 
 
+# Adversarially trained ImageNet models of the robustness library (Salman et al. 2020), as
+# the ZARND code downloads them: ``weights: robustness:resnet18_linf_eps2.0``.
+ROBUST_IMAGENET_URL = "https://huggingface.co/madrylab/robust-imagenet-models/resolve/main/{name}.ckpt"
+ROBUST_IMAGENET = tuple(
+    f"{arch}_linf_eps{eps}" for arch in ("resnet18", "resnet50", "wide_resnet50_2") for eps in ("0.5", "1.0", "2.0", "4.0", "8.0")
+)
+
+
 def check_weights(weights: str) -> str | None:
     if weights in ("random", "timm") or Path(weights).expanduser().is_file():
         return None
-    return f"weights must be 'random', 'timm' or the path of an existing checkpoint, got {weights!r}"
+    if weights.startswith("robustness:"):
+        name = weights.removeprefix("robustness:")
+        if name in ROBUST_IMAGENET:
+            return None
+        close = difflib.get_close_matches(name, ROBUST_IMAGENET, n=1)
+        hint = f" Did you mean 'robustness:{close[0]}'?" if close else ""
+        return f"unknown robust ImageNet model {name!r}.{hint} Allowed: {', '.join(ROBUST_IMAGENET)}"
+    return (
+        "weights must be 'random', 'timm', 'robustness:<arch>_linf_eps<ε>' or the path of an existing "
+        f"checkpoint, got {weights!r}"
+    )
+
+
+def robust_checkpoint(name: str) -> Path:
+    """Local path of a robustness-library ImageNet checkpoint, downloaded once into torch's hub
+    cache (``$TORCH_HOME/hub/checkpoints``); offline, an error names the URL and the file."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.ckpt"
+    if path.is_file():
+        return path
+    url = ROBUST_IMAGENET_URL.format(name=name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), progress=True)  # writes a temp file, then renames
+    except Exception as err:
+        raise UserError(
+            f"could not download {url} ({err.__class__.__name__}: {err}). Download it on a machine with "
+            f"internet and put it at {str(path)!r}, or pass its path as `weights:`.",
+            key="weights",
+        ) from err
+    return path
 
 
 def create_backbone(backbone: str, weights: str, **timm_kwargs) -> tuple[nn.Module, str]:
@@ -63,6 +102,9 @@ def create_backbone(backbone: str, weights: str, **timm_kwargs) -> tuple[nn.Modu
             ) from err
         return model.eval(), f"timm:{backbone}"
     model = timm.create_model(backbone, pretrained=False, **timm_kwargs)
+    if weights.startswith("robustness:"):
+        load_checkpoint(model, robust_checkpoint(weights.removeprefix("robustness:")))
+        return model.eval(), weights
     load_checkpoint(model, Path(weights).expanduser())
     return model.eval(), str(weights)
 

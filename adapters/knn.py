@@ -12,8 +12,10 @@ from torch import Tensor, nn
 
 
 def _has_faiss_gpu() -> bool:
-    import faiss
-
+    try:
+        import faiss
+    except ImportError:  # on CUDA the torch search serves; faiss is needed on CPU only
+        return False
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -43,11 +45,10 @@ class MemoryBank(nn.Module):
     def nearest(self, queries: Tensor, k: int = 1) -> Tensor:
         """Indices (N, k) of the k nearest bank rows to ``queries`` (N, C); no gradient."""
         assert self.bank.numel() > 0, "memory bank is empty: call fit() first"
-        import faiss  # imported on use, like timm
-
         queries = queries.detach().float()
         if queries.is_cuda and not _has_faiss_gpu():
             return _torch_search(queries, self.bank, k)
+        import faiss  # imported on use, like timm
         if self._index is None:
             index = faiss.IndexFlatL2(self.bank.shape[1])
             if queries.is_cuda:

@@ -42,7 +42,7 @@ def _read_mask(path: Path, size: int) -> np.ndarray:
         raise UserError(f"cannot read mask {str(path)!r}: {err}") from err
 
 
-def list_category(root: Path, category: str) -> dict[str, list[Path]]:
+def list_category(root: Path, category: str, normal: str = NORMAL) -> dict[str, list[Path]]:
     """Check the layout of one category and list its files; errors name the missing path."""
     if not root.is_dir():
         raise UserError(f"dataset root {str(root)!r} does not exist or is not a folder", key="root")
@@ -53,12 +53,12 @@ def list_category(root: Path, category: str) -> dict[str, list[Path]]:
             f"category folder {str(folder)!r} not found; categories under the root: {found}",
             key="categories",
         )
-    train_dir, test_dir = folder / "train" / NORMAL, folder / "test"
+    train_dir, test_dir = folder / "train" / normal, folder / "test"
     for needed in (train_dir, test_dir):
         if not needed.is_dir():
             raise UserError(
-                f"{str(needed)!r} is missing: expected MVTec layout <category>/train/good, "
-                "<category>/test/<defect|good>, <category>/ground_truth/<defect>/<stem>_mask.png"
+                f"{str(needed)!r} is missing: expected MVTec layout <category>/train/{normal}, "
+                f"<category>/test/<defect|{normal}>, <category>/ground_truth/<defect>/<stem>_mask.png"
             )
     train = _images_in(train_dir)
     if not train:
@@ -70,28 +70,31 @@ def list_category(root: Path, category: str) -> dict[str, list[Path]]:
 
 
 def mask_path(root: Path, category: str, image: Path) -> Path:
-    return root / category / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
+    """``<stem>_mask.png`` (MVTec, MPDD) or ``<stem>.png`` (VisA and BTAD as converted by anomalib)."""
+    folder = root / category / "ground_truth" / image.parent.name
+    candidates = [folder / f"{image.stem}_mask.png", folder / f"{image.stem}.png"]
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
-def read_category(root: Path, category: str, image_size: int) -> Split:
-    files = list_category(root, category)
+def read_category(root: Path, category: str, image_size: int, normal: str = NORMAL) -> Split:
+    files = list_category(root, category, normal)
     train = to_tensor(np.stack([_read_rgb(p, image_size) for p in files["train"]]))
     test = to_tensor(np.stack([_read_rgb(p, image_size) for p in files["test"]]))
-    labels = np.array([int(p.parent.name != NORMAL) for p in files["test"]])
+    labels = np.array([int(p.parent.name != normal) for p in files["test"]])
     masks = np.zeros((len(files["test"]), image_size, image_size), dtype=np.float32)
     for i, path in enumerate(files["test"]):
         if labels[i]:
             mpath = mask_path(root, category, path)
             if not mpath.is_file():
-                raise UserError(f"mask {str(mpath)!r} for anomalous image {str(path)!r} is missing")
+                raise UserError(f"mask {str(mpath)!r} (or {mpath.parent.name}/{path.stem}.png) for anomalous image {str(path)!r} is missing")
             masks[i] = _read_mask(mpath, image_size)
     names = [f"{p.parent.name}/{p.stem}" for p in files["test"]]
     return Split(train, test, labels, torch.from_numpy(masks), names)
 
 
-def fingerprint_folder(root: Path, category: str) -> str:
+def fingerprint_folder(root: Path, category: str, normal: str = NORMAL) -> str:
     """Relative paths and sizes of every file the category uses."""
-    files = list_category(root, category)
+    files = list_category(root, category, normal)
     entries = [(str(p.relative_to(root)), p.stat().st_size) for p in files["train"] + files["test"]]
     gt = root / category / "ground_truth"
     if gt.is_dir():
@@ -105,8 +108,9 @@ class MVTec(Dataset):
     version = "1"
     has_masks = True
 
-    def __init__(self, root: str, categories: list[str] | None = None, image_size: int = 256):
+    def __init__(self, root: str, categories: list[str] | None = None, image_size: int = 256, normal_dir: str = NORMAL):
         self.root = Path(root).expanduser()
+        self.normal_dir = normal_dir  # "good" (MVTec, VisA converted, MPDD) or "ok" (BTAD)
         self.image_size = image_size
         self._categories = categories
 
@@ -116,7 +120,7 @@ class MVTec(Dataset):
             return list(self._categories)
         if not self.root.is_dir():
             raise UserError(f"dataset root {str(self.root)!r} does not exist", key="root")
-        return sorted(p.name for p in self.root.iterdir() if (p / "train" / NORMAL).is_dir())
+        return sorted(p.name for p in self.root.iterdir() if (p / "train" / self.normal_dir).is_dir())
 
     @staticmethod
     def check_config(**kwargs) -> list[str]:
@@ -125,7 +129,7 @@ class MVTec(Dataset):
         return []
 
     def fingerprint(self, category: str, *, seed: int) -> str:
-        return fingerprint_folder(self.root, category)
+        return fingerprint_folder(self.root, category, self.normal_dir)
 
     def load(self, category: str, *, seed: int, data_dir: Path) -> Split:
-        return read_category(self.root, category, self.image_size)
+        return read_category(self.root, category, self.image_size, self.normal_dir)

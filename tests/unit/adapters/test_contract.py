@@ -101,3 +101,25 @@ def test_faiss_search_equals_torch_brute_force(fitted):
 def test_provenance_is_labelled(fitted):
     _, detector, _ = fitted
     assert "random" in detector.weights  # random init is never shown as pretrained
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_cuda_path_matches_cpu(name, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare fp32 with fp32
+    cpu = make(name)
+    size = cpu.input_size
+    train, x = images(8, size, 0), images(4, size, 1)
+    cpu.fit(train, seed=0)
+    gpu = make(name).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu.eval()
+    xg = x.cuda().requires_grad_(True)
+    out = gpu(xg)
+    assert torch.allclose(out.score.detach().cpu(), cpu(x).score.detach(), rtol=1e-3, atol=1e-4)
+    (grad,) = torch.autograd.grad(out.score.sum(), xg)
+    assert torch.isfinite(grad).all() and (grad.flatten(1).abs().sum(1) > 0).all()
+    fitted_on_gpu = make(name).cuda()
+    fitted_on_gpu.fit(train.cuda(), seed=0)  # fit (PatchGuard's training too) runs on the GPU
+    assert torch.isfinite(fitted_on_gpu(x.cuda()).score).all()

@@ -76,3 +76,22 @@ def test_needs_k_train_images():
     det = make(k=2)
     with pytest.raises(UserError, match="at least k=2"):
         det.fit(torch.rand(1, 3, SIZE, SIZE), seed=0)
+
+
+def test_robustness_weights_by_name_download_once(tmp_path, monkeypatch):
+    import timm
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def offline(url, dst, progress=True):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(UserError, match=r"madrylab/robust-imagenet-models/resolve/main/resnet18_linf_eps2.0.ckpt.*checkpoints/resnet18_linf_eps2.0.ckpt"):
+        create_detector("zarnd", backbone="resnet18", weights="robustness:resnet18_linf_eps2.0")
+    # the file the message names, once there, is used without a download
+    torch.save(robustness_checkpoint(timm.create_model("resnet18", pretrained=False)), tmp_path / "checkpoints" / "resnet18_linf_eps2.0.ckpt")
+    det = create_detector("zarnd", backbone="resnet18", weights="robustness:resnet18_linf_eps2.0")
+    assert det.weights == "robustness:resnet18_linf_eps2.0"
+    with pytest.raises(UserError, match="Did you mean 'robustness:resnet18_linf_eps2.0'"):
+        create_detector("zarnd", weights="robustness:resnet18_linf_eps2")

@@ -60,7 +60,7 @@ def test_digits_one_class(data_dir):
     assert all(not n.startswith("3/") for n in split.names)
 
 
-def _write_mvtec(root, category="widget", masks=True):
+def _write_mvtec(root, category="widget", masks=True, normal="good", suffix=".png", mask_name="000_mask.png", defect="crack"):
     rng = np.random.default_rng(0)
 
     def img(path):
@@ -68,11 +68,11 @@ def _write_mvtec(root, category="widget", masks=True):
         Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
 
     for i in range(3):
-        img(root / category / "train" / "good" / f"{i:03d}.png")
-    img(root / category / "test" / "good" / "000.png")
-    img(root / category / "test" / "crack" / "000.png")
+        img(root / category / "train" / normal / f"{i:03d}{suffix}")
+    img(root / category / "test" / normal / f"000{suffix}")
+    img(root / category / "test" / defect / f"000{suffix}")
     if masks:
-        gt = root / category / "ground_truth" / "crack" / "000_mask.png"
+        gt = root / category / "ground_truth" / defect / mask_name
         gt.parent.mkdir(parents=True, exist_ok=True)
         mask = np.zeros((20, 20), np.uint8)
         mask[5:10, 5:10] = 255
@@ -98,3 +98,10 @@ def test_mvtec_errors_name_the_missing_path(tmp_path):
     _write_mvtec(tmp_path / "other", masks=False)
     with pytest.raises(UserError, match="000_mask.png"):
         DATASETS.get("mvtec")(root=str(tmp_path / "other")).load("widget", seed=0, data_dir=tmp_path)
+
+
+def test_btad_and_converted_visa_layouts_read(tmp_path):
+    # BTAD: train/ok, test/ok|ko, .bmp images, ground_truth/ko/<stem>.png masks
+    _write_mvtec(tmp_path, category="01", normal="ok", suffix=".bmp", mask_name="000.png", defect="ko")
+    split = DATASETS.get("mvtec")(root=str(tmp_path), normal_dir="ok", image_size=20).load("01", seed=0, data_dir=tmp_path)
+    assert split.labels.tolist() == [1, 0] and int(split.masks[0].sum()) == 25

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -124,3 +126,13 @@ def test_knowledge_must_fit_the_objective():
     assert "attacks[1].knowledge" in msg and "'label'" in msg
     raw = with_("attacks", 1, objective="localization", knowledge="mask")
     assert parse_suite(raw, file="s.yaml")  # consistent: fine
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[3] / "suites").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_suites_validate(path, capsys):
+    from robustad_bench.harness.cli import main
+
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
