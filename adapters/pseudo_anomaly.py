@@ -6,9 +6,9 @@
 2. An anchor is drawn with probability proportional to ``G(x)`` (``saliency: uniform``
    draws it anywhere); a rectangle with w, h ~ U(0.05, 0.3)·size centred on it, rotated
    by θ ~ U(-45°, 45°), is the exact anomaly mask.
-3. ``k_hard`` hard transformations (elastic warp, large rotation, heavy noise, strong colour
-   change, content shifted from elsewhere) are applied in sequence, and kept only inside
-   the mask (Eq. 1).
+3. Each image draws ``k_hard`` of the hard transformations (elastic warp, large rotation,
+   heavy noise, strong colour change, content shifted from elsewhere); they are applied in
+   sequence and kept only inside the mask (Eq. 1).
 
 Everything is batched and driven by one ``torch.Generator``, so a seed fixes the anomalies.
 """
@@ -159,8 +159,11 @@ def rotated_rectangles(saliency: Tensor, g: torch.Generator) -> Tensor:
 def pseudo_anomalies(x: Tensor, saliency: Tensor, g: torch.Generator, k_hard: int = 2) -> tuple[Tensor, Tensor]:
     """Anomalous images and their exact pixel masks (B, H, W) from normal images ``x``."""
     masks = rotated_rectangles(saliency, g)
+    # each image draws its own k_hard of the hard transforms (applied in HARD's order)
+    chosen = torch.rand(x.shape[0], len(HARD), generator=g).argsort(dim=1)[:, :k_hard]
+    picked = torch.zeros(x.shape[0], len(HARD), dtype=torch.bool).scatter_(1, chosen, True).to(x.device)
     distorted = x
-    for i in torch.randperm(len(HARD), generator=g)[:k_hard].tolist():
-        distorted = HARD[i](distorted, g)
+    for i, transform in enumerate(HARD):
+        distorted = torch.where(picked[:, i].view(-1, 1, 1, 1), transform(distorted, g), distorted)
     m = masks.unsqueeze(1)
     return distorted * m + x * (1 - m), masks

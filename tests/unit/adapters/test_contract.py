@@ -12,6 +12,7 @@ import torch
 
 from robustad_bench.adapters import create_detector, list_detectors
 from robustad_bench.adapters.knn import MemoryBank
+from robustad_bench.harness.datasets import DATASETS
 from robustad_bench.harness.evaluate import seeded
 
 TINY = {
@@ -34,13 +35,20 @@ def images(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.fixture(scope="module")
+def embedded(data_dir):
+    """A tiny split of the embedded textures: 8 normal train crops, 2 normal + 2 anomalous test."""
+    dataset = DATASETS.get("textures")(image_size=64, crop_size=96, n_train=8, n_test_normal=2, n_test_anomalous=2)
+    return dataset.load("brick", seed=0, data_dir=data_dir)
+
+
 @pytest.fixture(scope="module", params=sorted(TINY))
-def fitted(request):
+def fitted(request, embedded):
     name = request.param
     detector = make(name)
-    size = detector.input_size
-    detector.fit(images(8, size, 0), seed=0)
-    return name, detector, images(4, size, 1)
+    split = embedded.resized(detector.input_size)
+    detector.fit(split.train, seed=0)  # on CPU, in seconds, for every detector
+    return name, detector, split
 
 
 def test_every_detector_has_a_tiny_config():
@@ -48,15 +56,16 @@ def test_every_detector_has_a_tiny_config():
 
 
 def test_output_shapes_and_finite(fitted):
-    _, detector, x = fitted
+    _, detector, split = fitted
+    x = split.test
     out = detector(x)
-    assert out.score.shape == (4,) and out.map.shape == (4, *x.shape[-2:])
+    assert out.score.shape == (4,) and out.map.shape == (4, *x.shape[-2:]) == (4, detector.input_size, detector.input_size)
     assert torch.isfinite(out.score).all() and torch.isfinite(out.map).all()
 
 
 def test_gradient_wrt_input_is_finite_and_nonzero(fitted):
-    _, detector, x = fitted
-    x = x.clone().requires_grad_(True)
+    _, detector, split = fitted
+    x = split.test.clone().requires_grad_(True)
     out = detector(x)
     (out.score.sum() + out.map.mean()).backward()
     assert torch.isfinite(x.grad).all()
@@ -65,20 +74,21 @@ def test_gradient_wrt_input_is_finite_and_nonzero(fitted):
 
 
 def test_features_are_exposed_for_surrogate_heads(fitted):
-    _, detector, x = fitted
-    f = detector.features(x)
+    _, detector, split = fitted
+    f = detector.features(split.test)
     assert f.shape[0] == 4 and f.dim() in (2, 4) and torch.isfinite(f).all()
 
 
 def test_same_seed_same_scores(fitted):
-    name, detector, x = fitted
+    name, detector, split = fitted
     other = make(name)
-    other.fit(images(8, detector.input_size, 0), seed=0)
-    assert torch.equal(other(x).score, detector(x).score)
+    other.fit(split.train, seed=0)
+    assert torch.equal(other(split.test).score, detector(split.test).score)
 
 
 def test_state_dict_round_trip_gives_identical_scores(fitted):
-    name, detector, x = fitted
+    name, detector, split = fitted
+    x = split.test
     fresh = make(name, init_seed=99)  # another random init: everything must come from the state
     fresh.load_state_dict(detector.state_dict())
     fresh.eval()
