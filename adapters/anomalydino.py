@@ -114,8 +114,7 @@ class AnomalyDINO(Detector):
         self.mask_foreground = masking is True
         self.normalize = Normalize()
         self.backbone, self.weights = create_backbone(backbone, weights, num_classes=0, img_size=input_size)
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
+        self.backbone.requires_grad_(False)  # frozen: gradients flow to the input only
         patch = self.backbone.patch_embed.patch_size[0]
         self.grid = (input_size // patch, input_size // patch)
         self.memory_bank = MemoryBank()
@@ -149,10 +148,6 @@ class AnomalyDINO(Detector):
     def set_category(self, category: str) -> None:
         self.mask_foreground = self.masking if isinstance(self.masking, bool) else category in self.masking
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.backbone.eval()
-        return self
 
     def tokens(self, x: Tensor) -> Tensor:
         """Raw last-layer patch tokens (B, h*w, C), after the final norm, prefix tokens dropped."""

@@ -32,6 +32,16 @@ def check_backbone(backbone: str) -> str | None:
     return f"unknown timm backbone {backbone!r}.{hint} See timm.list_models() for the choices."
 
 
+def backbone_problems(kwargs: dict, backbone_key: str = "backbone", weights_key: str = "weights") -> list[str]:
+    """``check_backbone`` and ``check_weights`` on the keys of a detector's YAML entry."""
+    problems = []
+    if backbone_key in kwargs and (p := check_backbone(kwargs[backbone_key])):
+        problems.append(p)
+    if weights_key in kwargs and (p := check_weights(kwargs[weights_key])):
+        problems.append(p)
+    return problems
+
+
 # Adversarially trained ImageNet models of the robustness library (Salman et al. 2020), as
 # the ZARND code downloads them: ``weights: robustness:resnet18_linf_eps2.0``.
 ROBUST_IMAGENET_URL = "https://huggingface.co/madrylab/robust-imagenet-models/resolve/main/{name}.ckpt"

@@ -39,6 +39,14 @@ class Detector(nn.Module, ABC):
         """Called before ``fit`` (and before loading a fitted state) with the category's name,
         for methods whose settings depend on it (AnomalyDINO's per-category masking)."""
 
+    def train(self, mode: bool = True):
+        """A frozen pretrained ``self.backbone`` always runs in eval mode (BatchNorm
+        statistics and dropout stay fixed), whatever mode the detector is in."""
+        super().train(mode)
+        if isinstance(getattr(self, "backbone", None), nn.Module):
+            self.backbone.eval()
+        return self
+
     @abstractmethod
     def fit(self, normal_images: Tensor, *, seed: int) -> None:
         """Build the fitted state (memory bank, trained weights) from normal images."""

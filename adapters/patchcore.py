@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from robustad_bench.harness.errors import UserError
 
-from .backbones import check_backbone, check_weights, create_feature_backbone
+from .backbones import backbone_problems, create_feature_backbone
 from .base import AnomalyOutput, Detector, Normalize
 from .knn import MemoryBank, greedy_coreset
 from .maps import patch_map
@@ -56,19 +56,14 @@ class PatchCore(Detector):
         self.fit_batch_size = fit_batch_size
         self.normalize = Normalize()
         self.backbone, self.weights = create_feature_backbone(backbone, self.layers, weights)
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)  # frozen: gradients flow to the input only
+        self.backbone.requires_grad_(False)  # frozen: gradients flow to the input only
         self.pool = nn.AvgPool2d(3, stride=1, padding=1)
         self.memory_bank = MemoryBank()
 
     @staticmethod
     def check_config(**kwargs) -> list[str]:
         """Cheap checks run by ``robustad-bench validate`` (no model is built)."""
-        problems = []
-        if "backbone" in kwargs and (p := check_backbone(kwargs["backbone"])):
-            problems.append(p)
-        if "weights" in kwargs and (p := check_weights(kwargs["weights"])):
-            problems.append(p)
+        problems = backbone_problems(kwargs)
         ratio = kwargs.get("coreset_ratio", 0.1)
         if not 0 < ratio <= 1:
             problems.append(f"coreset_ratio must be in (0, 1], got {ratio}")
@@ -76,11 +71,6 @@ class PatchCore(Detector):
             problems.append(f"input_size must be at least 16, got {kwargs['input_size']}")
         return problems
 
-    def train(self, mode: bool = True):
-        # The backbone always runs in eval mode (BatchNorm statistics stay frozen).
-        super().train(mode)
-        self.backbone.eval()
-        return self
 
     def features(self, x: Tensor) -> Tensor:
         """Locally aware patch features (B, C, h, w) on the first layer's grid."""

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from robustad_bench.harness.errors import UserError
 
-from .backbones import check_backbone, check_weights, create_backbone
+from .backbones import backbone_problems, create_backbone
 from .base import AnomalyOutput, Detector, Normalize
 from .maps import patch_map
 from .pseudo_anomaly import foreground_saliency, pseudo_anomalies
@@ -156,13 +156,8 @@ class PatchGuard(Detector):
 
     @staticmethod
     def check_config(**kwargs) -> list[str]:
-        problems = []
-        for key, default in (("backbone", "vit_small_patch14_dinov2"), ("cam_backbone", "resnet18")):
-            if p := check_backbone(kwargs.get(key, default)):
-                problems.append(f"{key}: {p}")
-        for key in ("weights", "cam_weights"):
-            if key in kwargs and (p := check_weights(kwargs[key])):
-                problems.append(f"{key}: {p}")
+        problems = backbone_problems(kwargs)
+        problems += [f"Grad-CAM network: {p}" for p in backbone_problems(kwargs, "cam_backbone", "cam_weights")]
         for key in ("epochs", "top_k", "train_steps"):
             if kwargs.get(key, 1) < 1:
                 problems.append(f"{key} must be at least 1, got {kwargs[key]}")

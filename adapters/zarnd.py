@@ -22,7 +22,7 @@ from torch import Tensor
 
 from robustad_bench.harness.errors import UserError
 
-from .backbones import check_backbone, check_weights, create_backbone
+from .backbones import backbone_problems, create_backbone
 from .base import AnomalyOutput, Detector, Normalize
 from .knn import MemoryBank
 from .registry import register_detector
@@ -53,27 +53,18 @@ class ZARND(Detector):
         self.normalize = Normalize()
         # num_classes=0: the classifier is replaced by identity, leaving the pooled features
         self.backbone, self.weights = create_backbone(backbone, weights, num_classes=0)
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
+        self.backbone.requires_grad_(False)  # frozen: gradients flow to the input only
         self.memory_bank = MemoryBank()
 
     @staticmethod
     def check_config(**kwargs) -> list[str]:
-        problems = []
-        if "backbone" in kwargs and (p := check_backbone(kwargs["backbone"])):
-            problems.append(p)
-        if "weights" in kwargs and (p := check_weights(kwargs["weights"])):
-            problems.append(p)
+        problems = backbone_problems(kwargs)
         if kwargs.get("k", 2) < 1:
             problems.append(f"k must be at least 1, got {kwargs['k']}")
         if kwargs.get("input_size", 224) < 32:
             problems.append(f"input_size must be at least 32, got {kwargs['input_size']}")
         return problems
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.backbone.eval()  # BatchNorm statistics stay frozen
-        return self
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate (global average pooled) features, (B, C)."""
