@@ -8,6 +8,7 @@ reuses them instead of recomputing (DESIGN §7).
 
 from __future__ import annotations
 
+import inspect
 import sys
 import time
 from contextlib import contextmanager
@@ -113,6 +114,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
     split = fitted.split
     labels = torch.from_numpy(split.labels)
     attack = ATTACKS.get(cell.attack.name)
+    context = {"threshold": threshold} if "threshold" in inspect.signature(attack).parameters else {}
     n = split.test.shape[0]
     # counts every image the detector forwards: the attack's step rate, in images per second
     bar = tqdm(desc="  forward passes", unit="img", leave=False, disable=not progress, file=sys.stderr)
@@ -122,7 +124,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
     for b, sl in _batches(n, cell.batch_size):
         x = split.test[sl].to(device)
         masks = split.masks[sl].to(device) if split.masks is not None else None
-        x_adv = attack(counting, x, labels[sl].to(device), masks, seed=batch_seed(cell.seed, b), **cell.attack.kwargs)
+        x_adv = attack(counting, x, labels[sl].to(device), masks, seed=batch_seed(cell.seed, b), **context, **cell.attack.kwargs)
         if x_adv is x:  # images unchanged: the clean outputs stand
             continue
         perturbed = True

@@ -32,7 +32,7 @@ TOP_LEVEL = {
     "detectors": "list of {name, ...}",
     "attacks": "list of {name, ...}",
 }
-ATTACK_CONTEXT = ("detector", "x", "labels", "masks", "seed")  # filled by the harness
+ATTACK_CONTEXT = ("detector", "x", "labels", "masks", "seed", "threshold")  # filled by the harness
 
 
 @dataclass(frozen=True)

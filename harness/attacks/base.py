@@ -59,21 +59,28 @@ def objective_loss(detector, x: Tensor, labels: Tensor, masks: Tensor | None, ob
     return normal_mean - anomalous_mean
 
 
-def input_gradient(detector, x: Tensor, labels, masks, objective: str) -> tuple[Tensor, Tensor]:
-    """(loss (B,), d loss / d x) at ``x``; the detector's own parameters get no gradient."""
+def input_gradient(detector, x: Tensor, labels, masks, objective: str, eot: int = 1) -> tuple[Tensor, Tensor]:
+    """(loss (B,), d loss / d x) at ``x``; the detector's own parameters get no gradient.
+
+    ``eot`` > 1 averages loss and gradient over that many forward passes (Expectation over
+    Transformation, Athalye et al. 2018): the gradient of a randomised detector's mean.
+    """
     x = x.detach().requires_grad_(True)
-    loss = objective_loss(detector, x, labels, masks, objective)
-    (grad,) = torch.autograd.grad(loss.sum(), x)
-    return loss.detach(), grad
+    total_loss, total_grad = 0.0, torch.zeros_like(x)
+    for _ in range(eot):
+        loss = objective_loss(detector, x, labels, masks, objective)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        total_loss, total_grad = total_loss + loss.detach(), total_grad + grad
+    return total_loss / eot, total_grad / eot
 
 
-def _per_image_norm(v: Tensor) -> Tensor:
+def per_image_norm(v: Tensor) -> Tensor:
     return v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
 
 
 def ascent_direction(grad: Tensor, norm: str) -> Tensor:
     """Steepest-ascent direction of unit size in the given norm."""
-    return grad.sign() if norm == "linf" else grad / _per_image_norm(grad)
+    return grad.sign() if norm == "linf" else grad / per_image_norm(grad)
 
 
 def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
@@ -82,8 +89,16 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     else:
-        delta = delta * (eps / _per_image_norm(delta)).clamp(max=1.0)
+        delta = delta * (eps / per_image_norm(delta)).clamp(max=1.0)
     return (x + delta).clamp(0.0, 1.0)
+
+
+def keep_best(best: Tensor, best_loss: Tensor | None, x_adv: Tensor, loss: Tensor) -> tuple[Tensor, Tensor]:
+    """Per image, the candidate with the higher attacker loss (ties keep ``best``)."""
+    if best_loss is None:
+        return x_adv, loss
+    better = loss > best_loss
+    return torch.where(better.view(-1, *([1] * (x_adv.dim() - 1))), x_adv, best), torch.where(better, loss, best_loss)
 
 
 def random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
@@ -92,7 +107,7 @@ def random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -
         noise = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
     else:
         direction = torch.randn(x.shape, generator=generator)
-        direction = direction / _per_image_norm(direction)
+        direction = direction / per_image_norm(direction)
         radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator) * eps
         noise = direction * radius
     return project(x + noise.to(x.device), x, eps, norm)

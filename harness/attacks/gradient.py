@@ -15,6 +15,7 @@ from .base import (
     Objective,
     ascent_direction,
     input_gradient,
+    keep_best,
     objective_loss,
     project,
     register_attack,
@@ -33,11 +34,11 @@ def none(detector, x: Tensor, labels: Tensor, masks: Tensor | None, *, seed: int
 def fgsm(
     detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
     eps: float, norm: Norm = "linf", objective: Objective = "detection",
-    knowledge: str | None = None, seed: int = 0,
+    knowledge: str | None = None, eot: int = 1, seed: int = 0,
 ) -> Tensor:
     """One gradient step of size ε (Goodfellow et al., ICLR 2015)."""
     resolve_knowledge(objective, knowledge)
-    _, grad = input_gradient(detector, x, labels, masks, objective)
+    _, grad = input_gradient(detector, x, labels, masks, objective, eot)
     return project(x + eps * ascent_direction(grad, norm), x, eps, norm).detach()
 
 
@@ -46,7 +47,7 @@ def pgd(
     detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
     eps: float, norm: Norm = "linf", steps: int = 10, step_size: float | None = None,
     random_start: bool = True, restarts: int = 1, objective: Objective = "detection",
-    knowledge: str | None = None, seed: int = 0,
+    knowledge: str | None = None, eot: int = 1, seed: int = 0,
 ) -> Tensor:
     """Projected gradient ascent on the objective inside the ε-ball."""
     resolve_knowledge(objective, knowledge)
@@ -56,17 +57,12 @@ def pgd(
     for _ in range(restarts):
         x_adv = sample_start(x, eps, norm, generator) if random_start else x.detach()
         for _ in range(steps):
-            _, grad = input_gradient(detector, x_adv, labels, masks, objective)
+            _, grad = input_gradient(detector, x_adv, labels, masks, objective, eot)
             x_adv = project(x_adv + alpha * ascent_direction(grad, norm), x, eps, norm).detach()
         if restarts == 1:
             return x_adv
         with torch.no_grad():
             loss = objective_loss(detector, x_adv, labels, masks, objective)
-        if best_loss is None:
-            best, best_loss = x_adv, loss
-        else:
-            better = loss > best_loss
-            best = torch.where(better.view(-1, 1, 1, 1), x_adv, best)
-            best_loss = torch.maximum(loss, best_loss)
+        best, best_loss = keep_best(best, best_loss, x_adv, loss)
     return best
 
