@@ -1,7 +1,7 @@
 """APGD (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial robustness with an
 ensemble of diverse parameter-free attacks"), on the anomaly-detection objectives.
 
-Step-size free: η starts at 2ε and is halved at checkpoints w_j = ⌈p_j·N⌉ (p_0 = 0,
+Step-size free: η starts at 2ε and is halved at checkpoints w_j ≈ p_j·N (p_0 = 0,
 p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)) for every image whose loss
 increased in fewer than 75 % of the steps since the last checkpoint, or whose step size
 and best loss did not change since then; such an image restarts from its best point. The
@@ -32,11 +32,15 @@ RHO = 0.75  # fraction of increasing steps below which the step size is halved
 
 
 def checkpoints(steps: int) -> list[int]:
-    """Iterations at which APGD may halve the step size (the paper's w_j)."""
-    p = [0.0, 0.22]
-    while p[-1] < 1:
-        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-    return sorted({int(-(-q * steps // 1)) for q in p[1:] if q <= 1} - {0})
+    """Iterations at which APGD may halve the step size (the paper's w_j), in the official
+    code's integer form: a first period of 0.22·N, each next 0.03·N shorter, at least 0.06·N."""
+    period, shrink, shortest = max(int(0.22 * steps), 1), max(int(0.03 * steps), 1), max(int(0.06 * steps), 1)
+    out, at = [], period
+    while at <= steps:
+        out.append(at)
+        period = max(period - shrink, shortest)
+        at += period
+    return out
 
 
 def _single_run(detector, x, labels, masks, *, eps, norm, steps, objective, eot, generator) -> tuple[Tensor, Tensor]:

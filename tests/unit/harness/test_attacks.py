@@ -66,18 +66,24 @@ def test_localization_objective_uses_the_mask(batch):
     assert torch.allclose(adv, x + eps * sign * det.w.sign(), atol=1e-6)
 
 
+FEW_STEPS = {"pgd": {"steps": 4}, "apgd": {"steps": 5}, "square": {"steps": 20}, "fab": {"steps": 3},
+             "autoattack": {"steps": 3, "queries": 10}, "segpgd": {"steps": 3}}
+
+
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-@pytest.mark.parametrize("name", ["fgsm", "pgd"])
+@pytest.mark.parametrize("name", sorted(set(ATTACKS.names()) - {"none"}))
 def test_attacks_stay_in_the_ball_and_the_box(name, norm):
     g = torch.Generator().manual_seed(3)
-    for trial in range(5):
+    for trial in range(3):
         x = torch.rand(4, 3, 8, 8, generator=g)
         x[0] = 0.0
         x[1] = 1.0  # images on the box edges
         labels = torch.tensor([0, 1, 0, 1])
+        masks = torch.zeros(4, 8, 8)
+        masks[1::2, 2:5, 2:5] = 1
         eps = float(torch.rand(1, generator=g)) * (0.1 if norm == "linf" else 2.0)
-        kwargs = {"steps": 4, "seed": trial} if name == "pgd" else {}
-        adv = ATTACKS.get(name)(Linear(seed=trial), x, labels, None, eps=eps, norm=norm, **kwargs)
+        kwargs = {**FEW_STEPS.get(name, {}), "seed": trial}
+        adv = ATTACKS.get(name)(Linear(seed=trial), x, labels, masks, eps=eps, norm=norm, **kwargs)
         delta = (adv - x).flatten(1)
         size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
         assert (size <= eps + 1e-5).all()
@@ -125,3 +131,109 @@ def test_localization_objective_is_balanced_per_image():
     loss = objective_loss(Fixed(), torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]), masks, "localization")
     # image 0: mean over 16 normal pixels = 0.5; image 1: normal mean 7/15, anomalous mean 1
     assert torch.allclose(loss, torch.tensor([0.5, 7 / 15 - 1.0]))
+
+
+def test_apgd_reaches_the_optimum_of_a_linear_score(batch):
+    x, labels, masks = batch
+    det, eps = Linear(), 8 / 255
+    adv = ATTACKS.get("apgd")(det, x, labels, masks, eps=eps, steps=10, seed=0)
+    y = (1 - 2 * labels).view(-1, 1, 1, 1).float()
+    assert torch.allclose(adv, x + eps * y * det.w.sign(), atol=1e-6)  # the best vertex of the box
+
+
+def test_apgd_checkpoints_follow_the_paper():
+    from robustad_bench.harness.attacks.apgd import checkpoints
+
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_square_only_queries_scores_and_climbs(batch):
+    x, labels, masks = batch
+    det, eps = Linear(), 4 / 255
+
+    class ScoreOnly(nn.Module):  # refuses to be differentiated: a true black box
+        def forward(self, images):
+            assert not torch.is_grad_enabled()
+            return det(images)
+
+    adv = ATTACKS.get("square")(ScoreOnly(), x, labels, masks, eps=eps, steps=200, seed=0)
+    assert torch.allclose((adv - x).abs(), torch.full_like(x, eps), atol=1e-6)  # L∞ square stays on vertices
+    noisy = ATTACKS.get("noise")(det, x, labels, masks, eps=eps, seed=0)
+    loss = lambda a: objective_loss(det, a, labels, masks, "detection")  # noqa: E731
+    assert (loss(adv) > loss(noisy)).all() and (loss(adv) > loss(x)).all()
+
+
+def test_noise_has_the_budget_but_no_direction(batch):
+    x, labels, masks = batch
+    adv = ATTACKS.get("noise")(Linear(), x, labels, masks, eps=0.2, norm="l2", seed=0)
+    assert torch.allclose((adv - x).flatten(1).norm(dim=1), torch.full((6,), 0.2), atol=1e-5)
+
+
+class TinyNet(nn.Module):
+    """A small nonlinear scorer: conv → ReLU → linear."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 8 * 8, 1)
+        for p in self.parameters():
+            p.requires_grad_(False)
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        s = self.head(torch.relu(self.conv(x)).flatten(1)).squeeze(1)
+        return AnomalyOutput(score=s, map=s[:, None, None].expand(-1, 8, 8))
+
+
+def test_pgd_matches_torchattacks_on_a_two_logit_model(batch):
+    import torchattacks
+
+    from robustad_bench.harness.attacks.ensemble import TwoLogits
+
+    x, labels, masks = batch
+    det, eps, steps = TinyNet(), 8 / 255, 7
+    ours = ATTACKS.get("pgd")(det, x, labels, masks, eps=eps, steps=steps, step_size=2 / 255, random_start=False)
+    theirs = torchattacks.PGD(TwoLogits(det, 0.0), eps=eps, alpha=2 / 255, steps=steps, random_start=False)(x, labels)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_autoattack_is_the_worst_case_of_its_parts(batch):
+    x, labels, masks = batch
+    det, eps = TinyNet(), 8 / 255
+    kwargs = {"eps": eps, "seed": 0}
+    ensemble = ATTACKS.get("autoattack")(det, x, labels, masks, steps=5, queries=30, threshold=0.0, **kwargs)
+    parts = [
+        ATTACKS.get("apgd")(det, x, labels, masks, steps=5, **kwargs),
+        ATTACKS.get("fab")(det, x, labels, masks, steps=5, threshold=0.0, **kwargs),
+        ATTACKS.get("square")(det, x, labels, masks, steps=30, **kwargs),
+        ATTACKS.get("pgd")(det, x, labels, masks, steps=5, **kwargs),
+    ]
+    loss = lambda a: objective_loss(det, a, labels, masks, "detection")  # noqa: E731
+    for part in parts:
+        assert (loss(ensemble) >= loss(part) - 1e-6).all()
+
+
+def test_segpgd_raises_the_localization_objective(batch):
+    x, labels, masks = batch
+    det = Linear()
+    adv = ATTACKS.get("segpgd")(det, x, labels, masks, eps=4 / 255, steps=5, seed=0)
+    loss = lambda a: objective_loss(det, a, labels, masks, "localization")  # noqa: E731
+    assert (loss(adv) > loss(x)).all()
+
+
+def test_eot_averages_the_gradient_of_a_randomised_detector(batch):
+    x, labels, masks = batch
+    base = Linear()
+
+    class Noisy(nn.Module):  # score = <w + 3·noise, x>: one sample's gradient is mostly noise
+        def forward(self, images):
+            out = base(images)
+            noise = torch.randn(images.shape) * 3
+            return AnomalyOutput(score=out.score + (images * noise).flatten(1).sum(1), map=out.map)
+
+    torch.manual_seed(0)
+    agree = lambda adv: ((adv - x).sign() == ((1 - 2 * labels).view(-1, 1, 1, 1) * base.w.sign())).float().mean()  # noqa: E731
+    once = ATTACKS.get("fgsm")(Noisy(), x, labels, masks, eps=4 / 255)
+    averaged = ATTACKS.get("fgsm")(Noisy(), x, labels, masks, eps=4 / 255, eot=200)
+    assert agree(averaged) > 0.9 and agree(once) < 0.75
