@@ -18,6 +18,7 @@ from .datasets import DATASETS, Dataset
 from .datasets.base import digest
 from .schema import parameters
 from .suite import ATTACK_CONTEXT, Entry, Suite, expand_attack
+from .validity import validity_points
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,10 @@ def build_dataset(entry: Entry) -> Dataset:
 def expand(suite: Suite) -> list[Cell]:
     cells = []
     attacks = [resolve_attack(a, p) for a in suite.attacks for p in expand_attack(a)]
+    if suite.validity:  # the cells the validity checks need, unless the suite has them already
+        known = [a.config() for a in attacks]
+        extra = [resolve_attack(Entry(name, label), kw) for name, label, kw in validity_points([(a.name, a.label, a.kwargs) for a in attacks])]
+        attacks += [a for a in extra if a.config() not in known]
     for seed in suite.seeds:
         for det in suite.detectors:
             for ds_entry in suite.datasets:

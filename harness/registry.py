@@ -42,6 +42,11 @@ class Registry(Generic[T]):
             raise ValueError(f"duplicate {self.kind} name {name!r}")
         self._entries[name] = obj
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests and plugins that register temporarily)."""
+        assert not self._frozen, f"{self.kind} registry is frozen; cannot remove {name!r}"
+        del self._entries[name]
+
     def freeze(self) -> None:
         self._frozen = True
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .cache import atomic_write_bytes, npz_bytes
+from .validity import validity_flags
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,12 @@ class ResultStore:
             os.fsync(f.fileno())
 
     def finalize(self, cell_ids: list[str]) -> list[dict[str, Any]]:
-        """Rewrite results.jsonl atomically with one row per planned cell that has a row."""
+        """Rewrite results.jsonl atomically with one row per planned cell that has a row,
+        each with the validity flags the finished rows raise (``validity.py``)."""
         rows = [self.rows[c] for c in cell_ids if c in self.rows]
+        flags = validity_flags(rows)
+        for row in rows:
+            row["flags"] = sorted(flags.get(row["cell_id"], ()))
         text = "".join(json.dumps(r) + "\n" for r in rows)
         atomic_write_bytes(self.path, text.encode())
         return rows

@@ -31,6 +31,7 @@ TOP_LEVEL = {
     "datasets": "list of {name, ...}",
     "detectors": "list of {name, ...}",
     "attacks": "list of {name, ...}",
+    "validity": "true adds the cells the validity checks need (PGD at ε=1, noise, 5× steps)",
 }
 ATTACK_CONTEXT = ("detector", "x", "labels", "masks", "seed", "threshold")  # filled by the harness
 
@@ -59,6 +60,7 @@ class Suite:
     batch_size: int = 16
     map_size: int = 64
     description: str = ""
+    validity: bool = False
 
 
 def registries() -> dict[str, Registry]:
@@ -187,6 +189,9 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             problems.append(UserError(f"must be a positive integer, got {value!r}", file=file, key=key))
         scalars[key] = value
+    validity = raw.get("validity", False)
+    if not isinstance(validity, bool):
+        problems.append(UserError(f"must be true or false, got {validity!r}", file=file, key="validity"))
     sections = {}
     for section, registry in registries().items():
         entries = raw.get(section)
@@ -203,5 +208,5 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
     return Suite(
         name=str(raw.get("name", default_name)), file=file, seeds=tuple(seeds),
         datasets=sections["datasets"], detectors=sections["detectors"], attacks=sections["attacks"],
-        description=str(raw.get("description", "")), **scalars,
+        description=str(raw.get("description", "")), validity=validity is True, **scalars,
     )

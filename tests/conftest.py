@@ -35,3 +35,44 @@ def tiny_suite(tmp_path: Path) -> Path:
 def data_dir(tmp_path_factory) -> Path:
     """Generated embedded data, shared by the whole session."""
     return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def masked_detector():
+    """A deliberately gradient-masked detector, registered for one test.
+
+    PatchCore behind a quantised input stage: ``round(x·levels)/levels`` has zero gradient
+    almost everywhere, so every white-box attack sees a zero gradient while the score still
+    depends on the image. The validity checks must not let it pass as robust.
+    """
+    import torch
+
+    from robustad_bench.adapters import (
+        DETECTORS,
+        AnomalyOutput,
+        Detector,
+        create_detector,
+        register_detector,
+    )
+
+    class QuantisedPatchCore(Detector):
+        name, version = "test_quantised_patchcore", "1"
+
+        def __init__(self, levels: int = 16, input_size: int = 64):
+            super().__init__()
+            self.levels, self.input_size = levels, input_size
+            self.inner = create_detector("patchcore", backbone="resnet18", input_size=input_size, blur_sigma=1.0)
+
+        def fit(self, normal_images, *, seed):
+            self.inner.fit(normal_images, seed=seed)
+
+        def forward(self, x):
+            out = self.inner(torch.round(x * self.levels) / self.levels)
+            return AnomalyOutput(out.score, out.map)
+
+        def features(self, x):
+            return self.inner.features(x)
+
+    register_detector(QuantisedPatchCore.name)(QuantisedPatchCore)
+    yield QuantisedPatchCore.name
+    DETECTORS.unregister(QuantisedPatchCore.name)

@@ -62,7 +62,8 @@ def fab(
     model = TwoLogits(detector, decision_threshold(detector, x, threshold))
     attack = torchattacks.FAB(model, norm="Linf" if norm == "linf" else "L2", eps=eps, steps=steps,
                               n_restarts=restarts, seed=seed, n_classes=2)
-    return attack(x, labels.long()).detach()
+    # FAB .view()s its tensors: hand it a standard-layout copy (resized images may be channels-last)
+    return attack(x.contiguous(), labels.long()).detach()
 
 
 @register_attack("autoattack")

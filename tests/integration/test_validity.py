@@ -1,0 +1,45 @@
+"""Validity checks end to end: a gradient-masked detector is flagged, PatchCore is not."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from robustad_bench.harness.cli import main
+
+SUITE = """
+name: validity-tiny
+seed: 0
+batch_size: 8
+map_size: 16
+validity: true
+datasets:
+  - {name: textures, categories: [brick], image_size: 64, crop_size: 96, n_train: 6, n_test_normal: 4, n_test_anomalous: 4}
+detectors:
+  - {name: patchcore, label: pc, backbone: resnet18, input_size: 64, blur_sigma: 1.0}
+  - {name: test_quantised_patchcore, label: masked}
+attacks:
+  - {name: none}
+  - {name: pgd, eps: 8/255, steps: 5}
+  - {name: square, eps: 8/255, steps: 100}
+  - {name: autoattack, eps: 8/255, steps: 3, queries: 20}
+"""
+
+
+def test_masked_gradients_are_flagged_and_patchcore_is_not(tmp_path, masked_detector):
+    suite = tmp_path / "validity.yaml"
+    suite.write_text(textwrap.dedent(SUITE))
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
+    labels = {r["attack_label"] for r in rows}
+    assert {"validity-pgd-unbounded", "validity-noise"} <= labels  # added by validity: true
+    assert sorted(r["steps"] for r in rows if r["detector"] == "pc" and r["attack"] == "pgd" and r["eps"] < 1) == [5, 25]
+    masked = {f for r in rows if r["detector"] == "masked" for f in r["flags"]}
+    assert masked & {"unbounded-not-broken", "blackbox-stronger"}, masked
+    unbounded = [r for r in rows if r["detector"] == "pc" and r["attack_label"] == "validity-pgd-unbounded"]
+    assert unbounded[0]["metrics"]["image_auroc"] <= 0.05
+    pc = {f for r in rows if r["detector"] == "pc" for f in r["flags"]}
+    assert not pc & {"unbounded-not-broken", "blackbox-stronger"}, pc
+    assert "| Flags" in (out / "leaderboard.md").read_text()

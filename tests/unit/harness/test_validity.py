@@ -1,0 +1,63 @@
+"""Each validity check against hand-made rows with a known answer."""
+
+from __future__ import annotations
+
+from robustad_bench.harness.validity import validity_flags, validity_points
+
+
+def row(attack, eps, auroc, *, steps=10, label=None, norm="linf", task="detection", detector="d"):
+    return {
+        "cell_id": f"{detector}.{label or attack}.{eps}.{steps}", "status": "ok", "detector": detector,
+        "dataset": "t", "category": "c", "seed": 0, "task": task, "attack": attack,
+        "attack_label": label or attack, "norm": norm, "eps": eps, "steps": steps,
+        "metrics": {"image_auroc": auroc, "pixel_auroc": auroc},
+    }
+
+
+def flags_of(rows):
+    flags = validity_flags(rows)
+    return {r["cell_id"]: sorted(flags.get(r["cell_id"], ())) for r in rows}
+
+
+def test_a_larger_eps_must_not_be_weaker():
+    rows = [row("pgd", 2 / 255, 0.4), row("pgd", 8 / 255, 0.6), row("pgd", 16 / 255, 0.1)]
+    assert flags_of(rows) == {rows[0]["cell_id"]: [], rows[1]["cell_id"]: ["non-monotone-eps"], rows[2]["cell_id"]: []}
+
+
+def test_more_steps_must_not_be_weaker():
+    few, many = row("pgd", 8 / 255, 0.2, steps=10), row("pgd", 8 / 255, 0.5, steps=50)
+    assert flags_of([few, many])[many["cell_id"]] == ["more-steps-weaker"]
+    assert flags_of([few, row("pgd", 8 / 255, 0.21, steps=50)])[few["cell_id"]] == []  # within tolerance
+
+
+def test_black_box_stronger_than_white_box_flags_the_white_box():
+    pgd, square = row("pgd", 8 / 255, 0.6), row("square", 8 / 255, 0.3, steps=1000)
+    assert flags_of([pgd, square]) == {pgd["cell_id"]: ["blackbox-stronger"], square["cell_id"]: []}
+
+
+def test_unbounded_pgd_must_break_detection():
+    pgd, unbounded = row("pgd", 8 / 255, 0.3), row("pgd", 1.0, 0.4, label="validity-pgd-unbounded")
+    assert all(f == ["unbounded-not-broken"] for f in flags_of([pgd, unbounded]).values())
+    assert flags_of([pgd, row("pgd", 1.0, 0.0, label="validity-pgd-unbounded")]) == {
+        pgd["cell_id"]: [], "d.validity-pgd-unbounded.1.0.10": []}
+
+
+def test_noise_as_harmful_as_the_attack():
+    fgsm, noise = row("fgsm", 8 / 255, 0.7, steps=1), row("noise", 8 / 255, 0.71, steps=0)
+    assert flags_of([fgsm, noise])[fgsm["cell_id"]] == ["noise-as-strong"]
+    assert flags_of([row("fgsm", 8 / 255, 0.2, steps=1), noise])["d.fgsm.0.03137254901960784.1"] == []
+
+
+def test_groups_do_not_mix_detectors():
+    a, b = row("pgd", 8 / 255, 0.6, detector="a"), row("square", 8 / 255, 0.1, detector="b")
+    assert validity_flags([a, b]) == {}
+
+
+def test_validity_points_add_unbounded_noise_and_more_steps():
+    points = [("pgd", "pgd", {"eps": 2 / 255, "norm": "linf", "steps": 10, "step_size": 0.002}),
+              ("pgd", "pgd", {"eps": 8 / 255, "norm": "linf", "steps": 10, "step_size": 0.008}),
+              ("square", "square", {"eps": 8 / 255, "norm": "linf", "steps": 300})]
+    extra = validity_points(points)
+    assert ("pgd", "validity-pgd-unbounded", {"eps": 1.0, "norm": "linf", "steps": 10, "objective": "detection"}) in extra
+    assert [kw["eps"] for name, _, kw in extra if name == "noise"] == [2 / 255, 8 / 255]
+    assert ("pgd", "pgd", {"eps": 8 / 255, "norm": "linf", "steps": 50, "step_size": None}) in extra
