@@ -45,15 +45,19 @@ class CountingDetector(nn.Module):
         self.forward_passes = 0
         self.gradient_passes = 0
 
-    def forward(self, x: Tensor):
+    def _count(self, x: Tensor) -> None:
         self.forward_passes += x.shape[0]
         if torch.is_grad_enabled() and x.requires_grad:
             self.gradient_passes += x.shape[0]
         if self.bar is not None:
             self.bar.update(x.shape[0])
+
+    def forward(self, x: Tensor):
+        self._count(x)
         return self.detector(x)
 
-    def features(self, x: Tensor) -> Tensor:
+    def features(self, x: Tensor) -> Tensor:  # surrogate attacks run the feature extractor only
+        self._count(x)
         return self.detector.features(x)
 
 

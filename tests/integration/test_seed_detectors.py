@@ -22,6 +22,7 @@ detectors:
 attacks:
   - {name: none}
   - {name: pgd, eps: 8/255, steps: 1}
+  - {name: surrogate, eps: 8/255, head_steps: 20}
 """
 
 
@@ -33,7 +34,10 @@ def test_four_detectors_side_by_side(tmp_path):
     assert main(args) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted({r["detector"] for r in rows}) == ["anomalydino", "patchcore", "patchguard", "zarnd"]
-    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
+    surrogate = [r for r in rows if r["attack"] == "surrogate"]
+    assert all(r["knowledge"] == "surrogate" and r["attack_params"]["head_data"] == "labels" for r in surrogate)
+    assert all(r["passes"]["gradient"] > 0 for r in surrogate)  # feature passes are counted too
     by = {(r["detector"], r["attack"]): r for r in rows}
     assert by["zarnd", "none"]["metrics"]["pixel_auroc"] is None  # no localization: AL is n/a
     assert by["patchguard", "none"]["metrics"]["pixel_auroc"] is not None

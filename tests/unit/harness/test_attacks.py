@@ -22,6 +22,9 @@ class Linear(nn.Module):
         m = (x * self.w).sum(1)
         return AnomalyOutput(score=m.flatten(1).sum(1), map=m)
 
+    def features(self, x):
+        return x * self.w
+
 
 @pytest.fixture
 def batch():
@@ -237,3 +240,25 @@ def test_eot_averages_the_gradient_of_a_randomised_detector(batch):
     once = ATTACKS.get("fgsm")(Noisy(), x, labels, masks, eps=4 / 255)
     averaged = ATTACKS.get("fgsm")(Noisy(), x, labels, masks, eps=4 / 255, eot=200)
     assert agree(averaged) > 0.9 and agree(once) < 0.75
+
+
+class FeatureNet(TinyNet):
+    """TinyNet exposing its conv features, as detectors do for surrogate heads."""
+
+    def features(self, x):
+        return torch.relu(self.conv(x))
+
+
+@pytest.mark.parametrize("head_data", ["labels", "pseudo"])
+def test_surrogate_head_attack_hurts_the_detector_it_never_differentiates(batch, head_data):
+    x, labels, masks = batch
+    det = FeatureNet()
+    calls = []
+    original = det.forward
+    det.forward = lambda images: calls.append(images.requires_grad) or original(images)  # record score calls
+    adv = ATTACKS.get("surrogate")(det, x, labels, masks, eps=8 / 255, steps=5, head_data=head_data, seed=0)
+    assert not any(calls)  # the detector's score is never differentiated (nor even called)
+    assert ((adv - x).abs().amax(dim=(1, 2, 3)) <= 8 / 255 + 1e-6).all()
+    if head_data == "labels":  # a head fitted on the true labels transfers to the score here
+        loss = lambda a: objective_loss(det, a, labels, masks, "detection").mean()  # noqa: E731
+        assert loss(adv) > loss(x)
