@@ -113,7 +113,8 @@ def batch_seed(seed: int, batch: int) -> int:
     return seed * 1_000_003 + batch
 
 
-def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device, progress: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device, progress: bool = False,
+                  source: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Attack the test set batch by batch, score the result; returns (row fields, arrays)."""
     split = fitted.split
     labels = torch.from_numpy(split.labels)
@@ -123,6 +124,9 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
     # counts every image the detector forwards: the attack's step rate, in images per second
     bar = tqdm(desc="  forward passes", unit="img", leave=False, disable=not progress, file=sys.stderr)
     counting = CountingDetector(fitted.detector, bar)
+    source_counting = CountingDetector(source, bar) if source is not None else None
+    if "source_detector" in inspect.signature(attack).parameters:
+        context["source_detector"] = source_counting
     scores, maps, linf, l2 = fitted.clean_scores.copy(), fitted.clean_maps.copy(), np.zeros(n), np.zeros(n)
     start, perturbed = time.perf_counter(), False
     for b, sl in _batches(n, cell.batch_size):
@@ -150,7 +154,9 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
         "metrics": metrics,
         "threshold": threshold,
         "seconds": round(seconds, 3),
-        "passes": {"forward": counting.forward_passes, "gradient": counting.gradient_passes},
+        "passes": {"forward": counting.forward_passes, "gradient": counting.gradient_passes}
+        | ({"source_forward": source_counting.forward_passes, "source_gradient": source_counting.gradient_passes}
+           if source_counting is not None else {}),
         "perturbation": {"linf_max": float(linf.max()), "l2_max": float(l2.max())},
     }
     return fields, arrays

@@ -33,6 +33,7 @@ class Cell:
     attack: Entry  # one point: scalar kwargs, defaults filled in
     batch_size: int
     map_size: int
+    source: Entry | None = None  # the detector a ``transfer`` attack crafts on
 
     @property
     def eps(self) -> float:
@@ -51,7 +52,8 @@ class Cell:
         return {"detector": self.detector.config(), "dataset": self.dataset.config(), "category": self.category, "seed": self.seed}
 
     def config(self) -> dict[str, Any]:
-        return {**self.fit_config(), "attack": self.attack.config(), "batch_size": self.batch_size, "map_size": self.map_size}
+        config = {**self.fit_config(), "attack": self.attack.config(), "batch_size": self.batch_size, "map_size": self.map_size}
+        return config | ({"source": self.source.config()} if self.source else {})
 
     @property
     def cell_id(self) -> str:
@@ -92,6 +94,7 @@ def expand(suite: Suite) -> list[Cell]:
         known = [a.config() for a in attacks]
         extra = [resolve_attack(Entry(name, label), kw) for name, label, kw in validity_points([(a.name, a.label, a.kwargs) for a in attacks])]
         attacks += [a for a in extra if a.config() not in known]
+    by_label = {d.label: d for d in suite.detectors}
     for seed in suite.seeds:
         for det in suite.detectors:
             for ds_entry in suite.datasets:
@@ -101,7 +104,10 @@ def expand(suite: Suite) -> list[Cell]:
                         if attack.kwargs.get("objective") == "localization" and not dataset.has_masks:
                             log.info("skipping %s on %s: localization needs masks", attack.label, ds_entry.label)
                             continue
-                        cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size))
+                        source = by_label[attack.kwargs["source"]] if attack.name == "transfer" else None
+                        if source is det:  # crafting on the target itself is the white-box attack
+                            continue
+                        cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size, source))
     return cells
 
 

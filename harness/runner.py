@@ -16,7 +16,7 @@ import platform
 import sys
 import traceback
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,8 @@ def group_keys(cells: list[Cell]) -> dict[str, str]:
     from robustad_bench.adapters import DETECTORS
 
     keys, memo = {}, {}
-    for cell in cells:
+
+    def fit_key(cell: Cell) -> str:
         group = digest(cell.fit_config())
         if group not in memo:
             dataset = build_dataset(cell.dataset)
@@ -83,12 +84,24 @@ def group_keys(cells: list[Cell]) -> dict[str, str]:
                 "dataset_fingerprint": dataset.fingerprint(cell.category, seed=cell.seed),
                 "package": __version__,
             })
-        keys[cell.cell_id] = memo[group]
+        return memo[group]
+
+    for cell in cells:
+        keys[cell.cell_id] = fit_key(cell)
+        if cell.source is not None:  # a transfer attack's source is fitted on the same data
+            keys[source_key(cell.cell_id)] = fit_key(replace(cell, detector=cell.source, source=None))
     return keys
 
 
-def cell_key(cell: Cell, fit_key: str) -> str:
-    return digest({"fit": fit_key, "attack": cell.attack.config(), "batch_size": cell.batch_size, "map_size": cell.map_size})
+def source_key(cell_id: str) -> str:
+    return f"{cell_id}#source"
+
+
+def cell_key(cell: Cell, keys: dict[str, str]) -> str:
+    config = {"fit": keys[cell.cell_id], "attack": cell.attack.config(), "batch_size": cell.batch_size, "map_size": cell.map_size}
+    if cell.source is not None:
+        config["source_fit"] = keys[source_key(cell.cell_id)]
+    return digest(config)
 
 
 def identity(cell: Cell) -> dict[str, Any]:
@@ -130,26 +143,44 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
         if on_cell is not None:
             on_cell(row, arrays)
 
-    try:
-        dataset = build_dataset(first.dataset)
-        split = dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir)
+    def load_or_fit(entry, key):
+        """The detector of ``entry`` fitted on this category (from the cache when there)."""
         with seeded(first.seed):
-            detector = create_detector(first.detector.name, **first.detector.kwargs)
+            detector = create_detector(entry.name, **entry.kwargs)
         detector.set_category(first.category)
-        split = split.resized(detector.input_size)
+        resized = raw_split.resized(detector.input_size)
         detector.to(device).eval()
-        state = None if force else cache.load_fit(fit_key)
+        state = None if force else cache.load_fit(key)
         if state is None:
-            state = fit_state(detector, split, seed=first.seed, batch_size=first.batch_size, map_size=first.map_size, device=device)
-            cache.save_fit(fit_key, state)
+            state = fit_state(detector, resized, seed=first.seed, batch_size=first.batch_size, map_size=first.map_size, device=device)
+            cache.save_fit(key, state)
         else:
             detector.load_state_dict(state["state_dict"])
+        return detector, resized, state
+
+    def source_of(cell):
+        if cell.source is None:
+            return None
+        if cell.source.label not in sources:
+            source, _, _ = load_or_fit(cell.source, keys[source_key(cell.cell_id)])
+            if source.input_size != detector.input_size:
+                raise UserError(f"transfer source {cell.source.label!r} takes {source.input_size} px images but "
+                                f"{cell.detector.label!r} takes {detector.input_size}: give both the same input_size",
+                                key=f"{cell.attack.key or 'attacks'}.source")
+            sources[cell.source.label] = source
+        return sources[cell.source.label]
+
+    sources: dict[str, Any] = {}
+    try:
+        dataset = build_dataset(first.dataset)
+        raw_split = dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir)
+        detector, split, state = load_or_fit(first.detector, fit_key)
         # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
         masks = downsampled_masks(split, first.map_size) if detector.localization else None
         fitted = Fitted(detector, split, state["clean_scores"].numpy(), state["clean_maps"].numpy(), masks, float(state["fit_seconds"]))
     except Exception as err:  # the whole group fails; other groups still run
         for cell in cells:
-            emit(_failed_row(cell, cell_key(cell, fit_key), err), None)
+            emit(_failed_row(cell, cell_key(cell, keys), err), None)
         return results
     labels = split.labels
     threshold = best_f1_threshold(labels, fitted.clean_scores)[1] if 0 < labels.sum() < len(labels) else None
@@ -160,9 +191,9 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
         "dataset_fingerprint": dataset.fingerprint(first.category, seed=first.seed), "flags": [],
     }
     for cell in cells:
-        key = cell_key(cell, fit_key)
+        key = cell_key(cell, keys)
         try:
-            fields, arrays = evaluate_cell(cell, fitted, threshold=threshold, device=device, progress=progress)
+            fields, arrays = evaluate_cell(cell, fitted, threshold=threshold, device=device, progress=progress, source=source_of(cell))
         except Exception as err:
             emit(_failed_row(cell, key, err), None)
             continue
@@ -199,7 +230,7 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
         bar.set_postfix_str(row["cell_id"][:60])
 
     for cell in cells:
-        key = cell_key(cell, fit_keys[cell.cell_id])
+        key = cell_key(cell, fit_keys)
         if not force and store.done(cell.cell_id, key):
             report.already_done += 1
             bar.update(1)

@@ -33,7 +33,7 @@ TOP_LEVEL = {
     "attacks": "list of {name, ...}",
     "validity": "true adds the cells the validity checks need (PGD at ε=1, noise, 5× steps)",
 }
-ATTACK_CONTEXT = ("detector", "x", "labels", "masks", "seed", "threshold")  # filled by the harness
+ATTACK_CONTEXT = ("detector", "x", "labels", "masks", "seed", "threshold", "source_detector")  # filled by the harness
 
 
 @dataclass(frozen=True)
@@ -203,6 +203,12 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         labels = [e.label for e in sections[section]]
         for label in {lb for lb in labels if labels.count(lb) > 1 and section != "attacks"}:
             problems.append(UserError(f"two entries share the label {label!r}; give each a distinct 'label:'", file=file, key=section))
+    detector_labels = [d.label for d in sections.get("detectors", ())]
+    for attack in sections.get("attacks", ()):
+        sources = attack.kwargs.get("source") if attack.name == "transfer" else None
+        for source in (sources if isinstance(sources, list) else [sources] if sources else []):
+            if source not in detector_labels:
+                problems.append(UserError(f"transfer source {source!r} is not a detector of this suite; detector labels: {', '.join(detector_labels)}", file=file, key=f"{attack.key}.source"))
     if problems:
         raise SuiteErrors(problems)
     return Suite(

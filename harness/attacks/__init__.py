@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import apgd, blackbox, ensemble, gradient, segpgd, surrogate  # noqa: F401  (registers)
+from . import apgd, blackbox, ensemble, gradient, segpgd, surrogate, transfer  # noqa: F401  (registers)
 from .base import ATTACKS, KNOWLEDGE, objective_loss, project, register_attack
 
 __all__ = ["ATTACKS", "KNOWLEDGE", "objective_loss", "project", "register_attack"]

@@ -9,6 +9,7 @@ from torch import nn
 from robustad_bench.adapters import AnomalyOutput
 from robustad_bench.harness.attacks import ATTACKS
 from robustad_bench.harness.attacks.base import objective_loss, project
+from robustad_bench.harness.errors import UserError
 
 
 class Linear(nn.Module):
@@ -70,7 +71,8 @@ def test_localization_objective_uses_the_mask(batch):
 
 
 FEW_STEPS = {"pgd": {"steps": 4}, "apgd": {"steps": 5}, "square": {"steps": 20}, "fab": {"steps": 3},
-             "autoattack": {"steps": 3, "queries": 10}, "segpgd": {"steps": 3}}
+             "autoattack": {"steps": 3, "queries": 10}, "segpgd": {"steps": 3},
+             "transfer": {"steps": 3, "source": "other", "source_detector": Linear(seed=9)}}
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
@@ -262,3 +264,12 @@ def test_surrogate_head_attack_hurts_the_detector_it_never_differentiates(batch,
     if head_data == "labels":  # a head fitted on the true labels transfers to the score here
         loss = lambda a: objective_loss(det, a, labels, masks, "detection").mean()  # noqa: E731
         assert loss(adv) > loss(x)
+
+
+def test_transfer_crafts_on_the_source_only(batch):
+    x, labels, masks = batch
+    source, target = Linear(seed=1), Linear(seed=2)
+    adv = ATTACKS.get("transfer")(target, x, labels, masks, source="a", eps=4 / 255, steps=3, source_detector=source, seed=0)
+    assert torch.equal(adv, ATTACKS.get("pgd")(source, x, labels, masks, eps=4 / 255, steps=3, seed=0))
+    with pytest.raises(UserError, match="source detector 'a'"):
+        ATTACKS.get("transfer")(target, x, labels, masks, source="a", eps=4 / 255)
