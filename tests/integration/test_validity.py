@@ -43,3 +43,31 @@ def test_masked_gradients_are_flagged_and_patchcore_is_not(tmp_path, masked_dete
     pc = {f for r in rows if r["detector"] == "pc" for f in r["flags"]}
     assert not pc & {"unbounded-not-broken", "blackbox-stronger"}, pc
     assert "| Flags" in (out / "leaderboard.md").read_text()
+
+
+def test_autoattack_is_the_per_image_worst_case_on_patchcore(data_dir):
+    import torch
+
+    from robustad_bench.adapters import create_detector
+    from robustad_bench.harness.attacks import ATTACKS, objective_loss
+    from robustad_bench.harness.datasets import DATASETS
+    from robustad_bench.harness.evaluate import seeded
+
+    split = DATASETS.get("textures")(image_size=64, crop_size=96, n_train=6, n_test_normal=4, n_test_anomalous=4).load(
+        "brick", seed=0, data_dir=data_dir)
+    with seeded(0):
+        detector = create_detector("patchcore", backbone="resnet18", input_size=64, blur_sigma=1.0).eval()
+    detector.fit(split.train, seed=0)
+    x, labels = split.test, torch.from_numpy(split.labels)
+    with torch.no_grad():
+        threshold = float(detector(x).score.median())
+    common = {"eps": 8 / 255, "seed": 0}
+    ensemble = ATTACKS.get("autoattack")(detector, x, labels, None, steps=3, queries=20, threshold=threshold, **common)
+    parts = [ATTACKS.get("apgd")(detector, x, labels, None, steps=3, **common),
+             ATTACKS.get("fab")(detector, x, labels, None, steps=3, threshold=threshold, **common),
+             ATTACKS.get("square")(detector, x, labels, None, steps=20, **common),
+             ATTACKS.get("pgd")(detector, x, labels, None, steps=3, **common)]
+    with torch.no_grad():
+        worst = objective_loss(detector, ensemble, labels, None, "detection")
+        for part in parts:
+            assert (worst >= objective_loss(detector, part, labels, None, "detection") - 1e-5).all()
