@@ -66,6 +66,10 @@ def input_gradient(detector, x: Tensor, labels, masks, objective: str, eot: int 
     Transformation, Athalye et al. 2018): the gradient of a randomised detector's mean.
     """
     x = x.detach().requires_grad_(True)
+    if eot == 1:  # the common case, without accumulation kernels on the hot path
+        loss = objective_loss(detector, x, labels, masks, objective)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        return loss.detach(), grad
     total_loss, total_grad = 0.0, torch.zeros_like(x)
     for _ in range(eot):
         loss = objective_loss(detector, x, labels, masks, objective)
@@ -101,13 +105,21 @@ def keep_best(best: Tensor, best_loss: Tensor | None, x_adv: Tensor, loss: Tenso
     return torch.where(better.view(-1, *([1] * (x_adv.dim() - 1))), x_adv, best), torch.where(better, loss, best_loss)
 
 
+def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded from ``generator``: large random tensors are drawn
+    where they are used (no host-to-device copy per attack), still fixed by the cell's seed."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
     """A uniformly random point of the ε-ball (L∞: uniform box; L2: random direction and radius)."""
+    g = device_generator(generator, x.device)
     if norm == "linf":
-        noise = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+        noise = (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * eps
     else:
-        direction = torch.randn(x.shape, generator=generator)
+        direction = torch.randn(x.shape, generator=g, device=x.device)
         direction = direction / per_image_norm(direction)
-        radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator) * eps
+        radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=g, device=x.device) * eps
         noise = direction * radius
-    return project(x + noise.to(x.device), x, eps, norm)
+    return project(x + noise, x, eps, norm)

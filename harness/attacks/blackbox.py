@@ -21,6 +21,7 @@ from torch import Tensor
 from .base import (
     Norm,
     Objective,
+    device_generator,
     keep_best,
     objective_loss,
     per_image_norm,
@@ -86,10 +87,10 @@ def noise(
 ) -> Tensor:
     """Random noise of budget ε: uniform in [−ε, ε] per pixel (L∞), or a random direction
     of length ε (L2). Knows nothing, queries nothing."""
-    generator = torch.Generator().manual_seed(seed)
+    g = device_generator(torch.Generator().manual_seed(seed), x.device)
     if norm == "linf":
-        delta = (torch.rand(x.shape, generator=generator) * 2 - 1) * eps
+        delta = (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * eps
     else:
-        direction = torch.randn(x.shape, generator=generator)
+        direction = torch.randn(x.shape, generator=g, device=x.device)
         delta = eps * direction / per_image_norm(direction)
-    return project(x + delta.to(x.device), x, eps, norm)
+    return project(x + delta, x, eps, norm)
