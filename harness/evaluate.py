@@ -119,13 +119,14 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
     split = fitted.split
     labels = torch.from_numpy(split.labels)
     attack = ATTACKS.get(cell.attack.name)
-    context = {"threshold": threshold} if "threshold" in inspect.signature(attack).parameters else {}
+    wants = inspect.signature(attack).parameters  # context an attack may ask the harness for
+    context = {"threshold": threshold} if "threshold" in wants else {}
     n = split.test.shape[0]
     # counts every image the detector forwards: the attack's step rate, in images per second
     bar = tqdm(desc="  forward passes", unit="img", leave=False, disable=not progress, file=sys.stderr)
     counting = CountingDetector(fitted.detector, bar)
     source_counting = CountingDetector(source, bar) if source is not None else None
-    if "source_detector" in inspect.signature(attack).parameters:
+    if "source_detector" in wants:
         context["source_detector"] = source_counting
     scores, maps, linf, l2 = fitted.clean_scores.copy(), fitted.clean_maps.copy(), np.zeros(n), np.zeros(n)
     start, perturbed = time.perf_counter(), False
