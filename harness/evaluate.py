@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import ATTACKS
+from .calibration import calibration_metrics
 from .datasets import Split
 from .grid import Cell
 from .metrics import compute_metrics
@@ -151,6 +152,10 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
     if perturbed:  # keep the clean scores beside the adversarial ones they are compared with
         arrays["clean_scores"] = fitted.clean_scores.astype(np.float32)
     metrics = compute_metrics(arrays["labels"], arrays["scores"], maps=arrays.get("maps"), masks=arrays.get("masks"), threshold=threshold)
+    calibration, posteriors = calibration_metrics(arrays["labels"], fitted.clean_scores.astype(np.float64),
+                                                  scores.astype(np.float64), perturbed=perturbed, seed=cell.seed)
+    metrics |= calibration
+    arrays |= posteriors
     fields = {
         "metrics": metrics,
         "threshold": threshold,

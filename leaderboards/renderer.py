@@ -16,6 +16,8 @@ from tabulate import tabulate
 from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.results import read_rows
 
+from .plots import write_reliability_diagrams
+
 TEMPLATES = Path(__file__).parent / "templates"
 KEYS = ["detector", "weights", "dataset", "category", "seed"]
 
@@ -29,6 +31,11 @@ def eps_text(eps: float) -> str:
 
 def pct(value) -> str:
     return "n/a" if value is None or pd.isna(value) else f"{100 * value:.1f}"
+
+
+def ece_text(r) -> str:
+    """ECE of the raw (min-max) score → of the Platt posterior, in percent."""
+    return f"{pct(r['ece_raw'])} → {pct(r['ece_platt'])}"
 
 
 def weights_text(weights: str) -> str:
@@ -63,7 +70,7 @@ def summary_table(frame: pd.DataFrame) -> list[dict]:
     ok = frame[frame["status"] == "ok"].copy()
     if ok.empty:
         return []
-    for col in ("image_auroc", "pixel_auroc", "aupro", "f1", "image_ap"):
+    for col in ("image_auroc", "pixel_auroc", "aupro", "f1", "image_ap", "ece_raw", "ece_platt", "flag_auroc"):
         if col not in ok:
             ok[col] = float("nan")
     clean = ok[ok["attack"] == "none"].set_index(KEYS)[["image_auroc", "pixel_auroc"]]
@@ -75,6 +82,7 @@ def summary_table(frame: pd.DataFrame) -> list[dict]:
         categories=("category", "nunique"), clean_image_auroc=("clean_image_auroc", "mean"),
         image_auroc=("image_auroc", "mean"), clean_pixel_auroc=("clean_pixel_auroc", "mean"),
         pixel_auroc=("pixel_auroc", "mean"), aupro=("aupro", "mean"), f1=("f1", "mean"),
+        ece_raw=("ece_raw", "mean"), ece_platt=("ece_platt", "mean"), flag_auroc=("flag_auroc", "mean"),
         flags=("flags", lambda s: ", ".join(sorted({f for v in s for f in v.split(", ") if f}))),
     ).reset_index().sort_values(["detector", "dataset", "eps"], kind="stable")
     return agg.to_dict("records")
@@ -82,7 +90,7 @@ def summary_table(frame: pd.DataFrame) -> list[dict]:
 
 def render_markdown(frame: pd.DataFrame, title: str) -> str:
     headers = ["Detector", "Weights", "Dataset", "Attack", "#cat", "Img AUROC clean", "Img AUROC adv",
-               "Px AUROC clean", "Px AUROC adv", "AUPRO", "F1", "Flags"]
+               "Px AUROC clean", "Px AUROC adv", "AUPRO", "F1", "ECE raw → Platt", "Flag AUROC", "Flags"]
     lines = []
     for r in summary_table(frame):
         adv = r["attack_text"] != "clean"
@@ -90,12 +98,14 @@ def render_markdown(frame: pd.DataFrame, title: str) -> str:
             r["detector"], r["weights"], r["dataset"], r["attack_text"], r["categories"],
             pct(r["clean_image_auroc"]), pct(r["image_auroc"]) if adv else "",
             pct(r["clean_pixel_auroc"]), pct(r["pixel_auroc"]) if adv else "",
-            pct(r["aupro"]), pct(r["f1"]), r["flags"],
+            pct(r["aupro"]), pct(r["f1"]), ece_text(r), pct(r["flag_auroc"]) if adv else "", r["flags"],
         ])
     failed = frame[frame["status"] != "ok"]
     parts = [
         f"# {title}", "",
         "Metrics in percent, mean over categories; F1 at the threshold fixed on the clean run. "
+        "ECE: 15 bins, raw min-max score → Platt posterior (5-fold cross-fitted on clean scores, applied "
+        "unchanged to attacked ones); Flag AUROC: predictive entropy separating attacked from clean images. "
         "Rows with *random init* weights use randomly initialised backbones: their clean numbers "
         "are not the papers' numbers.", "",
         tabulate(lines, headers=headers, tablefmt="github"), "",
@@ -125,9 +135,13 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     site = Path(site_dir) if site_dir else out_dir / "site"
     site.mkdir(parents=True, exist_ok=True)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
+    plots = write_reliability_diagrams(out_dir, frame, attack_text)
+    (site / "plots").mkdir(exist_ok=True)
+    for plot in plots:
+        shutil.copyfile(plot, site / "plots" / plot.name)
     page = env.get_template("index.html.j2").render(
-        title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct,
-        failed=list(frame[frame["status"] != "ok"]["cell_id"]),
+        title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct, ece_text=ece_text,
+        failed=list(frame[frame["status"] != "ok"]["cell_id"]), plots=[f"plots/{p.name}" for p in plots],
     )
     (site / "index.html").write_text(page)
     shutil.copyfile(TEMPLATES / "style.css", site / "style.css")

@@ -42,7 +42,16 @@ def test_four_detectors_side_by_side(tmp_path):
     assert by["zarnd", "none"]["metrics"]["pixel_auroc"] is None  # no localization: AL is n/a
     assert by["patchguard", "none"]["metrics"]["pixel_auroc"] is not None
     assert by["patchguard", "none"]["weights"] == "trained from random init"
+    for r in rows:  # calibration columns on every row; attack-only ones on attacked rows
+        assert {"ece_raw", "ece_platt", "entropy_clean", "flag_auroc", "ece_bins"} <= set(r["metrics"])
+        attacked = r["attack"] != "none"
+        assert (r["metrics"]["entropy_adv"] is not None) == attacked == (r["metrics"]["flag_auroc"] is not None)
+    plots = sorted(p.name for p in (out / "plots").glob("*.svg"))
+    assert plots == [f"reliability_{d}_textures.svg" for d in ("anomalydino", "patchcore", "patchguard", "zarnd")]
+    assert 'src="plots/reliability_zarnd_textures.svg"' in (out / "site" / "index.html").read_text()
+    assert (out / "site" / "plots" / plots[0]).is_file()
     board = (out / "leaderboard.md").read_text()
+    assert "ECE raw → Platt" in board and "Flag AUROC" in board
     zarnd_lines = [line for line in board.splitlines() if line.startswith("| zarnd")]
     assert zarnd_lines and all("n/a" in line for line in zarnd_lines)
     # another output folder: every cell comes from the cache (PatchGuard is not retrained), same numbers

@@ -1,0 +1,163 @@
+"""Calibrated posteriors, calibration error and the entropy attack flag (seed 000).
+
+A calibrator maps a detector's raw anomaly score to P(anomalous). Posteriors of clean
+images come from K-fold cross-fitting on the clean labelled scores of the same detector
+and category: image i is calibrated by the model fitted on the folds that do not hold it.
+Adversarial images are calibrated by that same clean-fitted model, unchanged (the defender
+does not know the attack).
+
+Metrics (fractions; entropies in bits, so 1 is the maximum, at p = 0.5):
+
+- ``ece_raw`` — ECE of the min-max-normalised raw score (min and max of the clean scores);
+- ``ece_<calibrator>``, ``brier_<calibrator>`` — of each calibrator's posterior;
+- ``ece_bins`` — the number of equal-width bins (15);
+- ``entropy_clean``, ``entropy_adv`` — mean binary entropy of the Platt posterior on the
+  clean and on the attacked images (``entropy_adv`` only on cells that perturb);
+- ``flag_auroc`` — AUROC of that entropy separating attacked from clean versions of the
+  same images (0.5 = no flag; only on cells that perturb);
+- ``f1_platt`` — F1 of the detection at the calibrated threshold P = 0.5.
+
+ECE here is the reliability of P(anomalous): per bin, |fraction anomalous − mean P|,
+weighted by the bin's share of images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import Registry
+
+ECE_BINS = 15
+FOLDS = 5
+
+CALIBRATORS: Registry[type] = Registry("calibrator")
+register_calibrator = CALIBRATORS.register
+
+
+@register_calibrator("platt")
+class Platt:
+    """Logistic regression on the (standardised) score: P = σ(a·s + b) (Platt 1999)."""
+
+    def fit(self, scores: np.ndarray, labels: np.ndarray) -> Platt:
+        from sklearn.linear_model import LogisticRegression
+
+        self.mean, self.std = float(scores.mean()), float(scores.std()) or 1.0
+        model = LogisticRegression(C=1e4).fit(((scores - self.mean) / self.std)[:, None], labels)
+        self.a = float(model.coef_[0, 0]) / self.std
+        self.b = float(model.intercept_[0]) - self.a * self.mean
+        return self
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-(self.a * scores + self.b)))
+
+
+@register_calibrator("temperature")
+class Temperature:
+    """One temperature on the logit of the min-max-normalised score: P = σ(logit(u)/T)."""
+
+    def fit(self, scores: np.ndarray, labels: np.ndarray) -> Temperature:
+        from scipy.optimize import minimize_scalar
+
+        self.low, self.high = float(scores.min()), float(scores.max())
+        z = self._logit(scores)
+
+        def nll(log_t: float) -> float:
+            p = np.clip(1 / (1 + np.exp(-z / np.exp(log_t))), 1e-12, 1 - 1e-12)
+            return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+        self.t = float(np.exp(minimize_scalar(nll, bounds=(-5, 5), method="bounded").x))
+        return self
+
+    def _logit(self, scores: np.ndarray) -> np.ndarray:
+        u = np.clip((scores - self.low) / max(self.high - self.low, 1e-12), 1e-4, 1 - 1e-4)
+        return np.log(u / (1 - u))
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-self._logit(scores) / self.t))
+
+
+@register_calibrator("isotonic")
+class Isotonic:
+    """Monotone, piecewise-constant map fitted by isotonic regression (Zadrozny & Elkan 2002)."""
+
+    def fit(self, scores: np.ndarray, labels: np.ndarray) -> Isotonic:
+        from sklearn.isotonic import IsotonicRegression
+
+        self.model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(scores, labels)
+        return self
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        return self.model.predict(scores)
+
+
+def folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold index per image, stratified by label, shuffled with ``seed``."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(labels), dtype=int)
+    for value in (0, 1):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        fold[members] = np.arange(len(members)) % k
+    return fold
+
+
+def cross_fit(name: str, clean: np.ndarray, labels: np.ndarray, others: list[np.ndarray], *, k: int = FOLDS,
+              seed: int = 0) -> list[np.ndarray]:
+    """Out-of-fold posteriors of ``clean`` and of each array in ``others`` (scores of the
+    same images, e.g. attacked): image i always goes through the model fitted without i."""
+    fold = folds(labels, k, seed)
+    outputs = [np.empty(len(clean)) for _ in range(1 + len(others))]
+    for f in range(k):
+        held = fold == f
+        if not held.any():
+            continue
+        model = CALIBRATORS.get(name)().fit(clean[~held], labels[~held])
+        for out, scores in zip(outputs, [clean, *others]):
+            out[held] = model.predict(scores[held])
+    return outputs
+
+
+def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of P(anomalous) with ``bins`` equal-width bins on [0, 1]."""
+    index = np.minimum((probs * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = index == b
+        if members.any():
+            total += members.mean() * abs(labels[members].mean() - probs[members].mean())
+    return float(total)
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Binary entropy in bits; 0 at p ∈ {0, 1}, 1 at p = 0.5."""
+    p = np.clip(probs, 1e-12, 1 - 1e-12)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def minmax(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    low, high = reference.min(), reference.max()
+    return np.clip((scores - low) / max(high - low, 1e-12), 0.0, 1.0)
+
+
+def calibration_metrics(labels: np.ndarray, clean: np.ndarray, scores: np.ndarray, *, perturbed: bool,
+                        seed: int = 0) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
+    """The calibration metrics of one cell, and the posteriors to save beside its scores."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    metrics: dict[str, float | None] = {"ece_bins": ECE_BINS, "ece_raw": ece(minmax(scores, clean), labels)}
+    none = ("entropy_clean", "entropy_adv", "flag_auroc", "f1_platt", *(f"{k}_{c}" for c in CALIBRATORS.names() for k in ("ece", "brier")))
+    if not 0 < labels.sum() < len(labels) or min(labels.sum(), len(labels) - labels.sum()) < 2:
+        return metrics | dict.fromkeys(none), {}  # calibration needs both classes in every fit
+    arrays = {}
+    for name in CALIBRATORS.names():
+        p_clean, p = cross_fit(name, clean, labels, [scores], seed=seed)
+        metrics[f"ece_{name}"] = ece(p, labels)
+        metrics[f"brier_{name}"] = float(np.mean((p - labels) ** 2))
+        if name == "platt":
+            arrays = {"posterior_platt": p.astype(np.float32), "posterior_platt_clean": p_clean.astype(np.float32)}
+            h_clean, h = entropy(p_clean), entropy(p)
+            metrics["entropy_clean"] = float(h_clean.mean())
+            metrics["entropy_adv"] = float(h.mean()) if perturbed else None
+            flags = np.r_[np.zeros(len(h)), np.ones(len(h))]
+            metrics["flag_auroc"] = float(roc_auc_score(flags, np.r_[h_clean, h])) if perturbed else None
+            metrics["f1_platt"] = float(f1_score(labels, p >= 0.5, zero_division=0))
+    return metrics, arrays

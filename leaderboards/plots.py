@@ -1,0 +1,73 @@
+"""Reliability diagrams (clean vs adversarial) per detector and dataset, as SVG files.
+
+Reads the Platt posteriors each cell saved in ``cells/<id>/scores.npz``: the clean curve
+pools the clean posteriors of every category; the adversarial curve pools the posteriors
+of the strongest attack (lowest mean image AUROC) over the same categories.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from robustad_bench.harness.calibration import ECE_BINS, ece
+
+
+def reliability_curve(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """(mean posterior, fraction anomalous) of the non-empty equal-width bins."""
+    index = np.minimum((probs * bins).astype(int), bins - 1)
+    used = [b for b in range(bins) if (index == b).any()]
+    return (np.array([probs[index == b].mean() for b in used]), np.array([labels[index == b].mean() for b in used]))
+
+
+def _pooled(out_dir: Path, cell_ids, key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    probs, labels = [], []
+    for cell_id in cell_ids:
+        path = out_dir / "cells" / cell_id / "scores.npz"
+        if not path.is_file():
+            continue
+        data = np.load(path)
+        if key in data:
+            probs.append(data[key])
+            labels.append(data["labels"])
+    return (np.concatenate(probs), np.concatenate(labels)) if probs else None
+
+
+def write_reliability_diagrams(out_dir: Path, frame: pd.DataFrame, attack_text) -> list[Path]:
+    """One SVG per detector × dataset under ``out_dir/plots``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = frame[frame["status"] == "ok"]
+    written = []
+    for (detector, dataset), group in ok.groupby(["detector", "dataset"], sort=True):
+        clean = _pooled(out_dir, group[group["attack"] == "none"]["cell_id"], "posterior_platt_clean")
+        attacked = group[group["attack"] != "none"]
+        if clean is None or attacked.empty:
+            continue
+        by_attack = attacked.assign(text=attacked.apply(attack_text, axis=1)).groupby("text")["image_auroc"].mean()
+        strongest = by_attack.idxmin()
+        cells = attacked[attacked.apply(attack_text, axis=1) == strongest]["cell_id"]
+        adversarial = _pooled(out_dir, cells, "posterior_platt")
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfect")
+        for (probs, labels), name, colour in ((clean, "clean", "#1f77b4"), (adversarial, strongest, "#d62728")):
+            if probs is None:
+                continue
+            x, y = reliability_curve(probs, labels)
+            ax.plot(x, y, marker="o", color=colour, label=f"{name} (ECE {100 * ece(probs, labels):.1f})")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Platt posterior P(anomalous)", ylabel="fraction anomalous",
+               title=f"{detector} / {dataset}")
+        ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        path = out_dir / "plots" / f"reliability_{re.sub(r'[^A-Za-z0-9_.-]+', '_', f'{detector}_{dataset}')}.svg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="svg")
+        plt.close(fig)
+        written.append(path)
+    return written
