@@ -24,6 +24,7 @@ weighted by the bin's share of images.
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 from .registry import Registry
 
@@ -48,7 +49,7 @@ class Platt:
         return self
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
-        return 1 / (1 + np.exp(-(self.a * scores + self.b)))
+        return expit(self.a * scores + self.b)
 
 
 @register_calibrator("temperature")
@@ -62,7 +63,7 @@ class Temperature:
         z = self._logit(scores)
 
         def nll(log_t: float) -> float:
-            p = np.clip(1 / (1 + np.exp(-z / np.exp(log_t))), 1e-12, 1 - 1e-12)
+            p = np.clip(expit(z / np.exp(log_t)), 1e-12, 1 - 1e-12)
             return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
 
         self.t = float(np.exp(minimize_scalar(nll, bounds=(-5, 5), method="bounded").x))
@@ -73,7 +74,7 @@ class Temperature:
         return np.log(u / (1 - u))
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
-        return 1 / (1 + np.exp(-self._logit(scores) / self.t))
+        return expit(self._logit(scores) / self.t)
 
 
 @register_calibrator("isotonic")
