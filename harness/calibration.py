@@ -162,3 +162,14 @@ def calibration_metrics(labels: np.ndarray, clean: np.ndarray, scores: np.ndarra
             metrics["flag_auroc"] = float(roc_auc_score(flags, np.r_[h_clean, h])) if perturbed else None
             metrics["f1_platt"] = float(f1_score(labels, p >= 0.5, zero_division=0))
     return metrics, arrays
+
+
+def attacker_calibrator(labels: np.ndarray, clean: np.ndarray):
+    """The defender's Platt map as an attacker who knows it uses it: fitted on all clean
+    scores of the category, as a differentiable torch function score → P(anomalous)."""
+    import torch
+
+    if not 0 < labels.sum() < len(labels):
+        return None  # no calibrator without both classes: an adaptive attack then fails clearly
+    platt = Platt().fit(clean.astype(np.float64), labels)
+    return lambda scores: torch.sigmoid(platt.a * scores + platt.b)

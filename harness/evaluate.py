@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .attacks import ATTACKS
-from .calibration import calibration_metrics
+from .calibration import attacker_calibrator, calibration_metrics
 from .datasets import Split
 from .grid import Cell
 from .metrics import compute_metrics
@@ -129,6 +129,8 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
     source_counting = CountingDetector(source, bar) if source is not None else None
     if "source_detector" in wants:
         context["source_detector"] = source_counting
+    if "calibrator" in wants and cell.attack.kwargs.get("entropy_weight"):
+        context["calibrator"] = attacker_calibrator(split.labels, fitted.clean_scores)
     scores, maps, linf, l2 = fitted.clean_scores.copy(), fitted.clean_maps.copy(), np.zeros(n), np.zeros(n)
     start, perturbed = time.perf_counter(), False
     for b, sl in _batches(n, cell.batch_size):

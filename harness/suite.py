@@ -33,7 +33,7 @@ TOP_LEVEL = {
     "attacks": "list of {name, ...}",
     "validity": "true adds the cells the validity checks need (PGD at ε=1, noise, 5× steps)",
 }
-ATTACK_CONTEXT = ("detector", "x", "labels", "masks", "seed", "threshold", "source_detector")  # filled by the harness
+ATTACK_CONTEXT = ("detector", "x", "labels", "masks", "seed", "threshold", "source_detector", "calibrator")  # filled by the harness
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,30 @@ def resolve_knowledge(objective: str, knowledge: str | None) -> str:
     return needed
 
 
-def objective_loss(detector, x: Tensor, labels: Tensor, masks: Tensor | None, objective: str) -> Tensor:
-    """Per-image attacker loss (B,) to maximise."""
+def binary_entropy(p: Tensor) -> Tensor:
+    """In bits: 1 at p = 0.5, 0 at p ∈ {0, 1}."""
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+
+
+def objective_loss(detector, x: Tensor, labels: Tensor, masks: Tensor | None, objective: str, *,
+                   calibrator=None, entropy_weight: float = 0.0) -> Tensor:
+    """Per-image attacker loss (B,) to maximise.
+
+    With ``entropy_weight`` w > 0 the attacker also knows the defender's calibrator (a map
+    from score to P(anomalous)) and subtracts w · H(P): the adversarial images should stay
+    confidently scored, so that the entropy flag (seed 000) does not fire on them.
+    """
     out = detector(x)
+    penalty = 0.0
+    if entropy_weight > 0:
+        if calibrator is None:
+            raise UserError("entropy_weight > 0 needs the defender's calibrator; run the attack through the harness",
+                            key="entropy_weight")
+        penalty = entropy_weight * binary_entropy(calibrator(out.score))
     if objective == "detection":
         y = 1.0 - 2.0 * labels.to(out.score.dtype)  # +1 normal, −1 anomalous
-        return y * out.score
+        return y * out.score - penalty
     if masks is None:
         raise UserError("the localization objective needs pixel masks; this dataset has none", key="objective")
     anomalous = masks.to(out.map.dtype).flatten(1)  # (B, H*W), 1 = anomalous pixel
@@ -56,10 +74,10 @@ def objective_loss(detector, x: Tensor, labels: Tensor, masks: Tensor | None, ob
     maps = out.map.flatten(1)
     normal_mean = (maps * normal).sum(1) / normal.sum(1).clamp_min(1.0)
     anomalous_mean = (maps * anomalous).sum(1) / anomalous.sum(1).clamp_min(1.0)  # 0 without defect
-    return normal_mean - anomalous_mean
+    return normal_mean - anomalous_mean - penalty
 
 
-def input_gradient(detector, x: Tensor, labels, masks, objective: str, eot: int = 1) -> tuple[Tensor, Tensor]:
+def input_gradient(detector, x: Tensor, labels, masks, objective: str, eot: int = 1, **adaptive) -> tuple[Tensor, Tensor]:
     """(loss (B,), d loss / d x) at ``x``; the detector's own parameters get no gradient.
 
     ``eot`` > 1 averages loss and gradient over that many forward passes (Expectation over
@@ -67,12 +85,12 @@ def input_gradient(detector, x: Tensor, labels, masks, objective: str, eot: int 
     """
     x = x.detach().requires_grad_(True)
     if eot == 1:  # the common case, without accumulation kernels on the hot path
-        loss = objective_loss(detector, x, labels, masks, objective)
+        loss = objective_loss(detector, x, labels, masks, objective, **adaptive)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         return loss.detach(), grad
     total_loss, total_grad = 0.0, torch.zeros_like(x)
     for _ in range(eot):
-        loss = objective_loss(detector, x, labels, masks, objective)
+        loss = objective_loss(detector, x, labels, masks, objective, **adaptive)
         (grad,) = torch.autograd.grad(loss.sum(), x)
         total_loss, total_grad = total_loss + loss.detach(), total_grad + grad
     return total_loss / eot, total_grad / eot

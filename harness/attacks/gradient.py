@@ -34,11 +34,13 @@ def none(detector, x: Tensor, labels: Tensor, masks: Tensor | None, *, seed: int
 def fgsm(
     detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
     eps: float, norm: Norm = "linf", objective: Objective = "detection",
-    knowledge: str | None = None, eot: int = 1, seed: int = 0,
+    knowledge: str | None = None, eot: int = 1, entropy_weight: float = 0.0, calibrator=None, seed: int = 0,
 ) -> Tensor:
-    """One gradient step of size ε (Goodfellow et al., ICLR 2015)."""
+    """One gradient step of size ε (Goodfellow et al., ICLR 2015); ``entropy_weight`` > 0
+    makes it adaptive to the entropy flag (see ``objective_loss``)."""
     resolve_knowledge(objective, knowledge)
-    _, grad = input_gradient(detector, x, labels, masks, objective, eot)
+    adaptive = {"calibrator": calibrator, "entropy_weight": entropy_weight}
+    _, grad = input_gradient(detector, x, labels, masks, objective, eot, **adaptive)
     return project(x + eps * ascent_direction(grad, norm), x, eps, norm).detach()
 
 
@@ -47,22 +49,24 @@ def pgd(
     detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
     eps: float, norm: Norm = "linf", steps: int = 10, step_size: float | None = None,
     random_start: bool = True, restarts: int = 1, objective: Objective = "detection",
-    knowledge: str | None = None, eot: int = 1, seed: int = 0,
+    knowledge: str | None = None, eot: int = 1, entropy_weight: float = 0.0, calibrator=None, seed: int = 0,
 ) -> Tensor:
-    """Projected gradient ascent on the objective inside the ε-ball."""
+    """Projected gradient ascent on the objective inside the ε-ball; ``entropy_weight`` > 0
+    also keeps the calibrated entropy low (an attacker who knows the flag)."""
     resolve_knowledge(objective, knowledge)
+    adaptive = {"calibrator": calibrator, "entropy_weight": entropy_weight}
     alpha = 2.5 * eps / steps if step_size is None else step_size
     generator = torch.Generator().manual_seed(seed)
     best, best_loss = x.detach(), None
     for _ in range(restarts):
         x_adv = sample_start(x, eps, norm, generator) if random_start else x.detach()
         for _ in range(steps):
-            _, grad = input_gradient(detector, x_adv, labels, masks, objective, eot)
+            _, grad = input_gradient(detector, x_adv, labels, masks, objective, eot, **adaptive)
             x_adv = project(x_adv + alpha * ascent_direction(grad, norm), x, eps, norm).detach()
         if restarts == 1:
             return x_adv
         with torch.no_grad():
-            loss = objective_loss(detector, x_adv, labels, masks, objective)
+            loss = objective_loss(detector, x_adv, labels, masks, objective, **adaptive)
         best, best_loss = keep_best(best, best_loss, x_adv, loss)
     return best
 

@@ -23,6 +23,7 @@ attacks:
   - {name: none}
   - {name: pgd, eps: 8/255, steps: 1}
   - {name: surrogate, eps: 8/255, head_steps: 20}
+  - {name: pgd, label: pgd-adaptive, eps: 8/255, steps: 1, entropy_weight: 10.0}
 """
 
 
@@ -34,7 +35,7 @@ def test_four_detectors_side_by_side(tmp_path):
     assert main(args) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert sorted({r["detector"] for r in rows}) == ["anomalydino", "patchcore", "patchguard", "zarnd"]
-    assert len(rows) == 12 and all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
+    assert len(rows) == 16 and all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
     surrogate = [r for r in rows if r["attack"] == "surrogate"]
     assert all(r["knowledge"] == "surrogate" and r["attack_params"]["head_data"] == "labels" for r in surrogate)
     assert all(r["passes"]["gradient"] > 0 for r in surrogate)  # feature passes are counted too

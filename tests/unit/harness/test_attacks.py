@@ -273,3 +273,22 @@ def test_transfer_crafts_on_the_source_only(batch):
     assert torch.equal(adv, ATTACKS.get("pgd")(source, x, labels, masks, eps=4 / 255, steps=3, seed=0))
     with pytest.raises(UserError, match="source detector 'a'"):
         ATTACKS.get("transfer")(target, x, labels, masks, source="a", eps=4 / 255)
+
+
+def test_adaptive_pgd_keeps_the_calibrated_entropy_low(batch):
+    from robustad_bench.harness.attacks.base import binary_entropy
+
+    x, labels, masks = batch
+    det = TinyNet()
+    with torch.no_grad():
+        centre = float(det(x).score.median())
+    calibrator = lambda s: torch.sigmoid(s - centre)  # noqa: E731
+    # a budget at which plain PGD leaves scores near the boundary, where the flag fires
+    kwargs = {"eps": 4 / 255, "steps": 20, "seed": 0}
+    plain = ATTACKS.get("pgd")(det, x, labels, masks, **kwargs)
+    adaptive = ATTACKS.get("pgd")(det, x, labels, masks, entropy_weight=10.0, calibrator=calibrator, **kwargs)
+    with torch.no_grad():
+        h = lambda a: binary_entropy(calibrator(det(a).score)).mean()  # noqa: E731
+        assert h(adaptive) < 0.5 * h(plain)
+    with pytest.raises(UserError, match="calibrator"):
+        ATTACKS.get("fgsm")(det, x, labels, masks, eps=4 / 255, entropy_weight=1.0)
