@@ -24,6 +24,9 @@ def test_quick_suite_runs_and_attacks_bite(tmp_path):
     assert detectors == {"patchcore-r18": "random", "anomalydino-vits14": "random", "zarnd-r18": "random",
                          "patchguard-vitt16": "trained from random init"}
     for r in rows:
+        metrics, attacked = r["metrics"], r["attack"] != "none"
+        assert all(metrics[k] is not None for k in ("ece_raw", "ece_platt", "entropy_clean")), r["cell_id"]
+        assert (metrics["entropy_adv"] is not None) == attacked == (metrics["flag_auroc"] is not None)
         data = np.load(out / "cells" / r["cell_id"] / "scores.npz")
         assert r["metrics"]["image_auroc"] == pytest.approx(roc_auc_score(data["labels"], data["scores"]), abs=1e-6)
     for detector in detectors:
