@@ -15,7 +15,7 @@ Metrics (fractions; entropies in bits, so 1 is the maximum, at p = 0.5):
   clean and on the attacked images (``entropy_adv`` only on cells that perturb);
 - ``flag_auroc`` — AUROC of that entropy separating attacked from clean versions of the
   same images (0.5 = no flag; only on cells that perturb);
-- ``f1_platt`` — F1 of the detection at the calibrated threshold P = 0.5.
+- ``f1_platt``, ``gmean_platt`` — detection at the calibrated threshold P = 0.5.
 
 ECE here is the reliability of P(anomalous): per bin, |fraction anomalous − mean P|,
 weighted by the bin's share of images.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit
 
+from .metrics import f1, gmean
 from .registry import Registry
 
 ECE_BINS = 15
@@ -142,10 +143,10 @@ def minmax(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
 def calibration_metrics(labels: np.ndarray, clean: np.ndarray, scores: np.ndarray, *, perturbed: bool,
                         seed: int = 0) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
     """The calibration metrics of one cell, and the posteriors to save beside its scores."""
-    from sklearn.metrics import f1_score, roc_auc_score
+    from sklearn.metrics import roc_auc_score
 
     metrics: dict[str, float | None] = {"ece_bins": ECE_BINS, "ece_raw": ece(minmax(scores, clean), labels)}
-    none = ("entropy_clean", "entropy_adv", "flag_auroc", "f1_platt", *(f"{k}_{c}" for c in CALIBRATORS.names() for k in ("ece", "brier")))
+    none = ("entropy_clean", "entropy_adv", "flag_auroc", "f1_platt", "gmean_platt", *(f"{k}_{c}" for c in CALIBRATORS.names() for k in ("ece", "brier")))
     if not 0 < labels.sum() < len(labels) or min(labels.sum(), len(labels) - labels.sum()) < 2:
         return metrics | dict.fromkeys(none), {}  # calibration needs both classes in every fit
     arrays = {}
@@ -160,7 +161,8 @@ def calibration_metrics(labels: np.ndarray, clean: np.ndarray, scores: np.ndarra
             metrics["entropy_adv"] = float(h.mean()) if perturbed else None
             flags = np.r_[np.zeros(len(h)), np.ones(len(h))]
             metrics["flag_auroc"] = float(roc_auc_score(flags, np.r_[h_clean, h])) if perturbed else None
-            metrics["f1_platt"] = float(f1_score(labels, p >= 0.5, zero_division=0))
+            metrics["f1_platt"] = f1(labels, p, threshold=0.5)
+            metrics["gmean_platt"] = gmean(labels, p, threshold=0.5)
     return metrics, arrays
 
 

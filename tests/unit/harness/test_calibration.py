@@ -76,5 +76,6 @@ def test_cell_metrics_flag_attacks_that_push_scores_towards_the_boundary():
     clean_metrics, _ = calibration_metrics(labels, clean, clean, perturbed=False)
     assert clean_metrics["entropy_adv"] is None and clean_metrics["flag_auroc"] is None
     assert clean_metrics["ece_platt"] < clean_metrics["ece_raw"]
+    assert clean_metrics["f1_platt"] > 0.9 and clean_metrics["gmean_platt"] > 0.9  # separable: P = 0.5 splits well
     single, _ = calibration_metrics(np.zeros(5, int), clean[:5], clean[:5], perturbed=False)
     assert single["ece_platt"] is None and single["ece_raw"] is not None
