@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import SuiteErrors, UserError
 
-LISTABLE = ("detectors", "attacks", "datasets", "metrics", "backends")
+LISTABLE = ("detectors", "attacks", "datasets", "metrics", "backends", "calibrators")
 
 
 def default_cache() -> Path:
@@ -68,10 +68,11 @@ def cmd_validate(args) -> int:
 
 def cmd_list(args) -> int:
     from .backends import BACKENDS
+    from .calibration import CALIBRATORS
     from .metrics import METRICS
     from .suite import registries
 
-    registry = {**registries(), "metrics": METRICS, "backends": BACKENDS}[args.kind]
+    registry = {**registries(), "metrics": METRICS, "backends": BACKENDS, "calibrators": CALIBRATORS}[args.kind]
     for name in registry.names():
         print(name)
     return 0
