@@ -69,12 +69,20 @@ def objective_loss(detector, x: Tensor, labels: Tensor, masks: Tensor | None, ob
         return y * out.score - penalty
     if masks is None:
         raise UserError("the localization objective needs pixel masks; this dataset has none", key="objective")
-    anomalous = masks.to(out.map.dtype).flatten(1)  # (B, H*W), 1 = anomalous pixel
+    return localization_objective(out.map, masks.to(out.map.dtype)) - penalty
+
+
+def localization_objective(maps: Tensor, masks: Tensor, weights: Tensor | None = None) -> Tensor:
+    """Per image (B,): mean map over normal pixels − mean over anomalous pixels of ``masks``
+    (1 = anomalous), each pixel counted with its ``weights`` (B, H*W) when given."""
+    anomalous = masks.flatten(1)  # (B, H*W)
     normal = 1.0 - anomalous
-    maps = out.map.flatten(1)
-    normal_mean = (maps * normal).sum(1) / normal.sum(1).clamp_min(1.0)
-    anomalous_mean = (maps * anomalous).sum(1) / anomalous.sum(1).clamp_min(1.0)  # 0 without defect
-    return normal_mean - anomalous_mean - penalty
+    if weights is not None:
+        anomalous, normal = anomalous * weights, normal * weights
+    m = maps.flatten(1)
+    normal_mean = (m * normal).sum(1) / normal.sum(1).clamp_min(1.0)
+    anomalous_mean = (m * anomalous).sum(1) / anomalous.sum(1).clamp_min(1.0)  # 0 without defect
+    return normal_mean - anomalous_mean
 
 
 def input_gradient(detector, x: Tensor, labels, masks, objective: str, eot: int = 1, **adaptive) -> tuple[Tensor, Tensor]:

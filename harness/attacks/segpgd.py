@@ -20,15 +20,15 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import Norm, ascent_direction, project, random_start, register_attack, resolve_knowledge
-
-
-def _masked_objective(maps: Tensor, masks: Tensor, weights: Tensor) -> Tensor:
-    """Balanced localization objective (B,) with per-pixel weights (B, H*W)."""
-    anomalous = masks.flatten(1) * weights
-    normal = (1 - masks.flatten(1)) * weights
-    m = maps.flatten(1)
-    return (m * normal).sum(1) / normal.sum(1).clamp_min(1.0) - (m * anomalous).sum(1) / anomalous.sum(1).clamp_min(1.0)
+from .base import (
+    Norm,
+    ascent_direction,
+    localization_objective,
+    project,
+    random_start,
+    register_attack,
+    resolve_knowledge,
+)
 
 
 @register_attack("segpgd")
@@ -55,7 +55,7 @@ def segpgd(
         maps = detector(x_adv).map
         with torch.no_grad():
             correct = ((maps > t).float() == masks).float().flatten(1)
-        loss = (1 - lam) * _masked_objective(maps, masks, correct) + lam * _masked_objective(maps, masks, 1 - correct)
+        loss = (1 - lam) * localization_objective(maps, masks, correct) + lam * localization_objective(maps, masks, 1 - correct)
         (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         x_adv = project(x_adv.detach() + alpha * ascent_direction(grad, norm), x, eps, norm)
     return x_adv.detach()
