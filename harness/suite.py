@@ -133,7 +133,9 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
     entry = Entry(name=name, label=str(label), kwargs=kwargs, key=path)
     if section == "attacks":
         defaults = {k: d for k, (_, d) in params.items() if d is not inspect.Parameter.empty}
-        found = {pair: None for point in expand_attack(entry) for pair in check_threat_model({**defaults, **point})}
+        own = getattr(target, "check_config", lambda **_: [])  # an attack's own (key, problem) checks
+        found = {pair: None for point in expand_attack(entry)
+                 for pair in check_threat_model({**defaults, **point}) + own(**{**defaults, **point})}
         for key, problem in found:  # each distinct problem once, however many grid points share it
             problems.append(UserError(problem, file=file, key=f"{path}.{key}"))
     return entry

@@ -136,3 +136,10 @@ def test_shipped_suites_validate(path, capsys):
     from robustad_bench.harness.cli import main
 
     assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_an_attacks_own_check_runs_at_validation():
+    raw = {"datasets": [{"name": "digits"}], "detectors": [{"name": "zarnd"}],
+           "attacks": [{"name": "autoattack", "eps": 0.03, "parts": "apgd+dlr"}]}
+    with pytest.raises(SuiteErrors, match=r"attacks\[0\].parts.*unknown autoattack part.*'dlr'.*apgd\+fab\+square\+pgd"):
+        parse_suite(raw, file="s.yaml")
