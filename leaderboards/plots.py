@@ -50,9 +50,9 @@ def write_reliability_diagrams(out_dir: Path, frame: pd.DataFrame, attack_text) 
         attacked = group[group["attack"] != "none"]
         if clean is None or attacked.empty:
             continue
-        by_attack = attacked.assign(text=attacked.apply(attack_text, axis=1)).groupby("text")["image_auroc"].mean()
-        strongest = by_attack.idxmin()
-        cells = attacked[attacked.apply(attack_text, axis=1) == strongest]["cell_id"]
+        attacked = attacked.assign(text=attacked.apply(attack_text, axis=1))
+        strongest = attacked.groupby("text")["image_auroc"].mean().idxmin()
+        cells = attacked[attacked["text"] == strongest]["cell_id"]
         adversarial = _pooled(out_dir, cells, "posterior_platt")
         fig, ax = plt.subplots(figsize=(4, 4))
         ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfect")
