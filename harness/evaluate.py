@@ -8,11 +8,10 @@ reuses them instead of recomputing (DESIGN §7).
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -21,11 +20,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import ATTACKS
+from .attacks import CellData, Context
 from .calibration import attacker_calibrator, calibration_metrics
 from .datasets import Split
 from .grid import Cell
-from .metrics import compute_metrics
+from .metrics import best_f1_threshold, compute_metrics
 
 
 @contextmanager
@@ -98,6 +97,7 @@ def fit_state(detector: nn.Module, split: Split, *, seed: int, batch_size: int, 
     """Fit and score the clean test set; the returned dict is the cached fit artifact."""
     start = time.perf_counter()
     detector.fit(split.train.to(device), seed=seed)
+    detector.eval()  # training (PatchGuard's) must not leave dropout on for scoring and attacks
     fit_seconds = time.perf_counter() - start
     scores, maps = score_images(detector, split.test, batch_size=batch_size, map_size=map_size, device=device)
     state = {k: v.cpu() for k, v in detector.state_dict().items()}
@@ -110,36 +110,65 @@ def downsampled_masks(split: Split, map_size: int) -> np.ndarray | None:
     return (downsample(split.masks.float(), map_size) >= 0.5).float().numpy()
 
 
-def batch_seed(seed: int, batch: int) -> int:
-    return seed * 1_000_003 + batch
+@dataclass(frozen=True)
+class Thresholds:
+    """Fixed once per (detector, category, seed) from the clean run."""
+
+    metric: float | None  # F1-max threshold for F1/G-mean (None when the test set has one class)
+    image: float  # the attacks' decision threshold: ``metric``, else the median clean score
+    pixel: float | None  # F1-max over the clean maps' pixels, else their median; None without masks
 
 
-def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device, progress: bool = False,
+def clean_thresholds(labels: np.ndarray, clean_scores: np.ndarray, clean_maps: np.ndarray,
+                     masks: np.ndarray | None) -> Thresholds:
+    metric = best_f1_threshold(labels, clean_scores)[1] if 0 < labels.sum() < len(labels) else None
+    pixel = None
+    if masks is not None:
+        pixels = masks.ravel()
+        pixel = (best_f1_threshold(pixels, clean_maps.ravel())[1] if 0 < pixels.sum() < len(pixels)
+                 else float(np.median(clean_maps)))
+    return Thresholds(metric, float(np.median(clean_scores)) if metric is None else float(metric),
+                      None if pixel is None else float(pixel))
+
+
+def ensure_eval(detector: nn.Module, attack: str) -> None:
+    """Attacks must leave every module in eval mode (dropout off, BatchNorm statistics fixed):
+    restore it, then fail the cell — its adversarial images were made by another model."""
+    training = [name or "(detector)" for name, module in detector.named_modules() if module.training]
+    if training:
+        detector.eval()
+        raise RuntimeError(f"attack {attack!r} left the detector in training mode ({', '.join(training[:5])}); "
+                           "eval mode restored")
+
+
+def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device, progress: bool = False,
                   source: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Attack the test set batch by batch, score the result; returns (row fields, arrays)."""
-    split = fitted.split
+    split, spec, point = fitted.split, cell.spec, cell.attack.kwargs
     labels = torch.from_numpy(split.labels)
-    attack = ATTACKS.get(cell.attack.name)
-    wants = inspect.signature(attack).parameters  # context an attack may ask the harness for
-    context = {"threshold": threshold} if "threshold" in wants else {}
     n = split.test.shape[0]
     # counts every image the detector forwards: the attack's step rate, in images per second
     bar = tqdm(desc="  forward passes", unit="img", leave=False, disable=not progress, file=sys.stderr)
     counting = CountingDetector(fitted.detector, bar)
     source_counting = CountingDetector(source, bar) if source is not None else None
-    if "source_detector" in wants:
-        context["source_detector"] = source_counting
-    if "calibrator" in wants and cell.attack.kwargs.get("entropy_weight"):
-        context["calibrator"] = attacker_calibrator(split.labels, fitted.clean_scores)
+    calibrator = attacker_calibrator(split.labels, fitted.clean_scores) if point.get("entropy_weight") else None
+    threat, options = spec.threat_model(point), spec.own(point)
+    context = Context(threshold=thresholds.image, pixel_threshold=thresholds.pixel, seed=cell.seed,
+                      source=source_counting, calibrator=calibrator)
     scores, maps, linf, l2 = fitted.clean_scores.copy(), fitted.clean_maps.copy(), np.zeros(n), np.zeros(n)
-    start, perturbed = time.perf_counter(), False
-    for b, sl in _batches(n, cell.batch_size):
+    start, perturbed, state = time.perf_counter(), spec.kind != "none", {}
+    if spec.prepare is not None:  # fitted once per cell, on the whole cell, and saved with it
+        data = CellData(split.train, split.test, labels, cell.batch_size, torch.device(device))
+        state = spec.prepare(counting, data, threat, context, **options)
+        context = replace(context, state=state)
+    for _, sl in _batches(n, cell.batch_size) if perturbed else ():
         x = split.test[sl].to(device)
         masks = split.masks[sl].to(device) if split.masks is not None else None
-        x_adv = attack(counting, x, labels[sl].to(device), masks, seed=batch_seed(cell.seed, b), **context, **cell.attack.kwargs)
-        if x_adv is x:  # images unchanged: the clean outputs stand
-            continue
-        perturbed = True
+        objective = spec.objective(counting, labels[sl].to(device), masks, point, calibrator)
+        x_adv = spec.run(objective, x, threat, replace(context, images=tuple(split.names[sl])), **options)
+        for model in (fitted.detector, source):
+            if model is not None:
+                ensure_eval(model, cell.attack.name)
         delta = (x_adv - x).detach().flatten(1)
         linf[sl], l2[sl] = delta.abs().amax(1).cpu().numpy(), delta.norm(dim=1).cpu().numpy()
         with torch.no_grad():
@@ -153,14 +182,18 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, threshold: float | None, device
         arrays |= {"maps": maps.astype(np.float32), "masks": fitted.masks.astype(np.uint8)}
     if perturbed:  # keep the clean scores beside the adversarial ones they are compared with
         arrays["clean_scores"] = fitted.clean_scores.astype(np.float32)
-    metrics = compute_metrics(arrays["labels"], arrays["scores"], maps=arrays.get("maps"), masks=arrays.get("masks"), threshold=threshold)
+    arrays |= {f"attack_{key}": value.detach().float().cpu().numpy() for key, value in state.items()}
+    metrics = compute_metrics(arrays["labels"], arrays["scores"], maps=arrays.get("maps"), masks=arrays.get("masks"),
+                              threshold=thresholds.metric)
     calibration, posteriors = calibration_metrics(arrays["labels"], fitted.clean_scores.astype(np.float64),
                                                   scores.astype(np.float64), perturbed=perturbed, seed=cell.seed)
     metrics |= calibration
     arrays |= posteriors
     fields = {
         "metrics": metrics,
-        "threshold": threshold,
+        "threshold": thresholds.metric,
+        "attack_thresholds": {"image": thresholds.image, "pixel": thresholds.pixel},
+        "threat": threat.record() if spec.kind != "none" else None,
         "seconds": round(seconds, 3),
         "passes": {"forward": counting.forward_passes, "gradient": counting.gradient_passes}
         | ({"source_forward": source_counting.forward_passes, "source_gradient": source_counting.gradient_passes}

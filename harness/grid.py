@@ -13,11 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .attacks import ATTACKS, KNOWLEDGE
+from .attacks import ATTACKS, AttackSpec
 from .datasets import DATASETS, Dataset
 from .datasets.base import digest
-from .schema import parameters
-from .suite import ATTACK_CONTEXT, Entry, Suite, expand_attack
+from .suite import Entry, Suite, expand_attack
 from .validity import validity_points
 
 log = logging.getLogger(__name__)
@@ -44,9 +43,12 @@ class Cell:
         return self.attack.kwargs.get("objective", "detection")
 
     @property
+    def spec(self) -> AttackSpec:
+        return ATTACKS.get(self.attack.name)
+
+    @property
     def knowledge(self) -> str:
-        # resolve_attack fills knowledge for every attack with an objective; the rest know nothing
-        return self.attack.kwargs.get("knowledge") or "none"
+        return self.spec.knowledge(self.objective)
 
     def fit_config(self) -> dict[str, Any]:
         return {"detector": self.detector.config(), "dataset": self.dataset.config(), "category": self.category, "seed": self.seed}
@@ -73,14 +75,8 @@ def eps_slug(eps: float) -> str:
 
 
 def resolve_attack(entry: Entry, point: dict[str, Any]) -> Entry:
-    """Fill in the attack function's defaults so every knob is recorded in the cell."""
-    kwargs = {k: default for k, (_, default) in parameters(ATTACKS.get(entry.name), skip=ATTACK_CONTEXT).items()}
-    kwargs.update(point)
-    if "objective" in kwargs and kwargs.get("knowledge") is None:
-        kwargs["knowledge"] = KNOWLEDGE[kwargs["objective"]]
-    if "step_size" in kwargs and kwargs["step_size"] is None and kwargs.get("steps"):
-        kwargs["step_size"] = 2.5 * kwargs["eps"] / kwargs["steps"]  # α = 2.5·ε/steps
-    return Entry(name=entry.name, label=entry.label, kwargs=kwargs)
+    """Fill in the attack's defaults so every knob is recorded in the cell."""
+    return Entry(name=entry.name, label=entry.label, kwargs=ATTACKS.get(entry.name).resolve(point), key=entry.key)
 
 
 def build_dataset(entry: Entry) -> Dataset:
@@ -104,7 +100,7 @@ def expand(suite: Suite) -> list[Cell]:
                         if attack.kwargs.get("objective") == "localization" and not dataset.has_masks:
                             log.info("skipping %s on %s: localization needs masks", attack.label, ds_entry.label)
                             continue
-                        source = by_label[attack.kwargs["source"]] if attack.name == "transfer" else None
+                        source = by_label[attack.kwargs["source"]] if ATTACKS.get(attack.name).kind == "transfer" else None
                         if source is det:  # crafting on the target itself is the white-box attack
                             continue
                         cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size, source))

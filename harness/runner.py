@@ -30,9 +30,8 @@ from .backends import BACKENDS
 from .cache import Cache
 from .datasets.base import digest
 from .errors import UserError
-from .evaluate import Fitted, downsampled_masks, evaluate_cell, fit_state, seeded
+from .evaluate import Fitted, clean_thresholds, downsampled_masks, evaluate_cell, fit_state, seeded
 from .grid import Cell, build_dataset, expand, select
-from .metrics import best_f1_threshold
 from .results import ResultStore
 from .suite import Suite, deep_check
 
@@ -111,6 +110,7 @@ def identity(cell: Cell) -> dict[str, Any]:
         "cell_id": cell.cell_id, "suite": cell.suite, "detector": cell.detector.label,
         "dataset": cell.dataset.label, "category": cell.category,
         "attack": cell.attack.name, "attack_label": cell.attack.label,
+        "attack_kind": cell.spec.kind, "iterative": cell.spec.iterative,
         "norm": kw.get("norm"), "eps": cell.eps, "steps": int(kw.get("steps", 1 if "eps" in kw else 0)),
         "knowledge": cell.knowledge, "task": cell.objective, "seed": cell.seed,
         "attack_params": {"name": cell.attack.name, **kw},
@@ -176,14 +176,15 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
         raw_split = dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir)
         detector, split, state = load_or_fit(first.detector, fit_key)
         # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
-        masks = downsampled_masks(split, first.map_size) if detector.localization else None
-        fitted = Fitted(detector, split, state["clean_scores"].numpy(), state["clean_maps"].numpy(), masks, float(state["fit_seconds"]))
+        masks = downsampled_masks(split, first.map_size)
+        fitted = Fitted(detector, split, state["clean_scores"].numpy(), state["clean_maps"].numpy(),
+                        masks if detector.localization else None, float(state["fit_seconds"]))
+        thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks)
     except Exception as err:  # the whole group fails; other groups still run
         for cell in cells:
             emit(_failed_row(cell, cell_key(cell, keys), err), None)
         return results
     labels = split.labels
-    threshold = best_f1_threshold(labels, fitted.clean_scores)[1] if 0 < labels.sum() < len(labels) else None
     base = {
         "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()),
         "versions": {**_versions(), "detector": detector.version, "dataset": dataset.version},
@@ -193,7 +194,7 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
     for cell in cells:
         key = cell_key(cell, keys)
         try:
-            fields, arrays = evaluate_cell(cell, fitted, threshold=threshold, device=device, progress=progress, source=source_of(cell))
+            fields, arrays = evaluate_cell(cell, fitted, thresholds=thresholds, device=device, progress=progress, source=source_of(cell))
         except Exception as err:
             emit(_failed_row(cell, key, err), None)
             continue

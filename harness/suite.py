@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from .attacks import ATTACKS
-from .attacks.base import resolve_knowledge
 from .datasets import DATASETS
 from .errors import SuiteErrors, UserError
 from .registry import Registry
@@ -33,7 +32,6 @@ TOP_LEVEL = {
     "attacks": "list of {name, ...}",
     "validity": "true adds the cells the validity checks need (PGD at ε=1, noise, 5× steps)",
 }
-ATTACK_CONTEXT = ("detector", "x", "labels", "masks", "seed", "threshold", "source_detector", "calibrator")  # filled by the harness
 
 
 @dataclass(frozen=True)
@@ -70,25 +68,6 @@ def registries() -> dict[str, Registry]:
     return {"datasets": DATASETS, "detectors": DETECTORS, "attacks": ATTACKS}
 
 
-def check_threat_model(kwargs: dict[str, Any]) -> list[tuple[str, str]]:
-    """(key, problem) pairs for one expanded attack point."""
-    problems = []
-    eps, norm = kwargs.get("eps"), kwargs.get("norm", "linf")
-    if eps is not None and (eps < 0 or (norm == "linf" and eps > 1)):
-        problems.append(("eps", f"ε must be in [0, 1] for linf (≥ 0 for l2), got {eps}"))
-    for key in ("steps", "restarts"):
-        if key in kwargs and kwargs[key] is not None and kwargs[key] < 1:
-            problems.append((key, f"must be at least 1, got {kwargs[key]}"))
-    if kwargs.get("step_size") is not None and kwargs["step_size"] <= 0:
-        problems.append(("step_size", f"must be positive, got {kwargs['step_size']}"))
-    if kwargs.get("knowledge") is not None and "objective" in kwargs:
-        try:
-            resolve_knowledge(kwargs["objective"], kwargs["knowledge"])  # the rule the attacks apply
-        except UserError as err:
-            problems.append(("knowledge", str(err).removeprefix("knowledge: ")))
-    return problems
-
-
 def expand_attack(entry: Entry) -> list[dict[str, Any]]:
     """List-valued kwargs expand into the product of their values."""
     keys = list(entry.kwargs)
@@ -106,7 +85,7 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
         problems.append(UserError(registry.unknown_message(name), file=file, key=f"{path}.name"))
         return None
     target = registry.get(name)
-    params = parameters(target, skip=ATTACK_CONTEXT if section == "attacks" else ())
+    params = target.parameters() if section == "attacks" else parameters(target)
     label = raw.get("label", name)
     kwargs, bad = {}, False
     for key, value in raw.items():
@@ -131,11 +110,8 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
     if bad:
         return None
     entry = Entry(name=name, label=str(label), kwargs=kwargs, key=path)
-    if section == "attacks":
-        defaults = {k: d for k, (_, d) in params.items() if d is not inspect.Parameter.empty}
-        own = getattr(target, "check_config", lambda **_: [])  # an attack's own (key, problem) checks
-        found = {pair: None for point in expand_attack(entry)
-                 for pair in check_threat_model({**defaults, **point}) + own(**{**defaults, **point})}
+    if section == "attacks":  # threat model, knowledge and the attack's own check, per grid point
+        found = {pair: None for point in expand_attack(entry) for pair in target.problems(target.resolve(point))}
         for key, problem in found:  # each distinct problem once, however many grid points share it
             problems.append(UserError(problem, file=file, key=f"{path}.{key}"))
     return entry
@@ -207,7 +183,7 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
             problems.append(UserError(f"two entries share the label {label!r}; give each a distinct 'label:'", file=file, key=section))
     detector_labels = [d.label for d in sections.get("detectors", ())]
     for attack in sections.get("attacks", ()):
-        sources = attack.kwargs.get("source") if attack.name == "transfer" else None
+        sources = attack.kwargs.get("source") if ATTACKS.get(attack.name).kind == "transfer" else None
         for source in (sources if isinstance(sources, list) else [sources] if sources else []):
             if source not in detector_labels:
                 problems.append(UserError(f"transfer source {source!r} is not a detector of this suite; detector labels: {', '.join(detector_labels)}", file=file, key=f"{attack.key}.source"))

@@ -1,8 +1,11 @@
-"""Registered attacks (one signature, DESIGN §5) and their objectives."""
+"""Registered attacks (one contract, DESIGN §5): objective, threat model, context in; images out."""
 
 from __future__ import annotations
 
 from . import apgd, blackbox, ensemble, gradient, segpgd, surrogate, transfer  # noqa: F401  (registers)
-from .base import ATTACKS, KNOWLEDGE, objective_loss, project, register_attack
+from .base import ATTACKS, KNOWLEDGE, AttackSpec, CellData, Context, register_attack, run_attack
+from .objective import Objective, localization_objective
+from .threat import ThreatModel, project
 
-__all__ = ["ATTACKS", "KNOWLEDGE", "objective_loss", "project", "register_attack"]
+__all__ = ["ATTACKS", "KNOWLEDGE", "AttackSpec", "CellData", "Context", "Objective", "ThreatModel",
+           "localization_objective", "project", "register_attack", "run_attack"]

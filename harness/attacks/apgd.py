@@ -1,34 +1,35 @@
 """APGD (Croce & Hein, ICML 2020, "Reliable evaluation of adversarial robustness with an
 ensemble of diverse parameter-free attacks"), on the anomaly-detection objectives.
 
-Step-size free: η starts at 2ε and is halved at checkpoints w_j ≈ p_j·N (p_0 = 0,
-p_1 = 0.22, p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)) for every image whose loss
-increased in fewer than 75 % of the steps since the last checkpoint, or whose step size
-and best loss did not change since then; such an image restarts from its best point. The
-update has momentum 0.75. Each image keeps its best point over all steps and restarts.
-The loss is the objective itself (for detection, y·s — the two-logit cross-entropy of
-AutoAttack's APGD-CE is a monotone function of it).
+Step-size free: η starts at 2ε and is checked at w_j ≈ p_j·N (p_0 = 0, p_1 = 0.22,
+p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06)). At a checkpoint an image's η is halved,
+and it restarts from its best point, when (1) its loss increased in at most 75 % of the
+steps since the last checkpoint (the official ``t <= k·ρ``), or (2) its η was *not* halved
+at the last checkpoint and its best loss has not improved since then. The update has
+momentum 0.75. Each image keeps its best point over all steps and restarts. The loss is
+the objective itself (for detection, y·s — the two-logit cross-entropy of AutoAttack's
+APGD-CE is a monotone function of it, so the path is the same).
+
+``impl: official`` runs the official implementation (``pyautoattack.autopgd_base``,
+APGD-CE in its ``best_loss`` mode) through the two-logit wrapper instead: the reference
+path. Its random start is drawn for the whole batch from the global generator (seeded,
+then restored), so unlike ours it depends on the batch's composition.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
-from .base import (
-    Norm,
-    Objective,
-    ascent_direction,
-    input_gradient,
-    keep_best,
-    project,
-    random_start,
-    register_attack,
-    resolve_knowledge,
-)
+from .base import Context, keep_best, register_attack
+from .objective import Objective
+from .official import official_apgd, official_problems
+from .threat import REQUIRED, ThreatModel
 
 MOMENTUM = 0.75
-RHO = 0.75  # fraction of increasing steps below which the step size is halved
+RHO = 0.75  # at most this fraction of increasing steps halves the step size
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -43,22 +44,33 @@ def checkpoints(steps: int) -> list[int]:
     return out
 
 
-def _single_run(detector, x, labels, masks, *, eps, norm, steps, objective, eot, generator) -> tuple[Tensor, Tensor]:
-    b = x.shape[0]
+def halving(increases: Tensor, period: int, reduced_at_check: Tensor, best_at_check: Tensor, best_loss: Tensor) -> Tensor:
+    """(B,) which images halve their step size at a checkpoint (the official conditions):
+    (1) the loss went up in at most ρ of the ``period`` steps since the last checkpoint, or
+    (2) the step size was not halved there and the best loss has not improved since."""
+    oscillating = increases <= RHO * period
+    stalled = ~reduced_at_check & (best_at_check >= best_loss)
+    return oscillating | stalled
+
+
+def single_run(objective: Objective, x: Tensor, threat: ThreatModel, start: Tensor, eot: int) -> tuple[Tensor, Tensor]:
+    """One APGD run from ``start``: (best point, best loss) per image."""
+    b, eps = x.shape[0], threat.eps
     view = (-1,) + (1,) * (x.dim() - 1)
-    x_adv = random_start(x, eps, norm, generator)
-    loss, grad = input_gradient(detector, x_adv, labels, masks, objective, eot)
+    x_adv = start
+    loss, grad = objective.gradient(x_adv, eot)
     best, best_loss, best_grad = x_adv.clone(), loss.clone(), grad.clone()
     eta = torch.full((b,), 2.0 * eps, device=x.device)
-    previous, checks = x_adv.clone(), checkpoints(steps)
+    previous, checks = x_adv.clone(), checkpoints(threat.steps)
     last_check, increases = 0, torch.zeros(b, device=x.device)
-    eta_at_check, best_at_check = eta.clone(), best_loss.clone()
-    for i in range(steps):
-        z = project(x_adv + eta.view(view) * ascent_direction(grad, norm), x, eps, norm)
+    reduced_at_check = torch.ones(b, dtype=torch.bool, device=x.device)  # official: no (2) at the first check
+    best_at_check = best_loss.clone()
+    for i in range(threat.steps):
+        z = threat.project(x_adv + eta.view(view) * threat.ascent(grad), x)
         a = 1.0 if i == 0 else MOMENTUM
-        step = project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - previous), x, eps, norm)
+        step = threat.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - previous), x)
         previous, x_adv = x_adv, step.detach()
-        new_loss, grad = input_gradient(detector, x_adv, labels, masks, objective, eot)
+        new_loss, grad = objective.gradient(x_adv, eot)
         increases += (new_loss > loss).float()
         loss = new_loss
         improved = loss > best_loss
@@ -66,29 +78,30 @@ def _single_run(detector, x, labels, masks, *, eps, norm, steps, objective, eot,
         best_grad = torch.where(improved.view(view), grad, best_grad)
         best_loss = torch.where(improved, loss, best_loss)
         if i + 1 in checks:
-            oscillating = increases < RHO * (i + 1 - last_check)
-            stalled = (eta_at_check == eta) & (best_at_check == best_loss)
-            halve = oscillating | stalled
+            halve = halving(increases, i + 1 - last_check, reduced_at_check, best_at_check, best_loss)
             eta = torch.where(halve, eta / 2, eta)
             x_adv = torch.where(halve.view(view), best, x_adv)
             grad = torch.where(halve.view(view), best_grad, grad)
             last_check, increases = i + 1, torch.zeros_like(increases)
-            eta_at_check, best_at_check = eta.clone(), best_loss.clone()
+            reduced_at_check, best_at_check = halve, best_loss.clone()
     return best, best_loss
 
 
-@register_attack("apgd")
-def apgd(
-    detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
-    eps: float, norm: Norm = "linf", steps: int = 100, restarts: int = 1,
-    objective: Objective = "detection", knowledge: str | None = None, eot: int = 1, seed: int = 0,
-) -> Tensor:
+def official_check(impl: str = "ours", **point) -> list[tuple[str, str]]:
+    return official_problems(point) if impl == "official" else []
+
+
+@register_attack("apgd", kind="gradient", iterative=True, adaptive=True, check=official_check,
+                 threat={"norm": "linf", "eps": REQUIRED, "steps": 100, "restarts": 1})
+def apgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
+         eot: int = 1, impl: Literal["ours", "official"] = "ours") -> Tensor:
     """Auto-PGD: momentum and a step size adapted per image (no step size to tune)."""
-    resolve_knowledge(objective, knowledge)
-    generator = torch.Generator().manual_seed(seed)
+    if impl == "official":
+        return official_apgd(objective, x, threat, context, eot=eot)
+    rng = context.random(x.device)
+    start_threat = ThreatModel(threat.norm, threat.eps, random_start=True)
     best, best_loss = x.detach(), None
-    for _ in range(restarts):
-        x_adv, loss = _single_run(detector, x, labels, masks, eps=eps, norm=norm, steps=steps,
-                                  objective=objective, eot=eot, generator=generator)
+    for _ in range(threat.restarts):
+        x_adv, loss = single_run(objective, x, threat, start_threat.start(x, rng), eot)
         best, best_loss = keep_best(best, best_loss, x_adv, loss)
     return best.detach()

@@ -1,126 +1,169 @@
-"""The attack registry, attack objectives and L∞/L2 threat-model geometry.
+"""The attack contract (DESIGN §5): values in, adversarial images out.
 
-Every attack has one signature (DESIGN §5)::
+Every attack is one function ``run(objective, x, threat, context, **options) -> x_adv``:
 
-    attack(detector, x, labels, masks, *, eps, norm, steps, objective, knowledge, seed, ...) -> x_adv
+- ``objective`` (``Objective``): the per-image loss to maximise, built by the harness from
+  the detector, the batch's labels or masks, the task and the defender's calibrator;
+- ``x`` (B, 3, H, W) clean images in [0, 1];
+- ``threat`` (``ThreatModel``): norm, ε, steps or queries, step size α, random start, restarts;
+- ``context`` (``Context``): the clean image and pixel thresholds, a transfer source, the
+  defender's calibrator, what the attack's ``prepare`` fitted once per cell, and per-image
+  random streams;
+- ``options``: the attack's own keyword-only arguments (YAML keys, one to one).
 
-Objectives (seed 002 §3, DESIGN §2), maximised by the attacker:
-
-- ``detection``    mean(y · s(x)), y = +1 normal, −1 anomalous  (knowledge ``label``)
-- ``localization`` per image, mean of M(x) over normal pixels − mean over anomalous pixels
-                   of the ground-truth mask (PatchGuard's code; its sign per pixel is
-                   seed 002's Y · M, balanced so small defects are not outvoted by the
-                   background)                                 (knowledge ``mask``)
+Its metadata is declared once, at registration (``register_attack``): its kind, the tasks
+it supports, whether it is iterative, the threat-model fields it reads (with their
+defaults) and, optionally, a ``prepare`` step run once per cell and a ``check`` of its own
+options. The suite check, the grid, the validity checks and the leaderboard read that
+metadata; adding an attack is one new module and one import line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import UserError
 from ..registry import Registry
+from ..schema import parameters
+from .objective import TASKS, Objective
+from .rng import ImageRandom
+from .threat import THREAT_FIELDS, ThreatModel
 
-AttackFn = Callable[..., Tensor]
-ATTACKS: Registry[AttackFn] = Registry("attack")
-register_attack = ATTACKS.register
-
-Norm = Literal["linf", "l2"]
-Objective = Literal["detection", "localization"]
-KNOWLEDGE = {"detection": "label", "localization": "mask"}
-
-
-def resolve_knowledge(objective: str, knowledge: str | None) -> str:
-    needed = KNOWLEDGE[objective]
-    if knowledge not in (None, needed):
-        raise UserError(
-            f"knowledge {knowledge!r} does not fit a white-box {objective} attack; allowed: {needed!r}",
-            key="knowledge",
-        )
-    return needed
+Kind = Literal["none", "gradient", "score-only", "transfer", "surrogate", "noise"]
+KINDS: tuple[str, ...] = typing.get_args(Kind)
+KNOWLEDGE = {"detection": "label", "localization": "mask"}  # what a white-box attacker of a task knows
+THREAT_HINTS = typing.get_type_hints(ThreatModel)
+VALUES = ("objective", "x", "threat", "context")  # the positional values every attack receives
 
 
-def binary_entropy(p: Tensor) -> Tensor:
-    """In bits: 1 at p = 0.5, 0 at p ∈ {0, 1}."""
-    p = p.clamp(1e-6, 1 - 1e-6)
-    return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+@dataclass(frozen=True)
+class Context:
+    """What the harness knows about the cell, handed to the attack for one batch."""
+
+    threshold: float  # image decision threshold t from the clean run (F1-max, else median score)
+    pixel_threshold: float | None = None  # the same for map values (F1-max over clean pixels)
+    seed: int = 0
+    images: tuple[str | int, ...] = ()  # the batch's image ids (names in the dataset): random streams
+    source: nn.Module | None = None  # a transfer attack's fitted source detector
+    calibrator: Callable[[Tensor], Tensor] | None = None  # the defender's score → P(anomalous)
+    state: Mapping[str, Tensor] = field(default_factory=dict)  # what ``prepare`` fitted for this cell
+
+    def random(self, device: torch.device | str) -> ImageRandom:
+        """Fresh per-image random streams, seeded by (cell seed, image id)."""
+        return ImageRandom(self.seed, self.images, device)
+
+    def subset(self, keep) -> Context:
+        return dataclasses.replace(self, images=tuple(self.images[int(k)] for k in keep))
 
 
-def objective_loss(detector, x: Tensor, labels: Tensor, masks: Tensor | None, objective: str, *,
-                   calibrator=None, entropy_weight: float = 0.0) -> Tensor:
-    """Per-image attacker loss (B,) to maximise.
+@dataclass(frozen=True)
+class CellData:
+    """The whole cell, for an attack's ``prepare`` (e.g. a surrogate head fitted once per cell)."""
 
-    With ``entropy_weight`` w > 0 the attacker also knows the defender's calibrator (a map
-    from score to P(anomalous)) and subtracts w · H(P): the adversarial images should stay
-    confidently scored, so that the entropy flag (seed 000) does not fire on them.
-    """
-    out = detector(x)
-    penalty = 0.0
-    if entropy_weight > 0:
-        if calibrator is None:
-            raise UserError("entropy_weight > 0 needs the defender's calibrator; run the attack through the harness",
-                            key="entropy_weight")
-        penalty = entropy_weight * binary_entropy(calibrator(out.score))
-    if objective == "detection":
-        y = 1.0 - 2.0 * labels.to(out.score.dtype)  # +1 normal, −1 anomalous
-        return y * out.score - penalty
-    if masks is None:
-        raise UserError("the localization objective needs pixel masks; this dataset has none", key="objective")
-    return localization_objective(out.map, masks.to(out.map.dtype)) - penalty
+    train: Tensor  # (N, 3, H, W) normal training images
+    test: Tensor  # (M, 3, H, W) clean test images
+    labels: Tensor  # (M,) 1 = anomalous
+    batch_size: int
+    device: torch.device
 
 
-def localization_objective(maps: Tensor, masks: Tensor, weights: Tensor | None = None) -> Tensor:
-    """Per image (B,): mean map over normal pixels − mean over anomalous pixels of ``masks``
-    (1 = anomalous), each pixel counted with its ``weights`` (B, H*W) when given."""
-    anomalous = masks.flatten(1)  # (B, H*W)
-    normal = 1.0 - anomalous
-    if weights is not None:
-        anomalous, normal = anomalous * weights, normal * weights
-    m = maps.flatten(1)
-    normal_mean = (m * normal).sum(1) / normal.sum(1).clamp_min(1.0)
-    anomalous_mean = (m * anomalous).sum(1) / anomalous.sum(1).clamp_min(1.0)  # 0 without defect
-    return normal_mean - anomalous_mean
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    run: Callable[..., Tensor]
+    kind: str
+    tasks: tuple[str, ...]
+    iterative: bool  # more steps or queries should make it stronger (validity check b)
+    threat: Mapping[str, Any]  # threat-model fields it reads → default
+    adaptive: bool = False  # climbs Objective.loss, so it can take the entropy-aware objective
+    prepare: Callable[..., dict[str, Tensor]] | None = None
+    check: Callable[..., list[tuple[str, str]]] | None = None  # check(**point) → (key, problem) pairs
+
+    @property
+    def uses_objective(self) -> bool:
+        return self.kind not in ("none", "noise")
+
+    def options(self) -> dict[str, tuple[Any, Any]]:
+        """The attack's own keyword arguments: name → (annotation, default)."""
+        return parameters(self.run, skip=VALUES)
+
+    def parameters(self) -> dict[str, tuple[Any, Any]]:
+        """Every YAML key of this attack: name → (annotation, default)."""
+        params = {key: (THREAT_HINTS[key], default) for key, default in self.threat.items()}
+        if self.uses_objective:
+            params["objective"] = (Literal[self.tasks], self.tasks[0])
+            params["knowledge"] = (str | None, None)
+        if self.adaptive:
+            params["entropy_weight"] = (float, 0.0)
+        return params | self.options()
+
+    def knowledge(self, task: str) -> str:
+        """What the attacker knows, from its kind and task (shown on the leaderboard)."""
+        fixed = {"none": "none", "noise": "none", "score-only": "blackbox", "surrogate": "surrogate"}
+        return fixed.get(self.kind, KNOWLEDGE[task])
+
+    def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Every parameter of one attack point, defaults filled in (knowledge from the kind)."""
+        params = self.parameters()
+        if unknown := sorted(set(given) - set(params)):
+            raise UserError(f"unknown key(s) {unknown} for attack {self.name!r}; allowed: {', '.join(params)}", key=unknown[0])
+        point = {key: default for key, (_, default) in params.items()} | dict(given)
+        if missing := [key for key, value in point.items() if value is inspect.Parameter.empty]:
+            raise UserError(f"attack {self.name!r} needs the key(s) {missing}", key=missing[0])
+        if self.uses_objective and point["knowledge"] is None:
+            point["knowledge"] = self.knowledge(point["objective"])
+        return point
+
+    def problems(self, point: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """(key, problem) pairs of one resolved point: threat model, knowledge, own check."""
+        found = self.threat_model(point).problems()
+        if self.uses_objective and point.get("knowledge") is not None:
+            needed = self.knowledge(point["objective"])
+            if point["knowledge"] != needed:
+                found.append(("knowledge", f"knowledge {point['knowledge']!r} does not fit a {self.kind} "
+                                           f"{point['objective']} attack; allowed: {needed!r}"))
+        if self.check is not None:
+            found += self.check(**point)
+        return found
+
+    def threat_model(self, point: Mapping[str, Any]) -> ThreatModel:
+        return ThreatModel(**{key: point.get(key, default) for key, default in self.threat.items()})
+
+    def own(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: point[key] for key in self.options() if key in point}
+
+    def objective(self, detector: nn.Module, labels: Tensor, masks: Tensor | None, point: Mapping[str, Any],
+                  calibrator: Callable | None = None) -> Objective:
+        weight = float(point.get("entropy_weight", 0.0))
+        return Objective(detector, labels, masks, point.get("objective", "detection"),
+                         calibrator if weight > 0 else None, weight)
 
 
-def input_gradient(detector, x: Tensor, labels, masks, objective: str, eot: int = 1, **adaptive) -> tuple[Tensor, Tensor]:
-    """(loss (B,), d loss / d x) at ``x``; the detector's own parameters get no gradient.
-
-    ``eot`` > 1 averages loss and gradient over that many forward passes (Expectation over
-    Transformation, Athalye et al. 2018): the gradient of a randomised detector's mean.
-    """
-    x = x.detach().requires_grad_(True)
-    if eot == 1:  # the common case, without accumulation kernels on the hot path
-        loss = objective_loss(detector, x, labels, masks, objective, **adaptive)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-        return loss.detach(), grad
-    total_loss, total_grad = 0.0, torch.zeros_like(x)
-    for _ in range(eot):
-        loss = objective_loss(detector, x, labels, masks, objective, **adaptive)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-        total_loss, total_grad = total_loss + loss.detach(), total_grad + grad
-    return total_loss / eot, total_grad / eot
+ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 
-def per_image_norm(v: Tensor) -> Tensor:
-    return v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
+def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, iterative: bool = False,
+                    threat: Mapping[str, Any] | None = None, adaptive: bool = False,
+                    prepare: Callable | None = None, check: Callable | None = None) -> Callable:
+    """Register ``run`` under ``name`` with its metadata; returns ``run`` unchanged."""
+    assert kind in KINDS, f"attack {name!r}: kind must be one of {KINDS}, got {kind!r}"
+    assert set(tasks) <= set(TASKS), f"attack {name!r}: tasks must be among {TASKS}, got {tasks}"
+    assert set(threat or {}) <= set(THREAT_FIELDS), f"attack {name!r}: threat fields are {tuple(THREAT_FIELDS)}"
 
+    def decorator(run: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        ATTACKS.register(name)(AttackSpec(name, run, kind, tuple(tasks), iterative, dict(threat or {}),
+                                          adaptive, prepare, check))
+        return run
 
-def ascent_direction(grad: Tensor, norm: str) -> Tensor:
-    """Steepest-ascent direction of unit size in the given norm."""
-    return grad.sign() if norm == "linf" else grad / per_image_norm(grad)
-
-
-def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
-    """Project onto the ε-ball around ``x`` intersected with the [0,1] box."""
-    delta = x_adv - x
-    if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        delta = delta * (eps / per_image_norm(delta)).clamp(max=1.0)
-    return (x + delta).clamp(0.0, 1.0)
+    return decorator
 
 
 def keep_best(best: Tensor, best_loss: Tensor | None, x_adv: Tensor, loss: Tensor) -> tuple[Tensor, Tensor]:
@@ -131,21 +174,30 @@ def keep_best(best: Tensor, best_loss: Tensor | None, x_adv: Tensor, loss: Tenso
     return torch.where(better.view(-1, *([1] * (x_adv.dim() - 1))), x_adv, best), torch.where(better, loss, best_loss)
 
 
-def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded from ``generator``: large random tensors are drawn
-    where they are used (no host-to-device copy per attack), still fixed by the cell's seed."""
-    seed = int(torch.randint(2**62, (1,), generator=generator))
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def random_start(x: Tensor, eps: float, norm: str, generator: torch.Generator) -> Tensor:
-    """A uniformly random point of the ε-ball (L∞: uniform box; L2: random direction and radius)."""
-    g = device_generator(generator, x.device)
-    if norm == "linf":
-        noise = (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * eps
-    else:
-        direction = torch.randn(x.shape, generator=g, device=x.device)
-        direction = direction / per_image_norm(direction)
-        radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=g, device=x.device) * eps
-        noise = direction * radius
-    return project(x + noise, x, eps, norm)
+def run_attack(name: str, detector: nn.Module, x: Tensor, labels: Tensor, masks: Tensor | None = None, *,
+               seed: int = 0, threshold: float | None = None, pixel_threshold: float | None = None,
+               images: tuple[str | int, ...] | None = None, source_detector: nn.Module | None = None,
+               calibrator: Callable | None = None, train: Tensor | None = None, **kwargs: Any) -> Tensor:
+    """Run one attack on one batch exactly as the harness does, for tests, benchmarks and
+    one's own scripts. ``kwargs`` are the attack's YAML keys; ``images`` are the images' ids
+    (their random streams; default: their positions); ``threshold`` and
+    ``pixel_threshold`` default to the batch's median clean score and map value, ``train``
+    (for ``prepare``) to ``x``."""
+    spec = ATTACKS.get(name)
+    point = spec.resolve(kwargs)
+    if problems := spec.problems(point):
+        raise UserError(problems[0][1], key=problems[0][0])
+    with torch.no_grad():
+        clean = detector(x)
+    context = Context(
+        threshold=float(clean.score.median()) if threshold is None else float(threshold),
+        pixel_threshold=float(clean.map.median()) if pixel_threshold is None else float(pixel_threshold), seed=seed,
+        images=tuple(range(len(x))) if images is None else tuple(images), source=source_detector,
+        calibrator=calibrator,
+    )
+    threat, options = spec.threat_model(point), spec.own(point)
+    if spec.prepare is not None:
+        data = CellData(x if train is None else train, x, labels, batch_size=len(x), device=x.device)
+        context = dataclasses.replace(context, state=spec.prepare(detector, data, threat, context, **options))
+    objective = spec.objective(detector, labels, masks, point, calibrator)
+    return spec.run(objective, x, threat, context, **options)

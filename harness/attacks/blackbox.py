@@ -4,9 +4,12 @@ Square Attack (Andriushchenko et al., ECCV 2020) is a random search: start from 
 stripes at ±ε, then each query changes one square window to a new vertex of the ε-ball
 and keeps the change per image if the attacker's objective went up. The window's area
 follows the paper's schedule p_init → p_init/512 (rescaled to the number of queries).
-L∞ is the paper's algorithm (one window per query, shared by the batch, signs per image
-and channel). L2 is a simplified variant: the window gets a random-sign block of L2 mass
-ε/2 and the result is projected back onto the ε-ball (no meta-pseudo-Gaussian update).
+L∞ is the paper's algorithm: one window per query and image (the official code shares
+one window position across the batch; here each image draws its own, from its own random
+stream, so an image's result does not depend on its batch), signs per image and channel.
+L2 is a simplified variant: the window gets a random-sign block of L2 mass ε/2 and the
+result is projected back onto the ε-ball (no meta-pseudo-Gaussian update).
+``impl: official`` runs the official implementation (``pyautoattack.square``, margin loss).
 
 ``noise`` is the baseline validity check (e) needs: uniform noise of the same budget.
 """
@@ -14,21 +17,16 @@ and channel). L2 is a simplified variant: the window gets a random-sign block of
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-from .base import (
-    Norm,
-    Objective,
-    device_generator,
-    keep_best,
-    objective_loss,
-    per_image_norm,
-    project,
-    register_attack,
-    resolve_knowledge,
-)
+from .base import Context, keep_best, register_attack
+from .objective import Objective
+from .official import official_problems, official_square
+from .rng import ImageRandom
+from .threat import REQUIRED, ThreatModel, per_image_norm, random_perturbation
 
 
 def window_fraction(p_init: float, query: int, queries: int) -> float:
@@ -40,57 +38,50 @@ def window_fraction(p_init: float, query: int, queries: int) -> float:
     return p_init / 512
 
 
-def _signs(shape, generator: torch.Generator, device) -> Tensor:
-    return (torch.randint(0, 2, shape, generator=generator) * 2 - 1).float().to(device)
+def window_masks(rng: ImageRandom, side: int, h: int, w: int) -> Tensor:
+    """(B, 1, H, W) boolean: one side × side window per image, at a position of its own."""
+    corner = rng.randint(h - side + 1, (2,))  # (B, 2): top, left
+    rows = torch.arange(h, device=corner.device).view(1, h, 1)
+    cols = torch.arange(w, device=corner.device).view(1, 1, w)
+    top, left = corner[:, 0].view(-1, 1, 1), corner[:, 1].view(-1, 1, 1)
+    inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
+    return inside[:, None]
 
 
-@register_attack("square")
-def square(
-    detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
-    eps: float, norm: Norm = "linf", steps: int = 1000, p_init: float = 0.8,
-    objective: Objective = "detection", knowledge: str | None = None, seed: int = 0,
-) -> Tensor:
+def official_check(impl: str = "ours", **point) -> list[tuple[str, str]]:
+    return official_problems(point) if impl == "official" else []
+
+
+@register_attack("square", kind="score-only", iterative=True, adaptive=True, check=official_check,
+                 threat={"norm": "linf", "eps": REQUIRED, "steps": 1000})
+def square(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
+           p_init: float = 0.8, impl: Literal["ours", "official"] = "ours") -> Tensor:
     """Score-based black-box random search; ``steps`` is the number of queries per image."""
-    resolve_knowledge(objective, knowledge)
-    generator = torch.Generator().manual_seed(seed)
+    if impl == "official":
+        return official_square(objective, x, threat, context, p_init=p_init)
+    rng, eps = context.random(x.device), threat.eps
     b, c, h, w = x.shape
-
-    def loss_of(candidate: Tensor) -> Tensor:
-        with torch.no_grad():
-            return objective_loss(detector, candidate, labels, masks, objective)
-
-    stripes = eps * _signs((b, c, 1, w), generator, x.device)  # vertical stripes at ±ε
-    if norm == "l2":
+    stripes = eps * rng.sign((c, 1, w))  # vertical stripes at ±ε
+    if threat.norm == "l2":
         stripes = stripes.expand(b, c, h, w) / math.sqrt(h * w * c)  # L2 norm ε
-    best = project(x + stripes, x, eps, norm)
-    best_loss = loss_of(best)
-    for query in range(1, steps):
-        side = max(1, min(h - 1, int(round(math.sqrt(window_fraction(p_init, query, steps) * h * w)))))
-        top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
-        candidate = best.clone()
-        window = (slice(None), slice(None), slice(top, top + side), slice(left, left + side))
-        if norm == "linf":  # a new vertex of the box inside the window
-            candidate[window] = (x[window] + eps * _signs((b, c, 1, 1), generator, x.device)).clamp(0, 1)
+    best = threat.project(x + stripes, x)
+    best_loss = objective(best)
+    for query in range(1, threat.steps):
+        side = max(1, min(h - 1, int(round(math.sqrt(window_fraction(p_init, query, threat.steps) * h * w)))))
+        window = window_masks(rng, side, h, w)
+        if threat.norm == "linf":  # a new vertex of the box inside the window
+            vertex = (x + eps * rng.sign((c, 1, 1))).clamp(0, 1)
+            candidate = torch.where(window, vertex, best)
         else:
-            block = _signs((b, c, side, side), generator, x.device)
-            candidate[window] = candidate[window] + 0.5 * eps * block / per_image_norm(block)
-            candidate = project(candidate, x, eps, norm)
-        best, best_loss = keep_best(best, best_loss, candidate, loss_of(candidate))
+            block = rng.sign((c, h, w)) * window
+            candidate = threat.project(best + 0.5 * eps * block / per_image_norm(block), x)
+        best, best_loss = keep_best(best, best_loss, candidate, objective(candidate))
     return best.detach()
 
 
-@register_attack("noise")
-def noise(
-    detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
-    eps: float, norm: Norm = "linf", seed: int = 0,
-) -> Tensor:
+@register_attack("noise", kind="noise", threat={"norm": "linf", "eps": REQUIRED})
+def noise(objective: Objective, x: Tensor, threat: ThreatModel, context: Context) -> Tensor:
     """Random noise of budget ε: uniform in [−ε, ε] per pixel (L∞), or a random direction
     of length ε (L2). Knows nothing, queries nothing."""
-    g = device_generator(torch.Generator().manual_seed(seed), x.device)
-    if norm == "linf":
-        delta = (torch.rand(x.shape, generator=g, device=x.device) * 2 - 1) * eps
-    else:
-        direction = torch.randn(x.shape, generator=g, device=x.device)
-        delta = eps * direction / per_image_norm(direction)
-    return project(x + delta, x, eps, norm)
+    delta = random_perturbation(x, threat.eps, threat.norm, context.random(x.device), uniform_radius=False)
+    return threat.project(x + delta, x)

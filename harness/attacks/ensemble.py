@@ -1,99 +1,50 @@
-"""Library attacks through a two-logit wrapper, and the AD-adapted AutoAttack ensemble.
-
-``TwoLogits`` turns a detector into the binary classifier torchattacks expects: logits
-``[-(s − t)/2, (s − t)/2]``, class 1 = anomalous, decision boundary at the clean
-threshold t (the F1 threshold fixed on the clean run; the batch's median clean score when
-the test set has a single class). Its softmax cross-entropy is a monotone function of
-``y·(s − t)``, so the library's losses climb the same objective as ours.
+"""FAB through the two-logit wrapper, and the AD-adapted AutoAttack ensemble.
 
 torchattacks' DLR, targeted APGD and targeted FAB index the third-largest logit and fail on
-two classes (REFERENCE-NOTES), and its AutoAttack keeps only still-correct samples
-(robust-accuracy semantics, not AUROC). ``autoattack`` is therefore the ensemble seed 002
-App. H uses: APGD-CE, FAB, Square and PGD in place of the DLR parts, keeping per image the
-worst case over the parts (the highest score for a normal, the lowest for an anomaly).
+two classes (REFERENCE-NOTES), and the official AutoAttack keeps only still-correct
+samples (robust-accuracy semantics, not AUROC). ``autoattack`` is therefore the ensemble
+seed 002 App. H uses — "AutoAttack-AD": APGD-CE, FAB, Square and PGD in place of the DLR
+parts (a two-class problem has no third logit for DLR), keeping per image the worst case
+over the parts (the highest score for a normal image, the lowest for an anomaly).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..errors import UserError
-from .apgd import apgd
-from .base import Norm, keep_best, objective_loss, register_attack, resolve_knowledge
-from .blackbox import square
-from .gradient import pgd
-
-
-class TwoLogits(nn.Module):
-    """A detector as a two-class classifier: logits (B, 2), class 1 = anomalous."""
-
-    def __init__(self, detector: nn.Module, threshold: float):
-        super().__init__()
-        self.detector = detector
-        self.threshold = threshold
-
-    def forward(self, x: Tensor) -> Tensor:
-        s = self.detector(x).score - self.threshold
-        return torch.stack([-s / 2, s / 2], dim=1)
-
-
-def decision_threshold(detector, x: Tensor, threshold: float | None) -> float:
-    if threshold is not None:
-        return float(threshold)
-    with torch.no_grad():
-        return float(detector(x).score.median())
-
-
-@register_attack("fab")
-def fab(
-    detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
-    eps: float, norm: Norm = "linf", steps: int = 10, restarts: int = 1,
-    objective: Literal["detection"] = "detection", knowledge: str | None = None,
-    threshold: float | None = None, seed: int = 0,
-) -> Tensor:
-    """torchattacks' untargeted FAB (Croce & Hein 2020): the smallest perturbation inside the
-    ε-ball that crosses the decision boundary at the clean threshold. Detection objective."""
-    import torchattacks  # imported on use: torchattacks pulls in torchvision
-
-    resolve_knowledge("detection", knowledge)
-    model = TwoLogits(detector, decision_threshold(detector, x, threshold))
-    attack = torchattacks.FAB(model, norm="Linf" if norm == "linf" else "L2", eps=eps, steps=steps,
-                              n_restarts=restarts, seed=seed, n_classes=2)
-    # FAB .view()s its tensors: hand it a standard-layout copy (resized images may be channels-last)
-    return attack(x.contiguous(), labels.long()).detach()
-
-
-@register_attack("autoattack")
-def autoattack(
-    detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
-    eps: float, norm: Norm = "linf", steps: int = 100, queries: int = 1000,
-    parts: str = "apgd+fab+square+pgd", objective: Literal["detection"] = "detection",
-    knowledge: str | None = None, threshold: float | None = None, seed: int = 0,
-) -> Tensor:
-    """Worst case per image over APGD, FAB, Square (``queries`` queries) and PGD (``steps`` each);
-    ``parts`` picks a subset, e.g. ``apgd+square``."""
-    resolve_knowledge("detection", knowledge)
-    if problems := check_parts(parts):
-        raise UserError(problems[0][1], key="parts")
-    runs = {
-        "apgd": lambda: apgd(detector, x, labels, masks, eps=eps, norm=norm, steps=steps, seed=seed),
-        "fab": lambda: fab(detector, x, labels, masks, eps=eps, norm=norm, steps=steps, threshold=threshold, seed=seed),
-        "square": lambda: square(detector, x, labels, masks, eps=eps, norm=norm, steps=queries, seed=seed),
-        "pgd": lambda: pgd(detector, x, labels, masks, eps=eps, norm=norm, steps=steps, seed=seed),
-    }
-    best, best_loss = x.detach(), None
-    for part in parts.split("+"):
-        x_adv = runs[part]()
-        with torch.no_grad():
-            loss = objective_loss(detector, x_adv, labels, masks, "detection")
-        best, best_loss = keep_best(best, best_loss, x_adv, loss)
-    return best
-
+from .base import ATTACKS, Context, keep_best, register_attack
+from .objective import Objective
+from .official import TwoLogits, global_seed
+from .rng import image_seed
+from .threat import REQUIRED, ThreatModel
 
 PARTS = ("apgd", "fab", "square", "pgd")
+DISPLAY_NAME = "AutoAttack-AD (APGD-CE, FAB, Square, PGD for DLR)"
+
+
+def _fab_batch(objective: Objective, x: Tensor, threat: ThreatModel, threshold: float, seed: int) -> Tensor:
+    import torchattacks  # imported on use: torchattacks pulls in torchvision
+
+    attack = torchattacks.FAB(TwoLogits(objective.detector, threshold), norm="Linf" if threat.norm == "linf" else "L2",
+                              eps=threat.eps, steps=threat.steps, n_restarts=threat.restarts, seed=seed, n_classes=2)
+    with global_seed(seed, x):  # FAB seeds torch's global generator itself
+        # FAB .view()s its tensors: hand it a standard-layout copy (resized images may be channels-last)
+        return attack(x.contiguous(), objective.labels.long()).detach()
+
+
+@register_attack("fab", kind="gradient", tasks=("detection",), iterative=True,
+                 threat={"norm": "linf", "eps": REQUIRED, "steps": 10, "restarts": 1})
+def fab(objective: Objective, x: Tensor, threat: ThreatModel, context: Context) -> Tensor:
+    """torchattacks' untargeted FAB (Croce & Hein 2020): the smallest perturbation inside the
+    ε-ball that crosses the decision boundary at the clean threshold. Its first restart is
+    deterministic; with ``restarts`` > 1 the random restarts are drawn per image (one image
+    at a time, seeded by its id)."""
+    if threat.restarts == 1:
+        return _fab_batch(objective, x, threat, context.threshold, context.seed)
+    out = [_fab_batch(objective.subset(torch.tensor([i])), x[i:i + 1], threat, context.threshold,
+                      image_seed(context.seed, image)) for i, image in enumerate(context.images)]
+    return torch.cat(out)
 
 
 def check_parts(parts: str = "+".join(PARTS), **_) -> list[tuple[str, str]]:
@@ -102,4 +53,17 @@ def check_parts(parts: str = "+".join(PARTS), **_) -> list[tuple[str, str]]:
     return [("parts", f"unknown autoattack part(s) {unknown}; allowed: {'+'.join(PARTS)}")] if unknown else []
 
 
-autoattack.check_config = check_parts
+@register_attack("autoattack", kind="gradient", tasks=("detection",), iterative=True, check=check_parts,
+                 threat={"norm": "linf", "eps": REQUIRED, "steps": 100})
+def autoattack(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
+               queries: int = 1000, parts: str = "apgd+fab+square+pgd") -> Tensor:
+    """Worst case per image over APGD, FAB, Square (``queries`` queries) and PGD (``steps`` each);
+    ``parts`` picks a subset, e.g. ``apgd+square``."""
+    best, best_loss = x.detach(), None
+    for part in parts.split("+"):
+        spec = ATTACKS.get(part)
+        steps = queries if spec.kind == "score-only" else threat.steps
+        part_threat = spec.threat_model({"norm": threat.norm, "eps": threat.eps, "steps": steps})
+        x_adv = spec.run(objective, x, part_threat, context)
+        best, best_loss = keep_best(best, best_loss, x_adv, objective(x_adv))
+    return best

@@ -1,34 +1,39 @@
 """Transfer: craft adversarial images on another detector of the suite (``source``, its
 label), then score them with the detector under evaluation. The harness fits (or loads
-from the cache) the source on the same category and seed and hands it in; the source's
-forward/backward passes are counted apart from the target's.
+from the cache) the source on the same category and seed and hands it in through the
+context; the source's forward/backward passes are counted apart from the target's.
+
+``attack`` names any registered gradient or score-only attack that supports the task; it
+runs with its own defaults and this entry's norm, ε and steps.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Literal
-
 from torch import Tensor
 
 from ..errors import UserError
-from .base import ATTACKS, Norm, Objective, register_attack, resolve_knowledge
+from .base import ATTACKS, Context, register_attack
+from .objective import Objective
+from .threat import REQUIRED, ThreatModel
+
+CRAFTING_KINDS = ("gradient", "score-only")
 
 
-@register_attack("transfer")
-def transfer(
-    detector, x: Tensor, labels: Tensor, masks: Tensor | None, *,
-    source: str, attack: Literal["fgsm", "pgd", "apgd", "square"] = "pgd",
-    eps: float, norm: Norm = "linf", steps: int = 10, objective: Objective = "detection",
-    knowledge: str | None = None, source_detector=None, seed: int = 0,
-) -> Tensor:
-    """``attack`` run against ``source_detector``; the target ``detector`` is never queried."""
-    resolve_knowledge(objective, knowledge)
-    if source_detector is None:
+def check_crafting(attack: str = "pgd", objective: str = "detection", **_) -> list[tuple[str, str]]:
+    usable = [n for n in ATTACKS.names() if ATTACKS.get(n).kind in CRAFTING_KINDS and objective in ATTACKS.get(n).tasks]
+    if attack not in usable:
+        return [("attack", f"transfer crafts with a gradient or score-only {objective} attack, got {attack!r}; "
+                           f"allowed: {', '.join(usable)}")]
+    return []
+
+
+@register_attack("transfer", kind="transfer", iterative=True, check=check_crafting,
+                 threat={"norm": "linf", "eps": REQUIRED, "steps": 10})
+def transfer(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
+             source: str, attack: str = "pgd") -> Tensor:
+    """``attack`` run against the context's source detector; the target is never queried."""
+    if context.source is None:
         raise UserError(f"transfer needs the fitted source detector {source!r}; run it through the harness", key="source")
-    craft = ATTACKS.get(attack)
-    accepted = inspect.signature(craft).parameters
-    kwargs = {"eps": eps, "norm": norm, "objective": objective, "seed": seed}
-    if "steps" in accepted:
-        kwargs["steps"] = steps
-    return craft(source_detector, x, labels, masks, **kwargs)
+    spec = ATTACKS.get(attack)
+    craft_threat = spec.threat_model({"norm": threat.norm, "eps": threat.eps, "steps": threat.steps})
+    return spec.run(objective.on(context.source), x, craft_threat, context)

@@ -49,7 +49,7 @@ def test_autoattack_is_the_per_image_worst_case_on_patchcore(data_dir):
     import torch
 
     from robustad_bench.adapters import create_detector
-    from robustad_bench.harness.attacks import ATTACKS, objective_loss
+    from robustad_bench.harness.attacks import Objective, run_attack
     from robustad_bench.harness.datasets import DATASETS
     from robustad_bench.harness.evaluate import seeded
 
@@ -62,12 +62,12 @@ def test_autoattack_is_the_per_image_worst_case_on_patchcore(data_dir):
     with torch.no_grad():
         threshold = float(detector(x).score.median())
     common = {"eps": 8 / 255, "seed": 0}
-    ensemble = ATTACKS.get("autoattack")(detector, x, labels, None, steps=3, queries=20, threshold=threshold, **common)
-    parts = [ATTACKS.get("apgd")(detector, x, labels, None, steps=3, **common),
-             ATTACKS.get("fab")(detector, x, labels, None, steps=3, threshold=threshold, **common),
-             ATTACKS.get("square")(detector, x, labels, None, steps=20, **common),
-             ATTACKS.get("pgd")(detector, x, labels, None, steps=3, **common)]
+    ensemble = run_attack("autoattack", detector, x, labels, None, steps=3, queries=20, threshold=threshold, **common)
+    parts = [run_attack("apgd", detector, x, labels, None, steps=3, **common),
+             run_attack("fab", detector, x, labels, None, steps=3, threshold=threshold, **common),
+             run_attack("square", detector, x, labels, None, steps=20, **common),
+             run_attack("pgd", detector, x, labels, None, steps=3, **common)]
     with torch.no_grad():
-        worst = objective_loss(detector, ensemble, labels, None, "detection")
+        objective = Objective(detector, labels, None, "detection")
         for part in parts:
-            assert (worst >= objective_loss(detector, part, labels, None, "detection") - 1e-5).all()
+            assert (objective(ensemble) >= objective(part) - 1e-5).all()

@@ -7,9 +7,13 @@ import torch
 from torch import nn
 
 from robustad_bench.adapters import AnomalyOutput
-from robustad_bench.harness.attacks import ATTACKS
-from robustad_bench.harness.attacks.base import objective_loss, project
+from robustad_bench.harness.attacks import ATTACKS, Objective, project, run_attack
 from robustad_bench.harness.errors import UserError
+
+
+def objective_loss(detector, x, labels, masks, task):
+    """The per-image attacker loss the harness hands every attack."""
+    return Objective(detector, labels, masks, task)(x)
 
 
 class Linear(nn.Module):
@@ -40,7 +44,7 @@ def batch():
 def test_fgsm_linf_known_answer(batch):
     x, labels, masks = batch
     det, eps = Linear(), 4 / 255
-    adv = ATTACKS.get("fgsm")(det, x, labels, masks, eps=eps)
+    adv = run_attack("fgsm", det, x, labels, masks, eps=eps)
     y = (1 - 2 * labels).view(-1, 1, 1, 1).float()  # normals up, anomalies down
     assert torch.allclose(adv, x + eps * y * det.w.sign(), atol=1e-6)
 
@@ -48,7 +52,7 @@ def test_fgsm_linf_known_answer(batch):
 def test_pgd_linf_moves_to_the_corner_of_the_ball(batch):
     x, labels, masks = batch
     det, eps = Linear(), 8 / 255
-    adv = ATTACKS.get("pgd")(det, x, labels, masks, eps=eps, steps=5, random_start=False)
+    adv = run_attack("pgd", det, x, labels, masks, eps=eps, steps=5, random_start=False)
     y = (1 - 2 * labels).view(-1, 1, 1, 1).float()
     assert torch.allclose(adv, x + eps * y * det.w.sign(), atol=1e-6)  # α·steps = 2.5 ε ≥ ε
 
@@ -56,7 +60,7 @@ def test_pgd_linf_moves_to_the_corner_of_the_ball(batch):
 def test_pgd_l2_follows_the_gradient_direction(batch):
     x, labels, masks = batch
     det, eps = Linear(), 0.5
-    adv = ATTACKS.get("pgd")(det, x, labels, masks, eps=eps, norm="l2", steps=3, random_start=False)
+    adv = run_attack("pgd", det, x, labels, masks, eps=eps, norm="l2", steps=3, random_start=False)
     y = (1 - 2 * labels).view(-1, 1, 1, 1).float()
     expected = x + eps * y * det.w / det.w.norm()
     assert torch.allclose(adv, expected, atol=1e-5)
@@ -65,7 +69,7 @@ def test_pgd_l2_follows_the_gradient_direction(batch):
 def test_localization_objective_uses_the_mask(batch):
     x, labels, masks = batch
     det, eps = Linear(), 4 / 255
-    adv = ATTACKS.get("fgsm")(det, x, labels, masks, eps=eps, objective="localization")
+    adv = run_attack("fgsm", det, x, labels, masks, eps=eps, objective="localization")
     sign = (1 - 2 * masks).unsqueeze(1)  # +1 normal pixel, −1 anomalous pixel
     assert torch.allclose(adv, x + eps * sign * det.w.sign(), atol=1e-6)
 
@@ -88,7 +92,7 @@ def test_attacks_stay_in_the_ball_and_the_box(name, norm):
         masks[1::2, 2:5, 2:5] = 1
         eps = float(torch.rand(1, generator=g)) * (0.1 if norm == "linf" else 2.0)
         kwargs = {**FEW_STEPS.get(name, {}), "seed": trial}
-        adv = ATTACKS.get(name)(Linear(seed=trial), x, labels, masks, eps=eps, norm=norm, **kwargs)
+        adv = run_attack(name, Linear(seed=trial), x, labels, masks, eps=eps, norm=norm, **kwargs)
         delta = (adv - x).flatten(1)
         size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
         assert (size <= eps + 1e-5).all()
@@ -98,22 +102,22 @@ def test_attacks_stay_in_the_ball_and_the_box(name, norm):
 def test_pgd_raises_the_objective_over_clean(batch):
     x, labels, masks = batch
     det = Linear()
-    adv = ATTACKS.get("pgd")(det, x, labels, masks, eps=2 / 255, steps=3, seed=0)
+    adv = run_attack("pgd", det, x, labels, masks, eps=2 / 255, steps=3, seed=0)
     assert (objective_loss(det, adv, labels, masks, "detection") > objective_loss(det, x, labels, masks, "detection")).all()
 
 
 def test_restarts_keep_the_best_per_image(batch):
     x, labels, masks = batch
     det = Linear()
-    one = ATTACKS.get("pgd")(det, x, labels, masks, eps=2 / 255, steps=1, step_size=1e-4, seed=0)
-    many = ATTACKS.get("pgd")(det, x, labels, masks, eps=2 / 255, steps=1, step_size=1e-4, restarts=4, seed=0)
+    one = run_attack("pgd", det, x, labels, masks, eps=2 / 255, steps=1, step_size=1e-4, seed=0)
+    many = run_attack("pgd", det, x, labels, masks, eps=2 / 255, steps=1, step_size=1e-4, restarts=4, seed=0)
     loss = lambda a: objective_loss(det, a, labels, masks, "detection")  # noqa: E731
     assert (loss(many) >= loss(one) - 1e-6).all()
 
 
 def test_none_returns_the_same_tensor(batch):
     x, labels, masks = batch
-    assert ATTACKS.get("none")(Linear(), x, labels, masks) is x
+    assert run_attack("none", Linear(), x, labels, masks) is x
 
 
 def test_project_l2_shrinks_only_outside():
@@ -141,7 +145,7 @@ def test_localization_objective_is_balanced_per_image():
 def test_apgd_reaches_the_optimum_of_a_linear_score(batch):
     x, labels, masks = batch
     det, eps = Linear(), 8 / 255
-    adv = ATTACKS.get("apgd")(det, x, labels, masks, eps=eps, steps=10, seed=0)
+    adv = run_attack("apgd", det, x, labels, masks, eps=eps, steps=10, seed=0)
     y = (1 - 2 * labels).view(-1, 1, 1, 1).float()
     assert torch.allclose(adv, x + eps * y * det.w.sign(), atol=1e-6)  # the best vertex of the box
 
@@ -161,16 +165,16 @@ def test_square_only_queries_scores_and_climbs(batch):
             assert not torch.is_grad_enabled()
             return det(images)
 
-    adv = ATTACKS.get("square")(ScoreOnly(), x, labels, masks, eps=eps, steps=200, seed=0)
+    adv = run_attack("square", ScoreOnly(), x, labels, masks, eps=eps, steps=200, seed=0)
     assert torch.allclose((adv - x).abs(), torch.full_like(x, eps), atol=1e-6)  # L∞ square stays on vertices
-    noisy = ATTACKS.get("noise")(det, x, labels, masks, eps=eps, seed=0)
+    noisy = run_attack("noise", det, x, labels, masks, eps=eps, seed=0)
     loss = lambda a: objective_loss(det, a, labels, masks, "detection")  # noqa: E731
     assert (loss(adv) > loss(noisy)).all() and (loss(adv) > loss(x)).all()
 
 
 def test_noise_has_the_budget_but_no_direction(batch):
     x, labels, masks = batch
-    adv = ATTACKS.get("noise")(Linear(), x, labels, masks, eps=0.2, norm="l2", seed=0)
+    adv = run_attack("noise", Linear(), x, labels, masks, eps=0.2, norm="l2", seed=0)
     assert torch.allclose((adv - x).flatten(1).norm(dim=1), torch.full((6,), 0.2), atol=1e-5)
 
 
@@ -194,11 +198,11 @@ class TinyNet(nn.Module):
 def test_pgd_matches_torchattacks_on_a_two_logit_model(batch):
     import torchattacks
 
-    from robustad_bench.harness.attacks.ensemble import TwoLogits
+    from robustad_bench.harness.attacks.official import TwoLogits
 
     x, labels, masks = batch
     det, eps, steps = TinyNet(), 8 / 255, 7
-    ours = ATTACKS.get("pgd")(det, x, labels, masks, eps=eps, steps=steps, step_size=2 / 255, random_start=False)
+    ours = run_attack("pgd", det, x, labels, masks, eps=eps, steps=steps, step_size=2 / 255, random_start=False)
     theirs = torchattacks.PGD(TwoLogits(det, 0.0), eps=eps, alpha=2 / 255, steps=steps, random_start=False)(x, labels)
     assert torch.allclose(ours, theirs, atol=1e-6)
 
@@ -207,12 +211,12 @@ def test_autoattack_is_the_worst_case_of_its_parts(batch):
     x, labels, masks = batch
     det, eps = TinyNet(), 8 / 255
     kwargs = {"eps": eps, "seed": 0}
-    ensemble = ATTACKS.get("autoattack")(det, x, labels, masks, steps=5, queries=30, threshold=0.0, **kwargs)
+    ensemble = run_attack("autoattack", det, x, labels, masks, steps=5, queries=30, threshold=0.0, **kwargs)
     parts = [
-        ATTACKS.get("apgd")(det, x, labels, masks, steps=5, **kwargs),
-        ATTACKS.get("fab")(det, x, labels, masks, steps=5, threshold=0.0, **kwargs),
-        ATTACKS.get("square")(det, x, labels, masks, steps=30, **kwargs),
-        ATTACKS.get("pgd")(det, x, labels, masks, steps=5, **kwargs),
+        run_attack("apgd", det, x, labels, masks, steps=5, **kwargs),
+        run_attack("fab", det, x, labels, masks, steps=5, threshold=0.0, **kwargs),
+        run_attack("square", det, x, labels, masks, steps=30, **kwargs),
+        run_attack("pgd", det, x, labels, masks, steps=5, **kwargs),
     ]
     loss = lambda a: objective_loss(det, a, labels, masks, "detection")  # noqa: E731
     for part in parts:
@@ -222,7 +226,7 @@ def test_autoattack_is_the_worst_case_of_its_parts(batch):
 def test_segpgd_raises_the_localization_objective(batch):
     x, labels, masks = batch
     det = Linear()
-    adv = ATTACKS.get("segpgd")(det, x, labels, masks, eps=4 / 255, steps=5, seed=0)
+    adv = run_attack("segpgd", det, x, labels, masks, eps=4 / 255, steps=5, seed=0)
     loss = lambda a: objective_loss(det, a, labels, masks, "localization")  # noqa: E731
     assert (loss(adv) > loss(x)).all()
 
@@ -239,8 +243,8 @@ def test_eot_averages_the_gradient_of_a_randomised_detector(batch):
 
     torch.manual_seed(0)
     agree = lambda adv: ((adv - x).sign() == ((1 - 2 * labels).view(-1, 1, 1, 1) * base.w.sign())).float().mean()  # noqa: E731
-    once = ATTACKS.get("fgsm")(Noisy(), x, labels, masks, eps=4 / 255)
-    averaged = ATTACKS.get("fgsm")(Noisy(), x, labels, masks, eps=4 / 255, eot=200)
+    once = run_attack("fgsm", Noisy(), x, labels, masks, eps=4 / 255)
+    averaged = run_attack("fgsm", Noisy(), x, labels, masks, eps=4 / 255, eot=200)
     assert agree(averaged) > 0.9 and agree(once) < 0.75
 
 
@@ -258,7 +262,7 @@ def test_surrogate_head_attack_hurts_the_detector_it_never_differentiates(batch,
     calls = []
     original = det.forward
     det.forward = lambda images: calls.append(images.requires_grad) or original(images)  # record score calls
-    adv = ATTACKS.get("surrogate")(det, x, labels, masks, eps=8 / 255, steps=5, head_data=head_data, seed=0)
+    adv = run_attack("surrogate", det, x, labels, masks, eps=8 / 255, steps=5, head_data=head_data, seed=0)
     assert not any(calls)  # the detector's score is never differentiated (nor even called)
     assert ((adv - x).abs().amax(dim=(1, 2, 3)) <= 8 / 255 + 1e-6).all()
     if head_data == "labels":  # a head fitted on the true labels transfers to the score here
@@ -269,14 +273,14 @@ def test_surrogate_head_attack_hurts_the_detector_it_never_differentiates(batch,
 def test_transfer_crafts_on_the_source_only(batch):
     x, labels, masks = batch
     source, target = Linear(seed=1), Linear(seed=2)
-    adv = ATTACKS.get("transfer")(target, x, labels, masks, source="a", eps=4 / 255, steps=3, source_detector=source, seed=0)
-    assert torch.equal(adv, ATTACKS.get("pgd")(source, x, labels, masks, eps=4 / 255, steps=3, seed=0))
+    adv = run_attack("transfer", target, x, labels, masks, source="a", eps=4 / 255, steps=3, source_detector=source, seed=0)
+    assert torch.equal(adv, run_attack("pgd", source, x, labels, masks, eps=4 / 255, steps=3, seed=0))
     with pytest.raises(UserError, match="source detector 'a'"):
-        ATTACKS.get("transfer")(target, x, labels, masks, source="a", eps=4 / 255)
+        run_attack("transfer", target, x, labels, masks, source="a", eps=4 / 255)
 
 
 def test_adaptive_pgd_keeps_the_calibrated_entropy_low(batch):
-    from robustad_bench.harness.attacks.base import binary_entropy
+    from robustad_bench.harness.attacks.objective import binary_entropy
 
     x, labels, masks = batch
     det = TinyNet()
@@ -285,10 +289,10 @@ def test_adaptive_pgd_keeps_the_calibrated_entropy_low(batch):
     calibrator = lambda s: torch.sigmoid(s - centre)  # noqa: E731
     # a budget at which plain PGD leaves scores near the boundary, where the flag fires
     kwargs = {"eps": 4 / 255, "steps": 20, "seed": 0}
-    plain = ATTACKS.get("pgd")(det, x, labels, masks, **kwargs)
-    adaptive = ATTACKS.get("pgd")(det, x, labels, masks, entropy_weight=10.0, calibrator=calibrator, **kwargs)
+    plain = run_attack("pgd", det, x, labels, masks, **kwargs)
+    adaptive = run_attack("pgd", det, x, labels, masks, entropy_weight=10.0, calibrator=calibrator, **kwargs)
     with torch.no_grad():
         h = lambda a: binary_entropy(calibrator(det(a).score)).mean()  # noqa: E731
         assert h(adaptive) < 0.5 * h(plain)
     with pytest.raises(UserError, match="calibrator"):
-        ATTACKS.get("fgsm")(det, x, labels, masks, eps=4 / 255, entropy_weight=1.0)
+        run_attack("fgsm", det, x, labels, masks, eps=4 / 255, entropy_weight=1.0)

@@ -44,7 +44,8 @@ def test_grid_is_the_product_of_lists_and_list_kwargs():
 def test_attack_defaults_are_recorded_in_the_cell():
     cell = [c for c in expand(parse_suite(BASE, file="s.yaml")) if c.attack.name == "pgd"][0]
     kw = cell.attack.kwargs
-    assert kw["step_size"] == pytest.approx(2.5 * kw["eps"] / kw["steps"])
+    assert kw["step_size"] is None  # the default rule, derived in one place: the threat model
+    assert cell.spec.threat_model(kw).alpha == pytest.approx(2.5 * kw["eps"] / kw["steps"])
     assert kw["random_start"] is True and kw["knowledge"] == "label"
 
 

@@ -54,10 +54,16 @@ def test_groups_do_not_mix_detectors():
 
 
 def test_validity_points_add_unbounded_noise_and_more_steps():
-    points = [("pgd", "pgd", {"eps": 2 / 255, "norm": "linf", "steps": 10, "step_size": 0.002}),
-              ("pgd", "pgd", {"eps": 8 / 255, "norm": "linf", "steps": 10, "step_size": 0.008}),
+    points = [("pgd", "pgd", {"eps": 2 / 255, "norm": "linf", "steps": 10, "step_size": None}),
+              ("pgd", "pgd", {"eps": 8 / 255, "norm": "linf", "steps": 10, "step_size": None}),
+              ("apgd", "apgd", {"eps": 4 / 255, "norm": "linf", "steps": 20}),
+              ("pgd", "pgd-fixed-step", {"eps": 8 / 255, "norm": "linf", "steps": 10, "step_size": 0.001}),
               ("square", "square", {"eps": 8 / 255, "norm": "linf", "steps": 300})]
     extra = validity_points(points)
-    assert ("pgd", "validity-pgd-unbounded", {"eps": 1.0, "norm": "linf", "steps": 10, "objective": "detection"}) in extra
-    assert [kw["eps"] for name, _, kw in extra if name == "noise"] == [2 / 255, 8 / 255]
-    assert ("pgd", "pgd", {"eps": 8 / 255, "norm": "linf", "steps": 50, "step_size": None}) in extra
+    # unbounded PGD gets the suite's largest gradient steps (apgd's 20)
+    assert ("pgd", "validity-pgd-unbounded", {"eps": 1.0, "norm": "linf", "steps": 20, "objective": "detection"}) in extra
+    assert [kw["eps"] for name, _, kw in extra if name == "noise"] == [2 / 255, 4 / 255, 8 / 255]
+    assert ("pgd", "pgd", {"eps": 8 / 255, "norm": "linf", "steps": 50, "step_size": None}) in extra  # α re-derived
+    assert ("pgd", "pgd-fixed-step", {"eps": 8 / 255, "norm": "linf", "steps": 50, "step_size": 0.001}) in extra  # α kept
+    assert ("apgd", "apgd", {"eps": 4 / 255, "norm": "linf", "steps": 100}) in extra
+    assert not [kw for name, _, kw in extra if name == "square"]  # score-only queries are left alone

@@ -1,0 +1,101 @@
+"""The threat model as a value: norm, budget, steps, step size, random start, restarts.
+
+An attack receives one frozen ``ThreatModel`` built by the harness from the suite entry;
+the step size α is derived here and nowhere else (α = 2.5·ε/steps unless ``step_size`` is
+given: PatchGuard's and ZARND's choice, Madry et al.'s rule of thumb). The geometry every
+attack shares — projection onto the ε-ball ∩ [0,1] box, the unit ascent direction, the
+random start — lives here too, so that L∞ and L2 mean the same thing in every attack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .rng import ImageRandom
+
+Norm = Literal["linf", "l2"]
+REQUIRED = inspect.Parameter.empty  # a threat default that a suite entry must give (ε)
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    norm: Norm = "linf"
+    eps: float = 0.0
+    steps: int = 1  # iterations (gradient attacks) or queries per image (score-only attacks)
+    step_size: float | None = None  # α; None: 2.5·ε/steps
+    random_start: bool = False
+    restarts: int = 1
+
+    @property
+    def alpha(self) -> float:
+        return 2.5 * self.eps / self.steps if self.step_size is None else self.step_size
+
+    def record(self) -> dict[str, Any]:
+        """What a row records: every field, and the α actually used."""
+        return {**dataclasses.asdict(self), "alpha": self.alpha}
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, problem) pairs; empty when the threat model is valid."""
+        problems = []
+        if self.eps < 0 or (self.norm == "linf" and self.eps > 1):
+            problems.append(("eps", f"ε must be in [0, 1] for linf (≥ 0 for l2), got {self.eps}"))
+        for key in ("steps", "restarts"):
+            if getattr(self, key) < 1:
+                problems.append((key, f"must be at least 1, got {getattr(self, key)}"))
+        if self.step_size is not None and self.step_size <= 0:
+            problems.append(("step_size", f"must be positive, got {self.step_size}"))
+        return problems
+
+    def project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        return project(x_adv, x, self.eps, self.norm)
+
+    def ascent(self, grad: Tensor) -> Tensor:
+        return ascent_direction(grad, self.norm)
+
+    def start(self, x: Tensor, rng: ImageRandom) -> Tensor:
+        """A random point of the ε-ball (L∞: uniform in the box; L2: uniform direction and
+        radius), drawn per image; ``x`` itself without ``random_start``."""
+        if not self.random_start:
+            return x.detach()
+        return self.project(x + random_perturbation(x, self.eps, self.norm, rng, uniform_radius=True), x)
+
+
+THREAT_FIELDS = {f.name: f for f in dataclasses.fields(ThreatModel)}
+
+
+def per_image_norm(v: Tensor) -> Tensor:
+    return v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (v.dim() - 1)))
+
+
+def ascent_direction(grad: Tensor, norm: str) -> Tensor:
+    """Steepest-ascent direction of unit size in the given norm."""
+    return grad.sign() if norm == "linf" else grad / per_image_norm(grad)
+
+
+def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
+    """Project onto the ε-ball around ``x`` intersected with the [0,1] box."""
+    delta = x_adv - x
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        delta = delta * (eps / per_image_norm(delta)).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def random_perturbation(x: Tensor, eps: float, norm: str, rng: ImageRandom, *, uniform_radius: bool) -> Tensor:
+    """Per-image random δ: L∞ uniform in [−ε, ε]; L2 a uniform direction of length ε
+    (times a uniform radius in [0, 1] with ``uniform_radius``)."""
+    shape = x.shape[1:]
+    if norm == "linf":
+        return (rng.rand(shape) * 2 - 1) * eps
+    direction = rng.randn(shape)
+    delta = eps * direction / per_image_norm(direction)
+    if uniform_radius:
+        delta = delta * rng.rand((1,) * len(shape))
+    return delta
