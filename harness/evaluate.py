@@ -145,6 +145,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
                   source: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Attack the test set batch by batch, score the result; returns (row fields, arrays)."""
     split, spec, point = fitted.split, cell.spec, cell.attack.kwargs
+    models = [m.eval() for m in (fitted.detector, source) if m is not None]  # attacks see the eval-mode model
     labels = torch.from_numpy(split.labels)
     n = split.test.shape[0]
     # counts every image the detector forwards: the attack's step rate, in images per second
@@ -166,9 +167,8 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         masks = split.masks[sl].to(device) if split.masks is not None else None
         objective = spec.objective(counting, labels[sl].to(device), masks, point, calibrator)
         x_adv = spec.run(objective, x, threat, replace(context, images=tuple(split.names[sl])), **options)
-        for model in (fitted.detector, source):
-            if model is not None:
-                ensure_eval(model, cell.attack.name)
+        for model in models:
+            ensure_eval(model, cell.attack.name)
         delta = (x_adv - x).detach().flatten(1)
         linf[sl], l2[sl] = delta.abs().amax(1).cpu().numpy(), delta.norm(dim=1).cpu().numpy()
         with torch.no_grad():

@@ -76,3 +76,16 @@ def masked_detector():
     register_detector(QuantisedPatchCore.name)(QuantisedPatchCore)
     yield QuantisedPatchCore.name
     DETECTORS.unregister(QuantisedPatchCore.name)
+
+
+@pytest.fixture
+def toy_attack():
+    """Registers ``test_toy`` (an attack written in a test file) for one test."""
+    from robustad_bench.harness.attacks import ATTACKS, register_attack
+
+    def register(run, **metadata):
+        register_attack("test_toy", **metadata)(run)
+
+    yield register
+    if "test_toy" in ATTACKS:
+        ATTACKS.unregister("test_toy")

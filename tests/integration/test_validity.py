@@ -71,3 +71,41 @@ def test_autoattack_is_the_per_image_worst_case_on_patchcore(data_dir):
         objective = Objective(detector, labels, None, "detection")
         for part in parts:
             assert (objective(ensemble) >= objective(part) - 1e-5).all()
+
+
+TOY_SUITE = """
+name: toy
+seed: 0
+batch_size: 8
+map_size: 16
+validity: true
+datasets:
+  - {name: textures, categories: [brick], image_size: 64, crop_size: 96, n_train: 6, n_test_normal: 4, n_test_anomalous: 4}
+detectors:
+  - {name: patchcore, label: pc, backbone: resnet18, input_size: 64, blur_sigma: 1.0}
+attacks:
+  - {name: none}
+  - {name: test_toy, eps: 8/255, steps: 2, brightness: 1.0}
+"""
+
+
+def brighten(objective, x, threat, context, *, brightness: float = 1.0):
+    """A 'gradient' attack that ignores the gradient: every pixel + brightness·ε."""
+    return threat.project(x + brightness * threat.eps, x)
+
+
+def test_an_attack_from_a_test_file_runs_through_validate_a_cell_and_the_checks(tmp_path, toy_attack, capsys):
+    from robustad_bench.harness.attacks.threat import REQUIRED
+
+    toy_attack(brighten, kind="gradient", iterative=True, threat={"norm": "linf", "eps": REQUIRED, "steps": 1})
+    suite = tmp_path / "toy.yaml"
+    suite.write_text(textwrap.dedent(TOY_SUITE))
+    assert main(["validate", str(suite)]) == 0
+    assert main(["list", "attacks"]) == 0 and "test_toy" in capsys.readouterr().out
+    out = tmp_path / "out"
+    assert main(["run", str(suite), "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    toy = [r for r in rows if r["attack"] == "test_toy"]
+    assert sorted(r["steps"] for r in toy) == [2, 10]  # validity: true added its 5× steps point
+    assert all(r["attack_kind"] == "gradient" and r["knowledge"] == "label" and r["threat"]["eps"] == 8 / 255 for r in toy)
+    assert all("noise-as-strong" in r["flags"] for r in toy)  # no better than noise, and flagged so

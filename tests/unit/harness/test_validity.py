@@ -67,3 +67,26 @@ def test_validity_points_add_unbounded_noise_and_more_steps():
     assert ("pgd", "pgd-fixed-step", {"eps": 8 / 255, "norm": "linf", "steps": 50, "step_size": 0.001}) in extra  # α kept
     assert ("apgd", "apgd", {"eps": 4 / 255, "norm": "linf", "steps": 100}) in extra
     assert not [kw for name, _, kw in extra if name == "square"]  # score-only queries are left alone
+
+
+def test_noise_is_compared_with_localization_rows_on_pixel_auroc():
+    al = row("fgsm", 8 / 255, 0.7, steps=1, task="localization", label="fgsm-al")
+    al["metrics"] = {"pixel_auroc": 0.7}
+    noise = row("noise", 8 / 255, 0.9, steps=0)  # noise rows are written with task detection
+    noise["metrics"] = {"image_auroc": 0.9, "pixel_auroc": 0.71}
+    assert flags_of([al, noise])[al["cell_id"]] == ["noise-as-strong"]
+    noise["metrics"]["pixel_auroc"] = 0.95  # noise much weaker on the map: no flag
+    assert flags_of([al, noise])[al["cell_id"]] == []
+
+
+def test_more_steps_compares_only_entries_that_differ_in_steps_alone():
+    def pgd(steps, auroc, entropy_weight):
+        r = row("pgd", 8 / 255, auroc, steps=steps)
+        r["cell_id"] += f".{entropy_weight}"
+        r["attack_params"] = {"name": "pgd", "eps": 8 / 255, "steps": steps, "step_size": None, "entropy_weight": entropy_weight}
+        return r
+
+    plain, adaptive = pgd(10, 0.1, 0.0), pgd(50, 0.5, 10.0)  # an entropy-adaptive PGD-50 is another attack
+    assert flags_of([plain, adaptive])[adaptive["cell_id"]] == []
+    more = pgd(50, 0.5, 0.0)
+    assert flags_of([plain, more])[more["cell_id"]] == ["more-steps-weaker"]
