@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from robustad_bench.adapters import create_detector
-from robustad_bench.harness.attacks import ATTACKS
+from robustad_bench.harness.attacks import run_attack
 from robustad_bench.harness.evaluate import CountingDetector, seeded
 from robustad_bench.harness.grid import build_dataset
 from robustad_bench.harness.suite import load_suite
@@ -73,7 +73,7 @@ def main() -> None:
             torch.autograd.grad(detector(xg).score.sum(), xg)
 
     def attack():
-        ATTACKS.get("pgd")(CountingDetector(detector), x, labels, None, eps=8 / 255, steps=args.steps, seed=0)
+        run_attack("pgd", CountingDetector(detector), x, labels, eps=8 / 255, steps=args.steps, threshold=0.0, pixel_threshold=0.0)
 
     loop, pgd = interleaved([forward_backward, attack], args.repeats, device)
     floor = loop / args.steps

@@ -111,6 +111,8 @@ def identity(cell: Cell) -> dict[str, Any]:
         "dataset": cell.dataset.label, "category": cell.category,
         "attack": cell.attack.name, "attack_label": cell.attack.label,
         "attack_kind": cell.spec.kind, "iterative": cell.spec.iterative,
+        "attack_title": cell.spec.title if cell.spec.title and cell.attack.label == cell.attack.name else cell.attack.label,
+        "attack_note": cell.spec.note or None,
         "norm": kw.get("norm"), "eps": cell.eps, "steps": int(kw.get("steps", 1 if "eps" in kw else 0)),
         "knowledge": cell.knowledge, "task": cell.objective, "seed": cell.seed,
         "attack_params": {"name": cell.attack.name, **kw},

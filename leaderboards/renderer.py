@@ -50,6 +50,8 @@ def load_frame(out_dir: Path) -> pd.DataFrame:
     for row in rows:
         rec = {k: row.get(k) for k in ("cell_id", "detector", "dataset", "category", "attack", "norm", "eps", "steps", "knowledge", "task", "seed", "status", "weights")}
         rec["attack_label"] = row.get("attack_label") or rec["attack"]
+        rec["attack_title"] = row.get("attack_title") or rec["attack_label"]
+        rec["attack_note"] = row.get("attack_note") or ""
         rec["weights"] = weights_text(rec["weights"] or "unknown")
         rec.update(row.get("metrics") or {})
         rec["flags"] = ", ".join(row.get("flags") or [])
@@ -62,7 +64,15 @@ def attack_text(row) -> str:
         return "clean"
     norm = f" {row['norm']}" if row.get("norm") else ""
     steps = f"-{int(row['steps'])}" if row.get("steps") and row["steps"] > 1 else ""
-    return f"{row['attack_label']}{steps}{norm} ε={eps_text(row['eps'])} ({row['knowledge']})"
+    return f"{row['attack_title']}{steps}{norm} ε={eps_text(row['eps'])} ({row['knowledge']})"
+
+
+def attack_notes(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    """(attack title, note) for every attack on the board that declares a note."""
+    if "attack_note" not in frame:
+        return []
+    noted = frame[frame["attack_note"] != ""][["attack_title", "attack_note"]].drop_duplicates()
+    return list(noted.itertuples(index=False, name=None))
 
 
 def summary_table(frame: pd.DataFrame) -> list[dict]:
@@ -101,6 +111,7 @@ def render_markdown(frame: pd.DataFrame, title: str) -> str:
             pct(r["aupro"]), pct(r["f1"]), ece_text(r), pct(r["flag_auroc"]) if adv else "", r["flags"],
         ])
     failed = frame[frame["status"] != "ok"]
+    notes = [f"- **{title}**: {note}" for title, note in attack_notes(frame)]
     parts = [
         f"# {title}", "",
         "Metrics in percent, mean over categories; F1 at the threshold fixed on the clean run. "
@@ -109,6 +120,7 @@ def render_markdown(frame: pd.DataFrame, title: str) -> str:
         "Rows with *random init* weights use randomly initialised backbones: their clean numbers "
         "are not the papers' numbers.", "",
         tabulate(lines, headers=headers, tablefmt="github"), "",
+        *(["## Notes on attacks", "", *notes, ""] if notes else []),
         "## Per category", "",
         tabulate(_detail(frame), headers=["Detector", "Dataset", "Category", "Attack", "Img AUROC", "AP", "F1", "F1-max", "G-mean", "Px AUROC", "AUPRO"], tablefmt="github"),
     ]
@@ -142,6 +154,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     page = env.get_template("index.html.j2").render(
         title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct, ece_text=ece_text,
         failed=list(frame[frame["status"] != "ok"]["cell_id"]), plots=[f"plots/{p.name}" for p in plots],
+        notes=attack_notes(frame),
     )
     (site / "index.html").write_text(page)
     shutil.copyfile(TEMPLATES / "style.css", site / "style.css")

@@ -86,6 +86,8 @@ class AttackSpec:
     adaptive: bool = False  # climbs Objective.loss, so it can take the entropy-aware objective
     prepare: Callable[..., dict[str, Tensor]] | None = None
     check: Callable[..., list[tuple[str, str]]] | None = None  # check(**point) → (key, problem) pairs
+    title: str = ""  # how the leaderboard names it (default: the registered name)
+    note: str = ""  # what the leaderboard says about it (e.g. how it departs from the original)
 
     @property
     def uses_objective(self) -> bool:
@@ -152,7 +154,8 @@ ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, iterative: bool = False,
                     threat: Mapping[str, Any] | None = None, adaptive: bool = False,
-                    prepare: Callable | None = None, check: Callable | None = None) -> Callable:
+                    prepare: Callable | None = None, check: Callable | None = None,
+                    title: str = "", note: str = "") -> Callable:
     """Register ``run`` under ``name`` with its metadata; returns ``run`` unchanged."""
     assert kind in KINDS, f"attack {name!r}: kind must be one of {KINDS}, got {kind!r}"
     assert set(tasks) <= set(TASKS), f"attack {name!r}: tasks must be among {TASKS}, got {tasks}"
@@ -160,7 +163,7 @@ def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, ite
 
     def decorator(run: Callable[..., Tensor]) -> Callable[..., Tensor]:
         ATTACKS.register(name)(AttackSpec(name, run, kind, tuple(tasks), iterative, dict(threat or {}),
-                                          adaptive, prepare, check))
+                                          adaptive, prepare, check, title, note))
         return run
 
     return decorator
@@ -187,11 +190,13 @@ def run_attack(name: str, detector: nn.Module, x: Tensor, labels: Tensor, masks:
     point = spec.resolve(kwargs)
     if problems := spec.problems(point):
         raise UserError(problems[0][1], key=problems[0][0])
-    with torch.no_grad():
-        clean = detector(x)
+    if threshold is None or pixel_threshold is None:
+        with torch.no_grad():
+            clean = detector(x)
+        threshold = float(clean.score.median()) if threshold is None else threshold
+        pixel_threshold = float(clean.map.median()) if pixel_threshold is None else pixel_threshold
     context = Context(
-        threshold=float(clean.score.median()) if threshold is None else float(threshold),
-        pixel_threshold=float(clean.map.median()) if pixel_threshold is None else float(pixel_threshold), seed=seed,
+        threshold=float(threshold), pixel_threshold=float(pixel_threshold), seed=seed,
         images=tuple(range(len(x))) if images is None else tuple(images), source=source_detector,
         calibrator=calibrator,
     )

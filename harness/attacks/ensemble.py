@@ -20,7 +20,11 @@ from .rng import image_seed
 from .threat import REQUIRED, ThreatModel
 
 PARTS = ("apgd", "fab", "square", "pgd")
-DISPLAY_NAME = "AutoAttack-AD (APGD-CE, FAB, Square, PGD for DLR)"
+TITLE = "AutoAttack-AD (APGD-CE, FAB, Square, PGD for DLR)"
+NOTE = ("Not standard AutoAttack: a detector is a two-class model (normal, anomalous), and AutoAttack's "
+        "APGD-DLR, targeted APGD and targeted FAB need a third logit, so PGD takes the DLR parts' place "
+        "(seed 002, App. H). Per image the worst case over the parts is kept (AUROC needs every image's "
+        "attacked score), not AutoAttack's robust-accuracy cascade.")
 
 
 def _fab_batch(objective: Objective, x: Tensor, threat: ThreatModel, threshold: float, seed: int) -> Tensor:
@@ -54,7 +58,7 @@ def check_parts(parts: str = "+".join(PARTS), **_) -> list[tuple[str, str]]:
 
 
 @register_attack("autoattack", kind="gradient", tasks=("detection",), iterative=True, check=check_parts,
-                 threat={"norm": "linf", "eps": REQUIRED, "steps": 100})
+                 threat={"norm": "linf", "eps": REQUIRED, "steps": 100}, title=TITLE, note=NOTE)
 def autoattack(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
                queries: int = 1000, parts: str = "apgd+fab+square+pgd") -> Tensor:
     """Worst case per image over APGD, FAB, Square (``queries`` queries) and PGD (``steps`` each);

@@ -79,7 +79,8 @@ def official_square(objective: Objective, x: Tensor, threat: ThreatModel, contex
     from pyautoattack.square import SquareAttack
 
     model = TwoLogits(objective.detector, context.threshold)
-    attack = SquareAttack(model, norm=LIBRARY_NORMS[threat.norm], n_queries=threat.steps, eps=threat.eps,
+    # its loop makes n_queries queries after the initial one: ``steps`` queries in all, as ours
+    attack = SquareAttack(model, norm=LIBRARY_NORMS[threat.norm], n_queries=threat.steps - 1, eps=threat.eps,
                           p_init=p_init, seed=context.seed, loss="margin", device=x.device)
     attack.init_hyperparam(x)
     with global_seed(context.seed, x), torch.no_grad():

@@ -42,7 +42,11 @@ def test_masked_gradients_are_flagged_and_patchcore_is_not(tmp_path, masked_dete
     assert unbounded[0]["metrics"]["image_auroc"] <= 0.05
     pc = {f for r in rows if r["detector"] == "pc" for f in r["flags"]}
     assert not pc & {"unbounded-not-broken", "blackbox-stronger"}, pc
-    assert "| Flags" in (out / "leaderboard.md").read_text()
+    board = (out / "leaderboard.md").read_text()
+    assert "| Flags" in board
+    # the AD ensemble is named for what it is, and the page says why it is not standard AutoAttack
+    assert "AutoAttack-AD (APGD-CE, FAB, Square, PGD for DLR)" in board and "third logit" in board
+    assert "third logit" in (out / "site" / "index.html").read_text()
 
 
 def test_autoattack_is_the_per_image_worst_case_on_patchcore(data_dir):
