@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .base import Context, keep_best, register_attack
+from .base import Context, initial_point, keep_best, register_attack
 from .objective import Objective
 from .official import official_apgd, official_problems
 from .threat import REQUIRED, ThreatModel
@@ -101,7 +101,8 @@ def apgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context,
     rng = context.random(x.device)
     start_threat = ThreatModel(threat.norm, threat.eps, random_start=True)
     best, best_loss = x.detach(), None
-    for _ in range(threat.restarts):
-        x_adv, loss = single_run(objective, x, threat, start_threat.start(x, rng), eot)
+    for restart in range(threat.restarts):
+        start = initial_point(x, start_threat, context, rng) if restart == 0 else start_threat.start(x, rng)
+        x_adv, loss = single_run(objective, x, threat, start, eot)
         best, best_loss = keep_best(best, best_loss, x_adv, loss)
     return best.detach()

@@ -55,13 +55,16 @@ class Context:
     source: nn.Module | None = None  # a transfer attack's fitted source detector
     calibrator: Callable[[Tensor], Tensor] | None = None  # the defender's score → P(anomalous)
     state: Mapping[str, Tensor] = field(default_factory=dict)  # what ``prepare`` fitted for this cell
+    start: Tensor | None = None  # where an iterative attack starts (a composite attack's previous stage)
 
     def random(self, device: torch.device | str) -> ImageRandom:
         """Fresh per-image random streams, seeded by (cell seed, image id)."""
         return ImageRandom(self.seed, self.images, device)
 
     def subset(self, keep) -> Context:
-        return dataclasses.replace(self, images=tuple(self.images[int(k)] for k in keep))
+        """The context of the images at positions ``keep`` only."""
+        start = None if self.start is None else self.start[keep]
+        return dataclasses.replace(self, images=tuple(self.images[int(k)] for k in keep), start=start)
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,12 @@ def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, ite
         return run
 
     return decorator
+
+
+def initial_point(x: Tensor, threat: ThreatModel, context: Context, rng: ImageRandom) -> Tensor:
+    """Where an iterative attack starts: the context's ``start`` (CAA chains attacks this way),
+    else the threat model's random start (or ``x`` without one)."""
+    return context.start.detach() if context.start is not None else threat.start(x, rng)
 
 
 def keep_best(best: Tensor, best_loss: Tensor | None, x_adv: Tensor, loss: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Context, keep_best, register_attack
+from .base import Context, initial_point, keep_best, register_attack
 from .objective import Objective
 from .threat import REQUIRED, ThreatModel
 
@@ -33,8 +33,8 @@ def pgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, 
     """Projected gradient ascent on the objective inside the ε-ball."""
     rng = context.random(x.device)
     best, best_loss = x.detach(), None
-    for _ in range(threat.restarts):
-        x_adv = threat.start(x, rng)
+    for restart in range(threat.restarts):
+        x_adv = initial_point(x, threat, context, rng) if restart == 0 else threat.start(x, rng)
         for _ in range(threat.steps):
             _, grad = objective.gradient(x_adv, eot)
             x_adv = threat.project(x_adv + threat.alpha * threat.ascent(grad), x).detach()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Context, register_attack
+from .base import Context, initial_point, register_attack
 from .objective import Objective, localization_objective
 from .threat import REQUIRED, ThreatModel
 
@@ -29,7 +29,7 @@ def segpgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Contex
     """Localization attack weighting correctly and wrongly scored pixels over the steps."""
     t = context.pixel_threshold
     masks = objective.masks.to(x.dtype)
-    x_adv = threat.start(x, context.random(x.device))
+    x_adv = initial_point(x, threat, context, context.random(x.device))
     for k in range(1, threat.steps + 1):
         lam = (k - 1) / (2 * threat.steps)
         x_in = x_adv.detach().requires_grad_(True)

@@ -74,7 +74,7 @@ def test_localization_objective_uses_the_mask(batch):
     assert torch.allclose(adv, x + eps * sign * det.w.sign(), atol=1e-6)
 
 
-FEW_STEPS = {"pgd": {"steps": 4}, "apgd": {"steps": 5}, "square": {"steps": 20}, "fab": {"steps": 3},
+FEW_STEPS = {"sea": {"steps": 3}, "simba": {"steps": 30}, "caa": {"policy": "apgd:3 > pgd:2"}, "pgd": {"steps": 4}, "apgd": {"steps": 5}, "square": {"steps": 20}, "fab": {"steps": 3},
              "autoattack": {"steps": 3, "queries": 10}, "segpgd": {"steps": 3},
              "transfer": {"steps": 3, "source": "other", "source_detector": Linear(seed=9)}}
 
@@ -296,3 +296,92 @@ def test_adaptive_pgd_keeps_the_calibrated_entropy_low(batch):
         assert h(adaptive) < 0.5 * h(plain)
     with pytest.raises(UserError, match="calibrator"):
         run_attack("fgsm", det, x, labels, masks, eps=4 / 255, entropy_weight=1.0)
+
+
+def test_simba_over_every_pixel_reaches_the_optimum_of_a_linear_score(batch):
+    x, labels, masks = batch
+    det, eps = Linear(), 4 / 255
+    calls = []
+
+    class ScoreOnly(nn.Module):  # a true black box: never differentiated
+        def forward(self, images):
+            assert not torch.is_grad_enabled()
+            calls.append(images.shape[0])
+            return det(images)
+
+    adv = run_attack("simba", ScoreOnly(), x, labels, masks, eps=eps, basis="pixel", steps=3 * 8 * 8,
+                     threshold=0.0, pixel_threshold=0.0)
+    y = (1 - 2 * labels).view(-1, 1, 1, 1).float()
+    assert torch.allclose(adv, x + eps * y * det.w.sign(), atol=1e-6)  # each coordinate to its best vertex
+    # the clean query, one query per direction for −δ, and one for +δ where −δ did not help (y·w > 0)
+    plus = int(((y.view(-1, 1) * det.w.flatten()) > 0).sum())
+    assert sum(calls) == 6 + 6 * 3 * 8 * 8 + plus
+
+
+def test_simba_dct_directions_are_an_orthonormal_low_frequency_basis():
+    from robustad_bench.harness.attacks.simba import directions
+
+    q = directions(torch.arange(3 * 2 * 2), "dct", (3, 8, 8), (2, 2), "cpu").flatten(1)  # (12, 192)
+    assert torch.allclose(q @ q.T, torch.eye(12), atol=1e-5)
+    assert torch.allclose(q[0].view(3, 8, 8)[0], torch.full((8, 8), 1 / 8))  # the DC pattern of channel 0
+
+
+def test_caa_chains_its_stages_and_keeps_the_worst_case(batch):
+    x, labels, masks = batch
+    det, eps = TinyNet(), 8 / 255
+    loss = lambda a: objective_loss(det, a, labels, masks, "detection")  # noqa: E731
+    first = run_attack("apgd", det, x, labels, masks, eps=eps, steps=4, threshold=0.0)
+    both = run_attack("caa", det, x, labels, masks, eps=eps, policy="apgd:4 > pgd:3", threshold=0.0)
+    assert (loss(both) >= loss(first) - 1e-6).all()  # the first stage is the same run: never worse
+    from_first = run_attack("pgd", det, x, labels, masks, eps=eps, steps=3, threshold=0.0)
+    assert not torch.equal(both, from_first)  # the second stage started from the first's images
+
+
+def test_caa_policy_is_checked_at_validation():
+    from robustad_bench.harness.attacks import ATTACKS
+
+    spec = ATTACKS.get("caa")
+    assert spec.problems(spec.resolve({"eps": 0.03})) == []  # the paper's L∞ policy
+    (key, problem), = spec.problems(spec.resolve({"eps": 0.03, "policy": "apgd:10 > square:5"}))
+    assert key == "policy" and "square" in problem and "apgd" in problem
+    (key, problem), = spec.problems(spec.resolve({"eps": 0.5, "norm": "l2", "objective": "localization"}))
+    assert "fab" in problem  # the paper's L2 policy ends with a detection-only minimal-norm stage
+    assert "NAME:STEPS" in spec.problems(spec.resolve({"eps": 0.03, "policy": "apgd"}))[0][1]
+
+
+def test_sea_is_at_least_each_of_its_losses_per_image(batch):
+    x, labels, masks = batch
+    det = TinyNet()
+
+    class Mapped(nn.Module):  # a map that varies over pixels, so each pixel loss has its own gradient
+        def forward(self, images):
+            m = torch.relu(det.conv(images)).sum(1) - 1.0
+            return AnomalyOutput(score=m.flatten(1).amax(1), map=m)
+
+    model = Mapped()
+    common = {"eps": 4 / 255, "steps": 6, "pixel_threshold": 0.0}
+    ensemble = run_attack("sea", model, x, labels, masks, losses="balanced-ce+masked-ce+js+masked-spherical", **common)
+    loss = lambda a: objective_loss(model, a, labels, masks, "localization")  # noqa: E731
+    assert (loss(ensemble) > loss(x)).all()
+    for part in ("balanced-ce", "masked-ce", "js", "masked-spherical"):
+        assert (loss(ensemble) >= loss(run_attack("sea", model, x, labels, masks, losses=part, **common)) - 1e-6).all()
+
+
+def test_sea_pixel_losses_agree_with_their_definitions():
+    from robustad_bench.harness.attacks.sea import pixel_losses
+
+    logit = torch.tensor([[[2.0, -1.0], [0.5, -3.0]]])  # one image, 2×2 pixels
+    masks = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])  # top row anomalous
+    p1 = torch.sigmoid(logit)
+    p_true = torch.where(masks > 0, p1, 1 - p1)
+    ce = -p_true.log()
+    correct = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    assert torch.allclose(pixel_losses(logit, masks, "balanced-ce"), ce[0, 0].mean() + ce[0, 1].mean())
+    assert torch.allclose(pixel_losses(logit, masks, "masked-ce"), (ce * correct).mean().view(1))
+    p = torch.stack([1 - p1, p1], -1)
+    sph = -p_true / p.norm(dim=-1)
+    assert torch.allclose(pixel_losses(logit, masks, "masked-spherical"), (sph * correct).mean().view(1))
+    onehot = torch.stack([1 - masks, masks], -1)
+    m = (p + onehot) / 2
+    js = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (onehot * (onehot.clamp_min(1e-12) / m).log()).sum(-1)
+    assert torch.allclose(pixel_losses(logit, masks, "js"), js.mean().view(1), atol=1e-6)
