@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import apgd, blackbox, caa, ensemble, gradient, sea, segpgd, simba, surrogate, transfer  # noqa: F401  (registers)
+from . import a3, apgd, blackbox, caa, ensemble, gradient, sea, segpgd, simba, surrogate, transfer  # noqa: F401  (registers)
 from .base import ATTACKS, KNOWLEDGE, AttackSpec, CellData, Context, register_attack, run_attack
 from .objective import Objective, localization_objective
 from .threat import ThreatModel, project

@@ -24,7 +24,7 @@ from robustad_bench.harness.grid import Cell, resolve_attack
 from robustad_bench.harness.suite import Entry
 
 EPS = 8 / 255
-FEW = {"sea": {"steps": 3}, "simba": {"steps": 15}, "caa": {"policy": "apgd:3 > pgd:2"}, "pgd": {"steps": 3}, "apgd": {"steps": 5}, "square": {"steps": 12}, "fab": {"steps": 3},
+FEW = {"a3": {"steps": 4, "restarts": 3, "adi_steps": 2}, "sea": {"steps": 3}, "simba": {"steps": 15}, "caa": {"policy": "apgd:3 > pgd:2"}, "pgd": {"steps": 3}, "apgd": {"steps": 5}, "square": {"steps": 12}, "fab": {"steps": 3},
        "autoattack": {"steps": 2, "queries": 6}, "segpgd": {"steps": 3}, "surrogate": {"steps": 2, "head_steps": 20},
        "transfer": {"steps": 2, "source": "src"}}
 ATTACKED = sorted(set(ATTACKS.names()) - {"none"})

@@ -74,7 +74,7 @@ def test_localization_objective_uses_the_mask(batch):
     assert torch.allclose(adv, x + eps * sign * det.w.sign(), atol=1e-6)
 
 
-FEW_STEPS = {"sea": {"steps": 3}, "simba": {"steps": 30}, "caa": {"policy": "apgd:3 > pgd:2"}, "pgd": {"steps": 4}, "apgd": {"steps": 5}, "square": {"steps": 20}, "fab": {"steps": 3},
+FEW_STEPS = {"a3": {"steps": 4, "restarts": 3, "adi_steps": 2}, "sea": {"steps": 3}, "simba": {"steps": 30}, "caa": {"policy": "apgd:3 > pgd:2"}, "pgd": {"steps": 4}, "apgd": {"steps": 5}, "square": {"steps": 20}, "fab": {"steps": 3},
              "autoattack": {"steps": 3, "queries": 10}, "segpgd": {"steps": 3},
              "transfer": {"steps": 3, "source": "other", "source_detector": Linear(seed=9)}}
 
@@ -385,3 +385,25 @@ def test_sea_pixel_losses_agree_with_their_definitions():
     m = (p + onehot) / 2
     js = 0.5 * (p * (p / m).log()).sum(-1) + 0.5 * (onehot * (onehot.clamp_min(1e-12) / m).log()).sum(-1)
     assert torch.allclose(pixel_losses(logit, masks, "js"), js.mean().view(1), atol=1e-6)
+
+
+def test_a3_discards_images_that_stop_gaining_and_counts_its_passes(batch):
+    from robustad_bench.harness.evaluate import CountingDetector
+
+    x, labels, masks = batch
+    common = {"eps": 8 / 255, "steps": 6, "restarts": 4, "adi_steps": 2, "threshold": 0.0}
+    keep_all, discarding = CountingDetector(TinyNet()), CountingDetector(TinyNet())
+    full = run_attack("a3", keep_all, x, labels, masks, discard_tol=-float("inf"), **common)
+    fast = run_attack("a3", discarding, x, labels, masks, **common)
+    assert keep_all.gradient_passes == 6 * 6 * 4  # every image, every restart, every step
+    assert discarding.gradient_passes < keep_all.gradient_passes
+    loss = lambda a: objective_loss(TinyNet(), a, labels, masks, "detection")  # noqa: E731
+    assert (loss(fast) > loss(x)).all() and (loss(full) >= loss(fast) - 1e-6).all()  # restarts only add
+
+
+def test_a3_step_sizes_follow_the_cosine_schedule():
+    from robustad_bench.harness.attacks.a3 import cosine_steps
+
+    steps = cosine_steps(0.1, 10)
+    assert steps[0] == pytest.approx(0.1) and steps[-1] > 0.01 and all(a >= b for a, b in zip(steps, steps[1:]))
+    assert min(cosine_steps(0.1, 50)) > 0.1 * 0.001 and cosine_steps(0.1, 50)[-1] < 0.01
