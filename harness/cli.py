@@ -74,7 +74,11 @@ def cmd_list(args) -> int:
 
     registry = {**registries(), "metrics": METRICS, "backends": BACKENDS, "calibrators": CALIBRATORS}[args.kind]
     for name in registry.names():
-        print(name)
+        if args.kind == "attacks":  # with the metadata each attack declares
+            spec = registry.get(name)
+            print(f"{name:<12} {spec.kind:<11} {'+'.join(spec.tasks):<23} {'iterative' if spec.iterative else ''}".rstrip())
+        else:
+            print(name)
     return 0
 
 

@@ -51,18 +51,24 @@ def fab(objective: Objective, x: Tensor, threat: ThreatModel, context: Context) 
     return torch.cat(out)
 
 
-def check_parts(parts: str = "+".join(PARTS), **_) -> list[tuple[str, str]]:
+def check_parts(parts: str = "+".join(PARTS), objective: str = "detection", **_) -> list[tuple[str, str]]:
     """(key, problem) pairs for an autoattack point; the suite check runs it at validation."""
     unknown = [p for p in parts.split("+") if p not in PARTS]
-    return [("parts", f"unknown autoattack part(s) {unknown}; allowed: {'+'.join(PARTS)}")] if unknown else []
+    if unknown:
+        return [("parts", f"unknown autoattack part(s) {unknown}; allowed: {'+'.join(PARTS)}")]
+    image_level = [p for p in parts.split("+") if objective not in ATTACKS.get(p).tasks]
+    if image_level:
+        usable = "+".join(p for p in PARTS if objective in ATTACKS.get(p).tasks)
+        return [("parts", f"part(s) {image_level} cannot attack the {objective} objective; use parts: {usable}")]
+    return []
 
 
-@register_attack("autoattack", kind="gradient", tasks=("detection",), iterative=True, check=check_parts,
+@register_attack("autoattack", kind="gradient", iterative=True, check=check_parts,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 100}, title=TITLE, note=NOTE)
 def autoattack(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
                queries: int = 1000, parts: str = "apgd+fab+square+pgd") -> Tensor:
     """Worst case per image over APGD, FAB, Square (``queries`` queries) and PGD (``steps`` each);
-    ``parts`` picks a subset, e.g. ``apgd+square``."""
+    ``parts`` picks a subset, e.g. ``apgd+square+pgd`` (the localization objective: FAB is image-level)."""
     best, best_loss = x.detach(), None
     for part in parts.split("+"):
         spec = ATTACKS.get(part)
