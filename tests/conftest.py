@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,26 @@ def tiny_suite(tmp_path: Path) -> Path:
 def data_dir(tmp_path_factory) -> Path:
     """Generated embedded data, shared by the whole session."""
     return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def fit_on_textures(data_dir):
+    """``fit(name, n_train=8, n_test=6, **detector_kwargs)``: a detector fitted on the embedded
+    textures' brick at 64 px, as (detector in eval mode, split)."""
+    return partial(_fit_on_textures, data_dir=data_dir)
+
+
+def _fit_on_textures(name: str, *, data_dir: Path, n_train: int = 8, n_test: int = 6, **detector_kwargs):
+    from robustad_bench.adapters import create_detector
+    from robustad_bench.harness.datasets import DATASETS
+    from robustad_bench.harness.evaluate import seeded
+
+    dataset = DATASETS.get("textures")(image_size=64, crop_size=96, n_train=n_train, n_test_normal=n_test, n_test_anomalous=n_test)
+    split = dataset.load("brick", seed=0, data_dir=data_dir)
+    with seeded(0):
+        detector = create_detector(name, **detector_kwargs)
+    detector.fit(split.train, seed=0)
+    return detector.eval(), split
 
 
 @pytest.fixture

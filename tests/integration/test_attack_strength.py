@@ -7,18 +7,12 @@ import math
 
 import torch
 
-from robustad_bench.adapters import create_detector
 from robustad_bench.harness.attacks import Objective, run_attack
-from robustad_bench.harness.datasets import DATASETS
-from robustad_bench.harness.evaluate import CountingDetector, seeded
+from robustad_bench.harness.evaluate import CountingDetector
 
 
-def test_a3_beats_pgd_at_equal_gradient_passes(data_dir):
-    split = DATASETS.get("textures")(image_size=64, crop_size=96, n_train=8, n_test_normal=6, n_test_anomalous=6).load(
-        "brick", seed=0, data_dir=data_dir)
-    with seeded(0):
-        detector = create_detector("patchcore", backbone="resnet18", input_size=64, blur_sigma=1.0).eval()
-    detector.fit(split.train, seed=0)
+def test_a3_beats_pgd_at_equal_gradient_passes(fit_on_textures):
+    detector, split = fit_on_textures("patchcore", backbone="resnet18", input_size=64, blur_sigma=1.0)
     x, labels = split.test, torch.from_numpy(split.labels)
     common = {"eps": 2 / 255, "threshold": 0.0, "pixel_threshold": 0.0}
     counted = CountingDetector(detector)

@@ -13,10 +13,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from robustad_bench.adapters import create_detector
 from robustad_bench.harness.attacks import Objective, run_attack
-from robustad_bench.harness.datasets import DATASETS
-from robustad_bench.harness.evaluate import clean_thresholds, seeded
+from robustad_bench.harness.evaluate import clean_thresholds
 
 DETECTORS = {
     "patchcore": {"backbone": "resnet18", "input_size": 64, "blur_sigma": 1.0},
@@ -27,13 +25,8 @@ ATTACKS = {"apgd": {"eps": 2 / 255, "steps": 20}, "square": {"eps": 4 / 255, "st
 
 
 @pytest.fixture(scope="module", params=sorted(DETECTORS))
-def fitted(request, data_dir):
-    split = DATASETS.get("textures")(image_size=64, crop_size=96, n_train=8, n_test_normal=6, n_test_anomalous=6).load(
-        "brick", seed=0, data_dir=data_dir)
-    with seeded(0):
-        detector = create_detector(request.param, **DETECTORS[request.param])
-    detector.fit(split.train, seed=0)
-    detector.eval()
+def fitted(request, fit_on_textures):
+    detector, split = fit_on_textures(request.param, **DETECTORS[request.param])
     x, labels = split.test, torch.from_numpy(split.labels)
     with torch.no_grad():
         clean = detector(x)

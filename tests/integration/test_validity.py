@@ -49,19 +49,12 @@ def test_masked_gradients_are_flagged_and_patchcore_is_not(tmp_path, masked_dete
     assert "third logit" in (out / "site" / "index.html").read_text()
 
 
-def test_autoattack_is_the_per_image_worst_case_on_patchcore(data_dir):
+def test_autoattack_is_the_per_image_worst_case_on_patchcore(fit_on_textures):
     import torch
 
-    from robustad_bench.adapters import create_detector
     from robustad_bench.harness.attacks import Objective, run_attack
-    from robustad_bench.harness.datasets import DATASETS
-    from robustad_bench.harness.evaluate import seeded
 
-    split = DATASETS.get("textures")(image_size=64, crop_size=96, n_train=6, n_test_normal=4, n_test_anomalous=4).load(
-        "brick", seed=0, data_dir=data_dir)
-    with seeded(0):
-        detector = create_detector("patchcore", backbone="resnet18", input_size=64, blur_sigma=1.0).eval()
-    detector.fit(split.train, seed=0)
+    detector, split = fit_on_textures("patchcore", n_train=6, n_test=4, backbone="resnet18", input_size=64, blur_sigma=1.0)
     x, labels = split.test, torch.from_numpy(split.labels)
     with torch.no_grad():
         threshold = float(detector(x).score.median())
