@@ -8,13 +8,14 @@ Layout under the cache root::
     data/                           generated embedded datasets
 
 Keys are sha256 digests of everything that determines the artifact (see ``runner``).
-A file that cannot be read is reported with its path, never silently reused.
+A file that cannot be read is reported with its path and computed again, never reused.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -76,7 +79,8 @@ class Cache:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise UserError(f"corrupt cache file {str(path)!r} ({err}); delete it (or rerun with --force) to recompute") from err
+            log.warning("corrupt cache file %r (%s): computing it again", str(path), err)
+            return None
 
     def save_fit(self, key: str, artifact: dict[str, Any]) -> None:
         buffer = io.BytesIO()
@@ -90,9 +94,10 @@ class Cache:
             return None
         try:
             row = json.loads(row_path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise UserError(f"corrupt cache file {str(row_path)!r} ({err}); delete it (or rerun with --force) to recompute") from err
-        return row, read_npz(scores_path)
+            return row, read_npz(scores_path)
+        except (OSError, ValueError, UserError) as err:
+            log.warning("corrupt cache file in %r (%s): computing it again", str(folder), err)
+            return None
 
     def save_eval(self, key: str, row: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         folder = self._eval_dir(key)

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--only", help="run only cells whose id matches this glob (substring if no wildcard)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and stop")
     run.add_argument("--force", action="store_true", help="recompute even cached cells")
+    run.add_argument("--wait", action="store_true", help="if another run is writing into --out, queue behind it (default: exit 2)")
+    run.add_argument("--append", action="store_true", help="write into an --out that holds another suite's results, keeping them")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     val = sub.add_parser("validate", help="check a suite (schema + registries), no compute")
     val.add_argument("suite")
@@ -100,7 +102,7 @@ def cmd_run(args) -> int:
     report = run_suite(
         suite, out_dir=out, cache_dir=args.cache or default_cache(), device=args.device, only=args.only,
         force=args.force, workers=args.workers, progress=not args.no_progress,
-        backend=args.backend, backend_options=parse_options(args.backend_option),
+        backend=args.backend, backend_options=parse_options(args.backend_option), append=args.append, wait=args.wait,
     )
     print(f"{len(report.rows)} rows in {out / 'results.jsonl'}: {report.computed} computed, "
           f"{report.from_cache} from cache, {report.already_done} already done")

@@ -1,9 +1,13 @@
 """The output folder: ``results.jsonl`` (one row per cell) and ``cells/<cell_id>/scores.npz``.
 
-Rows are appended (and fsync'ed) as cells finish, so a killed run keeps every finished
-cell; a truncated last line from a kill is ignored on the next start. At the end of a
-run the file is rewritten atomically in plan order, dropping rows of cells the suite no
-longer contains.
+Rows are appended (and fsync'ed) as cells finish, each on a line of its own, so a killed
+run keeps every finished cell; a damaged line (a kill mid-write, stray bytes) is skipped
+with a warning naming its line. At the end of a run the file is rewritten atomically in
+plan order, merged with what is on disk then: a row this process did not write is never
+dropped, except a row of this suite's own cells that the suite no longer contains.
+
+One run owns a folder at a time (``OutputLock``), and a folder belongs to the suites that
+wrote it (``suites.json``): another suite's run into it is an error unless it appends.
 """
 
 from __future__ import annotations
@@ -11,64 +15,173 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write_bytes, npz_bytes
+from .cache import atomic_write_bytes, npz_bytes, read_npz
+from .errors import UserError
 from .validity import validity_flags
 
 log = logging.getLogger(__name__)
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The readable rows of a results file; damaged lines are skipped with a warning."""
     rows = []
     if not path.is_file():
         return rows
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s:%d: skipping an unreadable row (interrupted write?)", path, n)
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("cell_id"), str):
+            log.warning("%s:%d: skipping a damaged row (an interrupted write?)", path, n)
+            continue
+        rows.append(row)
     return rows
+
+
+def load_scores(path: Path) -> dict[str, np.ndarray] | None:
+    """A cell's arrays, or None (with a warning naming the file) when they do not load."""
+    try:
+        return read_npz(path)
+    except UserError as err:
+        log.warning("%s", err)
+        return None
 
 
 class ResultStore:
     def __init__(self, out_dir: str | Path):
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / "results.jsonl"
-        self.rows: dict[str, dict[str, Any]] = {r["cell_id"]: r for r in read_rows(self.path) if "cell_id" in r}
+        self.rows: dict[str, dict[str, Any]] = {r["cell_id"]: r for r in read_rows(self.path)}
 
     def scores_path(self, cell_id: str) -> Path:
         return self.out_dir / "cells" / cell_id / "scores.npz"
 
     def done(self, cell_id: str, config_hash: str) -> bool:
+        """A finished row of this configuration whose arrays load and hold all its images."""
         row = self.rows.get(cell_id)
-        return (
-            row is not None and row.get("status") == "ok" and row.get("config_hash") == config_hash
-            and self.scores_path(cell_id).is_file()
-        )
+        if row is None or row.get("status") != "ok" or row.get("config_hash") != config_hash:
+            return False
+        arrays = load_scores(self.scores_path(cell_id)) if self.scores_path(cell_id).is_file() else None
+        expected = row.get("n_normal", 0) + row.get("n_anomalous", 0)
+        if arrays is None or len(arrays.get("scores", ())) != expected:
+            log.warning("%s: missing, unreadable or incomplete; cell %s is computed again", self.scores_path(cell_id), cell_id)
+            return False
+        return True
 
     def add(self, row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
         if arrays is not None:
             atomic_write_bytes(self.scores_path(row["cell_id"]), npz_bytes(arrays))
         self.rows[row["cell_id"]] = row
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        # a row killed mid-write leaves no newline: start this one on a line of its own
+        fresh = not self.path.is_file() or self.path.stat().st_size == 0 or _last_byte(self.path) == b"\n"
+        with open(self.path, "ab") as f:
+            f.write((b"" if fresh else b"\n") + json.dumps(row).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
 
-    def finalize(self, cell_ids: list[str]) -> list[dict[str, Any]]:
-        """Rewrite results.jsonl atomically with one row per planned cell that has a row,
-        each with the validity flags the finished rows raise (``validity.py``)."""
-        rows = [self.rows[c] for c in cell_ids if c in self.rows]
-        flags = validity_flags(rows)
-        for row in rows:
+    def finalize(self, cell_ids: list[str], suite: str | None = None) -> list[dict[str, Any]]:
+        """Rewrite results.jsonl atomically: one row per planned cell that has one (this
+        process's, else the one on disk), then every row on disk of another suite; each with
+        the validity flags the finished rows raise (``validity.py``)."""
+        on_disk = {r["cell_id"]: r for r in read_rows(self.path)}
+        planned = set(cell_ids)
+        rows = [self.rows.get(c) or on_disk[c] for c in cell_ids if c in self.rows or c in on_disk]
+        others = [r for c, r in on_disk.items() if c not in planned and suite is not None and r.get("suite") != suite]
+        flags = validity_flags(rows + others)
+        for row in rows + others:
             row["flags"] = sorted(flags.get(row["cell_id"], ()))
-        text = "".join(json.dumps(r) + "\n" for r in rows)
-        atomic_write_bytes(self.path, text.encode())
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows + others).encode())
         return rows
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def claim_folder(out_dir: Path, name: str, file: str, *, append: bool) -> None:
+    """Record that suite ``name`` (from ``file``) writes into ``out_dir``; a folder that holds
+    another suite's results is refused (exit 2) unless ``append``."""
+    manifest = out_dir / "suites.json"
+    me = {"name": name, "file": str(Path(file).resolve())}
+    try:
+        owners = json.loads(manifest.read_text())["suites"] if manifest.is_file() else []
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{str(manifest)!r} is damaged; delete it if the folder's results are yours") from None
+    if not owners:  # a folder written before manifests: its rows name their suite
+        owners = [{"name": s, "file": "?"} for s in sorted({r.get("suite") for r in read_rows(out_dir / "results.jsonl")} - {None})]
+    strangers = [o for o in owners if (o["name"], o["file"]) != (me["name"], me["file"]) and not (o["file"] == "?" and o["name"] == name)]
+    if strangers and not append:
+        held = ", ".join(f"{o['name']!r} ({o['file']})" for o in strangers)
+        raise UserError(f"{str(out_dir)!r} holds the results of suite {held}; run {name!r} into another --out, "
+                        "or pass --append to keep both suites' rows in it", key="--out")
+    if me not in owners:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(manifest, json.dumps({"suites": [o for o in owners if o["file"] != "?"] + [me]}, indent=1).encode())
+
+
+class OutputLock:
+    """``out_dir/.lock`` while a run writes there: holder's pid, host and start time. A second
+    run exits 2 naming the holder, or with ``wait`` polls until the folder is free; a lock
+    left by a dead process on this host is taken over."""
+
+    def __init__(self, out_dir: Path, *, wait: bool = False, poll: float = 1.0):
+        self.path, self.wait, self.poll = out_dir / ".lock", wait, poll
+        self.me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and _dead(holder, self.me["host"]):
+                    log.warning("%s: taking over a lock left by process %s, which is gone", self.path, holder["pid"])
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if not self.wait:
+                    who = f"process {holder['pid']} on {holder['host']} (since {holder['started']})" if holder else "another run"
+                    raise UserError(f"{str(self.path.parent)!r} is being written by {who}; pass --wait to queue "
+                                    f"behind it, or use another --out (delete {str(self.path)!r} if that run is gone)",
+                                    key="--out") from None
+                time.sleep(self.poll)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.me, f)
+            return self
+
+    def __exit__(self, *exc) -> None:
+        if self._holder() == self.me:
+            self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> dict[str, Any] | None:
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None  # being written, or gone
+        return holder if isinstance(holder, dict) and {"pid", "host", "started"} <= set(holder) else None
+
+
+def _dead(holder: dict[str, Any], host: str) -> bool:
+    if holder["host"] != host:
+        return False  # another machine's process: we cannot tell
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, ValueError, OverflowError):
+        return False
+    return False

@@ -32,7 +32,7 @@ from .datasets.base import digest
 from .errors import UserError
 from .evaluate import Fitted, clean_thresholds, downsampled_masks, evaluate_cell, fit_state, seeded
 from .grid import Cell, build_dataset, expand, select
-from .results import ResultStore
+from .results import OutputLock, ResultStore, claim_folder
 from .suite import Suite, deep_check
 
 log = logging.getLogger(__name__)
@@ -208,9 +208,19 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
 
 def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, device: str = "auto", only: str | None = None,
               force: bool = False, workers: int = 1, progress: bool = True, backend: str = "local",
-              backend_options: dict[str, Any] | None = None) -> RunReport:
+              backend_options: dict[str, Any] | None = None, append: bool = False, wait: bool = False) -> RunReport:
+    """Run (or resume) ``suite`` into ``out_dir``, which this run holds alone while it writes
+    (``wait``: queue behind another run); ``append`` shares the folder with other suites."""
     resolve_device(device)  # fail early on an impossible device
     run_backend = BACKENDS.get(backend, key="--backend")
+    with OutputLock(Path(out_dir), wait=wait):
+        claim_folder(Path(out_dir), suite.name, suite.file, append=append)
+        return _run_locked(suite, run_backend, out_dir=out_dir, cache_dir=cache_dir, device=device, only=only,
+                           force=force, workers=workers, progress=progress, backend=backend, backend_options=backend_options)
+
+
+def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, force, workers, progress, backend,
+                backend_options) -> RunReport:
     plan = expand(suite)
     cells = select(plan, only)
     store, cache, report = ResultStore(out_dir), Cache(cache_dir), RunReport()
@@ -253,7 +263,7 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
         run_backend(task, list(groups.values()), workers=workers, record=record, device=device,
                     options=backend_options or {}, folder=cache.root / "jobs" / backend, progress=progress)
     bar.close()
-    report.rows = store.finalize([c.cell_id for c in plan])
+    report.rows = store.finalize([c.cell_id for c in plan], suite.name)
     return report
 
 

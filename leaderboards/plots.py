@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from robustad_bench.harness.calibration import ECE_BINS, ece
+from robustad_bench.harness.results import load_scores
 
 
 def reliability_curve(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray]:
@@ -27,10 +28,8 @@ def _pooled(out_dir: Path, cell_ids, key: str) -> tuple[np.ndarray, np.ndarray] 
     probs, labels = [], []
     for cell_id in cell_ids:
         path = out_dir / "cells" / cell_id / "scores.npz"
-        if not path.is_file():
-            continue
-        data = np.load(path)
-        if key in data:
+        data = load_scores(path) if path.is_file() else None  # an unreadable file is skipped with a warning
+        if data is not None and key in data:
             probs.append(data[key])
             labels.append(data["labels"])
     return (np.concatenate(probs), np.concatenate(labels)) if probs else None
