@@ -66,12 +66,33 @@ def check_weights(weights: str) -> str | None:
     )
 
 
+# sha256 of the published files, pinned where they could be read; the rest are recorded on
+# first download (``<file>.sha256`` beside it) and checked at every later use.
+ROBUST_IMAGENET_SHA256: dict[str, str] = {}
+
+
+def verified(path: Path, name: str) -> Path:
+    """``path`` if its sha256 is the pinned or recorded one; records it when there is neither."""
+    from robustad_bench.harness.cache import file_sha256
+
+    actual, record = file_sha256(path), path.with_name(path.name + ".sha256")
+    expected = ROBUST_IMAGENET_SHA256.get(name) or (record.read_text().strip() if record.is_file() else None)
+    if expected is None:
+        log.warning("%s: no pinned sha256 for %s; recording %s (checked at every later use)", path, name, actual)
+        record.write_text(actual + "\n")
+    elif actual != expected:
+        raise UserError(f"checkpoint {str(path)!r} does not match: expected sha256 {expected}, got {actual}. "
+                        "Delete it to download it again.", key="weights")
+    return path
+
+
 def robust_checkpoint(name: str) -> Path:
     """Local path of a robustness-library ImageNet checkpoint, downloaded once into torch's hub
-    cache (``$TORCH_HOME/hub/checkpoints``); offline, an error names the URL and the file."""
+    cache (``$TORCH_HOME/hub/checkpoints``) and checked against its sha256; offline, an error
+    names the URL and the file."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / f"{name}.ckpt"
     if path.is_file():
-        return path
+        return verified(path, name)
     url = ROBUST_IMAGENET_URL.format(name=name)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -82,7 +103,7 @@ def robust_checkpoint(name: str) -> Path:
             f"internet and put it at {str(path)!r}, or pass its path as `weights:`.",
             key="weights",
         ) from err
-    return path
+    return verified(path, name)
 
 
 def create_backbone(backbone: str, weights: str, **timm_kwargs) -> tuple[nn.Module, str]:

@@ -13,6 +13,7 @@ A file that cannot be read is reported with its path and computed again, never r
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -42,6 +43,26 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: Path, memo: Path | None = None) -> str:
+    """sha256 of a file's content, remembered in ``memo`` (a JSON file) per path, mtime and
+    size, so a large checkpoint is hashed once — and again as soon as it is replaced."""
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+    try:
+        table = json.loads(memo.read_text()) if memo is not None and memo.is_file() else {}
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        table[key] = h.hexdigest()
+        if memo is not None:
+            atomic_write_bytes(memo, json.dumps(table, indent=0).encode())
+    return table[key]
 
 
 def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:

@@ -1,8 +1,8 @@
 """Grid expansion: seed × detector × dataset/category × attack point → frozen ``Cell``s.
 
 A cell's id is readable (labels, category, attack, ε, seed) plus 8 hex digits of the hash
-of its full configuration, so two attack entries that differ only in, say, steps get
-distinct ids, and a changed configuration never reuses an old row.
+of its full configuration and labels, so two attack entries that differ only in, say,
+steps or a label get distinct ids, and a changed configuration never reuses an old row.
 """
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ class Cell:
             parts.append(self.attack.kwargs["norm"])
         if "eps" in self.attack.kwargs:
             parts.append(eps_slug(self.eps))
-        parts += [f"s{self.seed}", digest(self.config())[:8]]
+        # the hash covers the labels too: two cells that differ only in a label (or in characters
+        # the readable part cannot show, e.g. "dét" and "dèt") never share an id
+        labels = [self.detector.label, self.dataset.label, self.attack.label, self.source.label if self.source else None]
+        parts += [f"s{self.seed}", digest({**self.config(), "labels": labels})[:8]]
         return ".".join(re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(p)) for p in parts)
 
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .backends import BACKENDS
-from .cache import Cache
+from .cache import Cache, file_sha256
 from .datasets.base import digest
 from .errors import UserError
 from .evaluate import Fitted, clean_thresholds, downsampled_masks, evaluate_cell, fit_state, seeded
@@ -66,8 +66,16 @@ def _versions() -> dict[str, str]:
     }
 
 
-def group_keys(cells: list[Cell]) -> dict[str, str]:
-    """Fit key per cell id, computing each dataset fingerprint once per fit group."""
+def weight_files(config: dict[str, Any], hashes: Path | None) -> dict[str, str]:
+    """key → sha256 for every detector argument that names an existing file (a checkpoint):
+    replacing the file changes the fit key, so no number of the old weights is served."""
+    files = {k: Path(v).expanduser() for k, v in config.items() if isinstance(v, str) and v and Path(v).expanduser().is_file()}
+    return {k: file_sha256(path, hashes) for k, path in sorted(files.items())}
+
+
+def group_keys(cells: list[Cell], hashes: Path | None = None) -> dict[str, str]:
+    """Fit key per cell id, computing each dataset fingerprint once per fit group;
+    ``hashes`` remembers checkpoint digests between runs."""
     from robustad_bench.adapters import DETECTORS
 
     keys, memo = {}, {}
@@ -81,6 +89,7 @@ def group_keys(cells: list[Cell]) -> dict[str, str]:
                 "detector_version": DETECTORS.get(cell.detector.name).version,
                 "dataset_version": dataset.version,
                 "dataset_fingerprint": dataset.fingerprint(cell.category, seed=cell.seed),
+                "weight_files": weight_files(cell.detector.kwargs, hashes),
                 "package": __version__,
             })
         return memo[group]
@@ -224,7 +233,7 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
     plan = expand(suite)
     cells = select(plan, only)
     store, cache, report = ResultStore(out_dir), Cache(cache_dir), RunReport()
-    fit_keys = group_keys(cells)
+    fit_keys = group_keys(cells, cache.root / "file-hashes.json")
     groups: dict[str, list[Cell]] = defaultdict(list)
     bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress, file=sys.stderr)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,31 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
     return entry
 
 
+def duplicate_points(seeds: list, sections: dict[str, tuple[Entry, ...]], file: str) -> list[UserError]:
+    """Grid points written twice would compute twice and write two rows for one cell: a
+    repeated seed, a repeated category, or an attack point (name, label and every
+    parameter, defaults filled in) that two entries — or one list — produce twice."""
+    problems = []
+    if repeated := sorted({s for s in seeds if isinstance(s, int) and seeds.count(s) > 1}):
+        problems.append(UserError(f"seed {repeated} is listed more than once", file=file, key="seed"))
+    for entry in sections.get("datasets", ()):
+        categories = entry.kwargs.get("categories") or []
+        if repeated := sorted({c for c in categories if categories.count(c) > 1}):
+            problems.append(UserError(f"categor{'y' if len(repeated) == 1 else 'ies'} {repeated} listed more than once",
+                                      file=file, key=f"{entry.key}.categories"))
+    first: dict[str, str] = {}
+    for entry in sections.get("attacks", ()):
+        spec = ATTACKS.get(entry.name)
+        for point in expand_attack(entry):
+            key = json.dumps([entry.name, entry.label, spec.resolve(point)], sort_keys=True, default=str)
+            if key in first:
+                problems.append(UserError(f"the same attack point ({entry.name}, label {entry.label!r}, {point}) is also "
+                                          f"given by {first[key]}; give each a distinct 'label:' or remove one",
+                                          file=file, key=entry.key))
+            first.setdefault(key, entry.key)
+    return problems
+
+
 def deep_check(suite: Suite) -> None:
     """The components' own ``check_config`` (e.g. timm backbone names); raises ``SuiteErrors``.
 
@@ -181,6 +207,7 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         labels = [e.label for e in sections[section]]
         for label in {lb for lb in labels if labels.count(lb) > 1 and section != "attacks"}:
             problems.append(UserError(f"two entries share the label {label!r}; give each a distinct 'label:'", file=file, key=section))
+    problems += duplicate_points(seeds, sections, file)
     detector_labels = [d.label for d in sections.get("detectors", ())]
     for attack in sections.get("attacks", ()):
         sources = attack.kwargs.get("source") if ATTACKS.get(attack.name).kind == "transfer" else None

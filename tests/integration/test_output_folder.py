@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
 from robustad_bench.harness.cli import main
 
 
@@ -62,3 +64,30 @@ def test_a_busy_folder_is_exit_2_naming_the_holder(tiny_suite, tmp_path, capsys)
         assert main(["run", str(tiny_suite), "--out", str(out), "--cache", str(tmp_path / "c"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "is being written by process" in err and "--wait" in err
+
+
+def test_a_replaced_checkpoint_is_computed_again(tmp_path):
+    import timm
+    import torch
+
+    weights = tmp_path / "r18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(), weights)
+    suite = tmp_path / "ckpt.yaml"
+    suite.write_text(textwrap.dedent(f"""
+        name: ckpt
+        datasets:
+          - {{name: digits, categories: ["1"], image_size: 32, n_train: 10, n_test_normal: 6, n_test_anomalous: 6}}
+        detectors:
+          - {{name: zarnd, backbone: resnet18, input_size: 32, weights: {weights}}}
+        attacks:
+          - {{name: none}}
+    """))
+    args = ["run", str(suite), "--cache", str(tmp_path / "cache"), "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    torch.manual_seed(1)
+    torch.save(timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict(), weights)  # other weights
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    before, after = (json.loads((tmp_path / d / "results.jsonl").read_text()) for d in ("a", "b"))
+    assert before["config_hash"] != after["config_hash"]  # not served from the cache
+    scores = [np.load(tmp_path / d / "cells" / r["cell_id"] / "scores.npz")["scores"] for d, r in (("a", before), ("b", after))]
+    assert not np.allclose(*scores)  # the new weights' scores

@@ -95,3 +95,17 @@ def test_robustness_weights_by_name_download_once(tmp_path, monkeypatch):
     assert det.weights == "robustness:resnet18_linf_eps2.0"
     with pytest.raises(UserError, match="Did you mean 'robustness:resnet18_linf_eps2.0'"):
         create_detector("zarnd", weights="robustness:resnet18_linf_eps2")
+
+
+def test_robustness_checkpoints_are_checked_against_their_recorded_sha256(tmp_path, monkeypatch):
+    import timm
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    path = tmp_path / "checkpoints" / "resnet18_linf_eps2.0.ckpt"
+    path.parent.mkdir()
+    torch.save(robustness_checkpoint(timm.create_model("resnet18", pretrained=False)), path)
+    create_detector("zarnd", backbone="resnet18", weights="robustness:resnet18_linf_eps2.0")  # first use: recorded
+    recorded = (tmp_path / "checkpoints" / "resnet18_linf_eps2.0.ckpt.sha256").read_text().strip()
+    torch.save(robustness_checkpoint(timm.create_model("resnet18", pretrained=False)), path)  # replaced
+    with pytest.raises(UserError, match=rf"resnet18_linf_eps2.0.ckpt.*expected sha256 {recorded}, got [0-9a-f]{{64}}"):
+        create_detector("zarnd", backbone="resnet18", weights="robustness:resnet18_linf_eps2.0")

@@ -121,3 +121,16 @@ def test_a_waiting_run_gets_the_folder_when_the_holder_leaves(tmp_path):
     start = time.monotonic()
     with OutputLock(tmp_path, wait=True, poll=0.05):
         assert time.monotonic() - start >= 0.25  # it got the folder only once the holder released it
+
+
+def test_file_digests_are_remembered_until_the_file_changes(tmp_path):
+    import hashlib
+
+    from robustad_bench.harness.cache import file_sha256
+
+    path, memo = tmp_path / "w.pt", tmp_path / "hashes.json"
+    path.write_bytes(b"one")
+    assert file_sha256(path, memo) == hashlib.sha256(b"one").hexdigest()
+    assert hashlib.sha256(b"one").hexdigest() in memo.read_text()
+    path.write_bytes(b"two!")  # replaced (another size, another mtime)
+    assert file_sha256(path, memo) == hashlib.sha256(b"two!").hexdigest()

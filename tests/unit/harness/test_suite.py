@@ -144,3 +144,24 @@ def test_an_attacks_own_check_runs_at_validation():
            "attacks": [{"name": "autoattack", "eps": 0.03, "parts": "apgd+dlr"}]}
     with pytest.raises(SuiteErrors, match=r"attacks\[0\].parts.*unknown autoattack part.*'dlr'.*apgd\+fab\+square\+pgd"):
         parse_suite(raw, file="s.yaml")
+
+
+def test_repeated_grid_points_are_errors_naming_both_entries():
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["seed"] = [0, 0]
+    raw["datasets"][0]["categories"] = ["0", "1", "0"]
+    raw["attacks"].append({"name": "pgd", "eps": "8/255", "steps": 10})  # also a point of attacks[1]
+    raw["attacks"].append({"name": "fgsm", "eps": ["2/255", "2/255"]})  # one list, twice
+    msgs = problems(raw)
+    assert any("seed" in m and "[0]" in m for m in msgs)
+    assert any("datasets[0].categories" in m and "'0'" in m for m in msgs)
+    assert any("attacks[2]" in m and "attacks[1]" in m for m in msgs)
+    assert any("attacks[3]" in m and "also given by attacks[3]" in m for m in msgs)
+
+
+def test_cells_that_differ_only_in_a_label_get_distinct_ids():
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["attacks"] = [{"name": "pgd", "label": "dét", "eps": "8/255"}, {"name": "pgd", "label": "dèt", "eps": "8/255"}]
+    cells = expand(parse_suite(raw, file="s.yaml"))
+    ids = [c.cell_id for c in cells]
+    assert len(set(ids)) == len(ids) == 4  # 2 categories × 2 labels
