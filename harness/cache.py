@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,54 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+TEMP_SUFFIX = ".partial"  # temporary files and folders: .<name>.<pid>.<random>.partial
+
+
+def shareable(path: Path, mode: int) -> None:
+    """Give what mkstemp/mkdtemp made private (0600/0700) the user's umask, as open() would:
+    a cache or output folder on a shared filesystem stays usable by the group."""
+    os.chmod(path, mode & ~UMASK)
+
+
+def temp_name(name: str) -> tuple[str, str]:
+    """(prefix, suffix) for a temporary sibling of ``name``, marked with this process's pid."""
+    return f".{name}.{os.getpid()}.", TEMP_SUFFIX
+
+
+def remove_orphans(root: Path) -> int:
+    """Delete temporary files and folders under ``root`` left by killed processes of this
+    host (their pid is gone); returns how many."""
+    removed = 0
+    for path in root.rglob(f".*{TEMP_SUFFIX}") if root.is_dir() else ():
+        try:
+            pid = int(path.name.rsplit(".", 3)[-3])
+            os.kill(pid, 0)
+            continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except (ValueError, IndexError, PermissionError, OverflowError):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed += 1
+    if removed:
+        log.warning("removed %d temporary file(s) left by killed runs under %s", removed, root)
+    return removed
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder and ``os.replace``: all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    prefix, suffix = temp_name(path.name)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
+        shareable(Path(tmp), 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

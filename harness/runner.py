@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .backends import BACKENDS
-from .cache import Cache, file_sha256
+from .cache import Cache, file_sha256, remove_orphans
 from .datasets.base import digest
 from .errors import UserError
 from .evaluate import Fitted, clean_thresholds, downsampled_masks, evaluate_cell, fit_state, seeded
@@ -224,6 +224,8 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
     run_backend = BACKENDS.get(backend, key="--backend")
     with OutputLock(Path(out_dir), wait=wait):
         claim_folder(Path(out_dir), suite.name, suite.file, append=append)
+        for folder in (Path(out_dir), Path(cache_dir).expanduser()):  # what killed runs left half-written
+            remove_orphans(folder)
         return _run_locked(suite, run_backend, out_dir=out_dir, cache_dir=cache_dir, device=device, only=only,
                            force=force, workers=workers, progress=progress, backend=backend, backend_options=backend_options)
 

@@ -6,6 +6,7 @@ Metric fractions are shown as percentages; ε as k/255 where it is a multiple of
 
 from __future__ import annotations
 
+import html
 import shutil
 from pathlib import Path
 
@@ -98,6 +99,12 @@ def summary_table(frame: pd.DataFrame) -> list[dict]:
     return agg.to_dict("records")
 
 
+def md_text(value) -> str:
+    """A table cell of leaderboard.md: user text (labels, categories) cannot inject HTML or
+    break the table."""
+    return html.escape(str(value), quote=False).replace("|", "\\|")
+
+
 def render_markdown(frame: pd.DataFrame, title: str) -> str:
     headers = ["Detector", "Weights", "Dataset", "Attack", "#cat", "Img AUROC clean", "Img AUROC adv",
                "Px AUROC clean", "Px AUROC adv", "AUPRO", "F1", "ECE raw → Platt", "Flag AUROC", "Flags"]
@@ -105,13 +112,13 @@ def render_markdown(frame: pd.DataFrame, title: str) -> str:
     for r in summary_table(frame):
         adv = r["attack_text"] != "clean"
         lines.append([
-            r["detector"], r["weights"], r["dataset"], r["attack_text"], r["categories"],
+            md_text(r["detector"]), md_text(r["weights"]), md_text(r["dataset"]), md_text(r["attack_text"]), r["categories"],
             pct(r["clean_image_auroc"]), pct(r["image_auroc"]) if adv else "",
             pct(r["clean_pixel_auroc"]), pct(r["pixel_auroc"]) if adv else "",
-            pct(r["aupro"]), pct(r["f1"]), ece_text(r), pct(r["flag_auroc"]) if adv else "", r["flags"],
+            pct(r["aupro"]), pct(r["f1"]), ece_text(r), pct(r["flag_auroc"]) if adv else "", md_text(r["flags"]),
         ])
     failed = frame[frame["status"] != "ok"]
-    notes = [f"- **{title}**: {note}" for title, note in attack_notes(frame)]
+    notes = [f"- **{md_text(title)}**: {md_text(note)}" for title, note in attack_notes(frame)]
     parts = [
         f"# {title}", "",
         "Metrics in percent, mean over categories; F1 at the threshold fixed on the clean run. "
@@ -122,18 +129,18 @@ def render_markdown(frame: pd.DataFrame, title: str) -> str:
         tabulate(lines, headers=headers, tablefmt="github"), "",
         *(["## Notes on attacks", "", *notes, ""] if notes else []),
         "## Per category", "",
-        tabulate(_detail(frame), headers=["Detector", "Dataset", "Category", "Attack", "Img AUROC", "AP", "F1", "F1-max", "G-mean", "Px AUROC", "AUPRO"], tablefmt="github"),
+        tabulate(_detail(frame, md_text), headers=["Detector", "Dataset", "Category", "Attack", "Img AUROC", "AP", "F1", "F1-max", "G-mean", "Px AUROC", "AUPRO"], tablefmt="github"),
     ]
     if len(failed):
-        parts += ["", "## Failed cells", "", tabulate([[c] for c in failed["cell_id"]], headers=["cell_id"], tablefmt="github")]
+        parts += ["", "## Failed cells", "", tabulate([[md_text(c)] for c in failed["cell_id"]], headers=["cell_id"], tablefmt="github")]
     return "\n".join(parts) + "\n"
 
 
-def _detail(frame: pd.DataFrame) -> list[list]:
+def _detail(frame: pd.DataFrame, text=str) -> list[list]:
     ok = frame[frame["status"] == "ok"]
     out = []
     for _, r in ok.iterrows():
-        out.append([r["detector"], r["dataset"], r["category"], attack_text(r)] + [pct(r.get(m)) for m in ("image_auroc", "image_ap", "f1", "f1_max", "gmean", "pixel_auroc", "aupro")])
+        out.append([text(r["detector"]), text(r["dataset"]), text(r["category"]), text(attack_text(r))] + [pct(r.get(m)) for m in ("image_auroc", "image_ap", "f1", "f1_max", "gmean", "pixel_auroc", "aupro")])
     return out
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..cache import shareable, temp_name
 from .base import Dataset, Split, check_categories, digest, register_dataset
 from .mvtec import read_category
 
@@ -188,7 +189,9 @@ class Textures(Dataset):
         if (root / category / "train").is_dir():
             return root
         data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=".textures-"))
+        prefix, suffix = temp_name(f"textures-{category}")
+        tmp = Path(tempfile.mkdtemp(dir=data_dir, prefix=prefix, suffix=suffix))
+        shareable(tmp, 0o777)
         try:
             generate_category(tmp, category, seed=seed, **{k: v for k, v in self._params(seed).items() if k not in ("generator", "seed")})
             (tmp / "generator.json").write_text(json.dumps({"category": category, **self._params(seed)}, indent=1))

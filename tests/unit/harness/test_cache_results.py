@@ -134,3 +134,21 @@ def test_file_digests_are_remembered_until_the_file_changes(tmp_path):
     assert hashlib.sha256(b"one").hexdigest() in memo.read_text()
     path.write_bytes(b"two!")  # replaced (another size, another mtime)
     assert file_sha256(path, memo) == hashlib.sha256(b"two!").hexdigest()
+
+
+def test_files_follow_the_umask_and_orphans_of_killed_writers_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from robustad_bench.harness.cache import UMASK, atomic_write_bytes, remove_orphans
+
+    atomic_write_bytes(tmp_path / "a" / "x.json", b"{}")
+    assert (tmp_path / "a" / "x.json").stat().st_mode & 0o777 == 0o666 & ~UMASK  # not mkstemp's 0600
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / "a" / f".x.json.{dead}.k2j4.partial"  # a write killed before its rename
+    orphan.write_bytes(b"half")
+    (tmp_path / f".textures-brick.{dead}.q1.partial").mkdir()  # killed data generation
+    mine = tmp_path / f".y.json.{os.getpid()}.z9.partial"  # a live writer's: left alone
+    mine.write_bytes(b"")
+    assert remove_orphans(tmp_path) == 2
+    assert not orphan.exists() and mine.exists() and (tmp_path / "a" / "x.json").exists()
