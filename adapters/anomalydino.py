@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustad_bench.harness.errors import UserError
+from robustad_bench.harness.schema import NonNegative, PositiveInt
 
 from .backbones import check_backbone, check_weights, create_backbone
 from .base import AnomalyOutput, Detector, Normalize
@@ -92,15 +93,15 @@ class AnomalyDINO(Detector):
         self,
         backbone: str = "vit_small_patch14_dinov2",
         weights: str = "random",
-        input_size: int = 448,
+        input_size: PositiveInt = 448,
         shots: int | Literal["all"] = 1,
-        k: int = 1,
+        k: PositiveInt = 1,
         masking: bool | list[str] = False,
         mask_threshold: float = 10.0,
         rotation: bool = False,
         top_fraction: float = 0.01,
-        blur_sigma: float = 4.0,
-        fit_batch_size: int = 16,
+        blur_sigma: NonNegative = 4.0,
+        fit_batch_size: PositiveInt = 16,
     ):
         super().__init__()
         for problem in self.check_config(backbone=backbone, weights=weights, input_size=input_size, shots=shots, k=k, top_fraction=top_fraction):

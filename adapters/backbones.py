@@ -140,22 +140,30 @@ def create_backbone(backbone: str, weights: str, **timm_kwargs) -> tuple[nn.Modu
     return model.eval(), str(weights)
 
 
-def create_feature_backbone(backbone: str, layers: list[str], weights: str) -> tuple[nn.Module, str]:
-    """A timm ``features_only`` network returning ``layers``; and its provenance string."""
+def feature_layers(backbone: str, device: str = "meta") -> list[str]:
+    """The feature layers timm's ``features_only`` offers for ``backbone``, from a probe model
+    (on the meta device by default: no memory, no random draws)."""
     import timm
 
-    problem = check_backbone(backbone)
-    if problem:
-        raise UserError(problem, key="backbone")
-    probe = timm.create_model(backbone, pretrained=False, features_only=True)
-    available = probe.feature_info.module_name()
+    with torch.device(device):
+        return timm.create_model(backbone, pretrained=False, features_only=True).feature_info.module_name()
+
+
+def layer_problem(backbone: str, layers: list[str], device: str = "meta") -> str | None:
+    available = feature_layers(backbone, device)
     unknown = [layer for layer in layers if layer not in available]
-    if unknown:
-        raise UserError(
-            f"backbone {backbone!r} has no feature layer(s) {unknown}; allowed: {available}",
-            key="layers",
-        )
-    out_indices = tuple(available.index(layer) for layer in layers)
+    return f"backbone {backbone!r} has no feature layer(s) {unknown}; allowed: {available}" if unknown else None
+
+
+def create_feature_backbone(backbone: str, layers: list[str], weights: str) -> tuple[nn.Module, str]:
+    """A timm ``features_only`` network returning ``layers``; and its provenance string."""
+
+    # the probe is built on the CPU, as it always was: its random init draws from the seeded
+    # generator before the backbone's, so random-init weights stay what earlier versions made
+    problem = check_backbone(backbone) or layer_problem(backbone, layers, device="cpu")
+    if problem:
+        raise UserError(problem, key="layers")
+    out_indices = tuple(feature_layers(backbone).index(layer) for layer in layers)
     return create_backbone(backbone, weights, features_only=True, out_indices=out_indices)
 
 

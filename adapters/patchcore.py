@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustad_bench.harness.errors import UserError
+from robustad_bench.harness.schema import NonNegative, PositiveInt
 
-from .backbones import backbone_problems, create_feature_backbone
+from .backbones import backbone_problems, create_feature_backbone, layer_problem
 from .base import AnomalyOutput, Detector, Normalize
 from .knn import MemoryBank, greedy_coreset
 from .maps import patch_map
@@ -39,10 +40,10 @@ class PatchCore(Detector):
         backbone: str = "wide_resnet50_2",
         layers: list[str] | None = None,
         weights: str = "random",
-        input_size: int = 224,
+        input_size: PositiveInt = 224,
         coreset_ratio: float = 0.1,
-        blur_sigma: float = 4.0,
-        fit_batch_size: int = 32,
+        blur_sigma: NonNegative = 4.0,
+        fit_batch_size: PositiveInt = 32,
     ):
         super().__init__()
         for problem in self.check_config(
@@ -64,6 +65,8 @@ class PatchCore(Detector):
     def check_config(**kwargs) -> list[str]:
         """Cheap checks run by ``robustad-bench validate`` (no model is built)."""
         problems = backbone_problems(kwargs)
+        if not problems and (problem := layer_problem(kwargs.get("backbone", "wide_resnet50_2"), kwargs.get("layers") or ["layer2", "layer3"])):
+            problems.append(problem)
         ratio = kwargs.get("coreset_ratio", 0.1)
         if not 0 < ratio <= 1:
             problems.append(f"coreset_ratio must be in (0, 1], got {ratio}")

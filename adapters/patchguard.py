@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robustad_bench.harness.errors import UserError
+from robustad_bench.harness.schema import NonNegative, NonNegativeInt, PositiveInt
 
 from .backbones import backbone_problems, create_backbone
 from .base import AnomalyOutput, Detector, Normalize
@@ -106,27 +107,27 @@ class PatchGuard(Detector):
         self,
         backbone: str = "vit_small_patch14_dinov2",
         weights: str = "random",
-        input_size: int = 224,
+        input_size: PositiveInt = 224,
         feature_layer: int | None = None,
         reg_layers: list[int] | None = None,
-        reg_alpha: float = 1.0,
-        hidden_dim: int = 2048,
-        heads: int = 4,
-        dropout: float = 0.2,
-        top_k: int = 5,
-        blur_sigma: float = 0.0,
-        epochs: int = 300,
-        batch_size: int = 16,
-        lr: float = 8e-4,
-        weight_decay: float = 1e-5,
+        reg_alpha: NonNegative = 1.0,
+        hidden_dim: PositiveInt = 2048,
+        heads: PositiveInt = 4,
+        dropout: NonNegative = 0.2,
+        top_k: PositiveInt = 5,
+        blur_sigma: NonNegative = 0.0,
+        epochs: PositiveInt = 300,
+        batch_size: PositiveInt = 16,
+        lr: NonNegative = 8e-4,
+        weight_decay: NonNegative = 1e-5,
         adversarial: bool = True,
         train_eps: float = 8 / 255,
-        train_steps: int = 10,
+        train_steps: PositiveInt = 10,
         saliency: Literal["gradcam", "uniform"] = "gradcam",
         cam_backbone: str = "resnet18",
         cam_weights: str = "random",
-        k_soft: int = 3,
-        k_hard: int = 2,
+        k_soft: NonNegativeInt = 3,
+        k_hard: PositiveInt = 2,
     ):
         super().__init__()
         for problem in self.check_config(backbone=backbone, weights=weights, cam_backbone=cam_backbone, cam_weights=cam_weights,

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustad_bench.harness.errors import UserError
+from robustad_bench.harness.schema import PositiveInt
 
 from .backbones import backbone_problems, create_backbone
 from .base import AnomalyOutput, Detector, Normalize
@@ -38,10 +39,10 @@ class ZARND(Detector):
         self,
         backbone: str = "resnet18",
         weights: str = "random",
-        input_size: int = 224,
-        k: int = 2,
+        input_size: PositiveInt = 224,
+        k: PositiveInt = 2,
         normalize_features: bool = False,
-        fit_batch_size: int = 64,
+        fit_batch_size: PositiveInt = 64,
     ):
         super().__init__()
         for problem in self.check_config(backbone=backbone, weights=weights, k=k, input_size=input_size):

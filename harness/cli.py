@@ -99,6 +99,9 @@ def cmd_run(args) -> int:
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     out = Path(args.out or Path("runs") / suite.name)
+    for flag, folder in (("--out", out), ("--cache", Path(args.cache or default_cache()).expanduser())):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{str(folder)!r} is a file; {flag} must be a folder", key=flag)
     report = run_suite(
         suite, out_dir=out, cache_dir=args.cache or default_cache(), device=args.device, only=args.only,
         force=args.force, workers=args.workers, progress=not args.no_progress,
@@ -130,16 +133,23 @@ def cmd_data(args) -> int:
     from .datasets import DATASETS
     from .datasets.mvtec import list_category
 
+    if args.seed < 0:
+        raise UserError(f"--seed must be at least 0, got {args.seed}", key="--seed")
     if args.name == "mvtec":
         if not args.root:
             raise UserError("data prepare mvtec needs --root PATH (the folder to check)")
         dataset = DATASETS.get("mvtec")(root=args.root)
-        for category in dataset.categories:
-            files = list_category(Path(args.root), category)
+        counts = {c: list_category(Path(args.root), c) for c in dataset.categories}
+        if not counts or not any(files["train"] and files["test"] for files in counts.values()):
+            raise UserError("no category in MVTec AD layout (<category>/train/good, <category>/test/<defect>) found here",
+                            file=args.root, key="--root")
+        for category, files in counts.items():
             print(f"{category}: {len(files['train'])} train, {len(files['test'])} test images")
         return 0
     dataset = DATASETS.get(args.name, key="name")()
     root = Path(args.root) if args.root else default_cache() / "data"
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{str(root)!r} is a file; --root must be a folder", key="--root")
     for category in dataset.categories:
         split = dataset.load(category, seed=args.seed, data_dir=root)
         print(f"{args.name}/{category}: {split.train.shape[0]} train, {split.test.shape[0]} test "

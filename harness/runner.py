@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import re
 import sys
 import traceback
 from collections import defaultdict
@@ -49,6 +50,8 @@ class RunReport:
 
 
 def resolve_device(device: str) -> torch.device:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise UserError(f"--device {device!r} is not a device; allowed: auto, cpu, cuda, cuda:N", key="--device")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -234,6 +237,10 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
                 backend_options) -> RunReport:
     plan = expand(suite)
     cells = select(plan, only)
+    if not cells:  # nothing to do is a mistake, not a success with an empty results file
+        raise UserError(f"--only {only!r} matches none of the suite's {len(plan)} cells (robustad-bench run --dry-run lists them)"
+                        if plan else "the suite resolves to 0 cells (e.g. only localization attacks on data without masks)",
+                        file=suite.file, key="--only" if plan else "attacks")
     store, cache, report = ResultStore(out_dir), Cache(cache_dir), RunReport()
     fit_keys = group_keys(cells, cache.root / "file-hashes.json")
     groups: dict[str, list[Cell]] = defaultdict(list)

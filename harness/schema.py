@@ -1,17 +1,20 @@
 """Check YAML values against a constructor's or function's type hints.
 
 Supports the annotations our registered components use: ``int``, ``float``, ``bool``,
-``str``, ``None``, ``Literal[...]``, ``list[T]`` and unions such as ``float | None``.
-A ``float`` may be written as a fraction string, e.g. ``8/255``.
+``str``, ``None``, ``Literal[...]``, ``list[T]``, unions such as ``float | None`` and
+bounds declared with ``Annotated`` (``PositiveInt``, ``NonNegative``, ...). A ``float`` may
+be written as a fraction string, e.g. ``8/255``; it must be finite.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import types
 import typing
-from typing import Any, Literal, Union, get_args, get_origin
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
 
@@ -20,11 +23,25 @@ class BadValue(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class AtLeast:
+    """A lower bound on a number, declared in a type hint: ``Annotated[int, AtLeast(1)]``."""
+
+    bound: float
+
+
+PositiveInt = Annotated[int, AtLeast(1)]
+NonNegativeInt = Annotated[int, AtLeast(0)]
+NonNegative = Annotated[float, AtLeast(0.0)]
+
+
 def parse_float(value: Any) -> float:
     """A number, or a fraction string such as ``"8/255"``."""
     if isinstance(value, bool):
         raise BadValue(f"expected a number, got {value!r}")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise BadValue(f"expected a finite number, got {value!r}")
         return float(value)
     if isinstance(value, str) and (m := FRACTION.match(value)):
         denominator = float(m.group(2))
@@ -36,6 +53,9 @@ def parse_float(value: Any) -> float:
 
 def describe(annotation: Any) -> str:
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        bounds = [f"≥ {m.bound:g}" for m in annotation.__metadata__ if isinstance(m, AtLeast)]
+        return " ".join([describe(args[0]), *bounds])
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin in (Union, types.UnionType):
@@ -52,6 +72,12 @@ def coerce(value: Any, annotation: Any) -> Any:
     origin, args = get_origin(annotation), get_args(annotation)
     if annotation is Any or annotation is inspect.Parameter.empty:
         return value
+    if origin is Annotated:
+        value = coerce(value, args[0])
+        for bound in (m for m in annotation.__metadata__ if isinstance(m, AtLeast)):
+            if value is not None and value < bound.bound:
+                raise BadValue(f"must be at least {bound.bound:g}, got {value!r}")
+        return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -61,7 +87,8 @@ def coerce(value: Any, annotation: Any) -> Any:
             try:
                 return coerce(value, arg)
             except BadValue:
-                pass
+                if isinstance(value, list) and get_origin(arg) in (list, tuple):
+                    raise  # the arm the value is written for says best what is wrong
         raise BadValue(f"expected {describe(annotation)}, got {value!r}")
     if origin is Literal:
         if value in args:
@@ -70,6 +97,8 @@ def coerce(value: Any, annotation: Any) -> Any:
     if origin in (list, tuple) or annotation in (list, tuple):
         if not isinstance(value, list):
             raise BadValue(f"expected {describe(annotation)}, got {value!r}")
+        if not value:
+            raise BadValue("an empty list selects nothing; remove the key for the default")
         return [coerce(v, args[0]) if args else v for v in value]
     if annotation is bool:
         if isinstance(value, bool):
@@ -93,7 +122,7 @@ def coerce(value: Any, annotation: Any) -> Any:
 def parameters(target: Any, skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
     """name → (annotation, default) of the keyword arguments a YAML entry may set."""
     fn = target.__init__ if inspect.isclass(target) else target
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
     out = {}
     for name, p in inspect.signature(fn).parameters.items():
         if name in ("self", *skip) or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import inspect
 import itertools
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,13 @@ TOP_LEVEL = {
     "detectors": "list of {name, ...}",
     "attacks": "list of {name, ...}",
     "validity": "true adds the cells the validity checks need (PGD at ε=1, noise, 5× steps)",
+    "max_cells": "refuse grids larger than this (default 1,000,000)",
 }
+
+
+MAX_YAML_NODES = 100_000  # a suite is a few hundred nodes; aliases must not expand beyond this
+MAX_CELLS = 1_000_000  # default cap on a grid (top-level ``max_cells`` raises it)
+SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -76,12 +84,17 @@ def expand_attack(entry: Entry) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
-def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, problems: list) -> Entry | None:
+def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, problems: list,
+                 max_cells: int = MAX_CELLS) -> Entry | None:
     path = f"{section}[{i}]"
     if not isinstance(raw, dict) or "name" not in raw:
         problems.append(UserError(f"each entry needs a 'name' key, got {raw!r}", file=file, key=path))
         return None
     name = raw["name"]
+    if not isinstance(name, str):
+        problems.append(UserError(f"'name' must be a registered name (a string), got {name!r}; registered: "
+                                  f"{', '.join(registry.names())}", file=file, key=f"{path}.name"))
+        return None
     if name not in registry:
         problems.append(UserError(registry.unknown_message(name), file=file, key=f"{path}.name"))
         return None
@@ -99,6 +112,11 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
             continue
         annotation = params[key][0]
         expands = section == "attacks" and isinstance(value, list)
+        if expands and not value:
+            problems.append(UserError("an empty list expands to no grid point; give at least one value",
+                                      file=file, key=f"{path}.{key}"))
+            bad = True
+            continue
         try:
             kwargs[key] = [coerce(v, annotation) for v in value] if expands else coerce(value, annotation)
         except BadValue as err:
@@ -112,6 +130,11 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
         return None
     entry = Entry(name=name, label=str(label), kwargs=kwargs, key=path)
     if section == "attacks":  # threat model, knowledge and the attack's own check, per grid point
+        points = math.prod(len(v) for v in kwargs.values() if isinstance(v, list))
+        if points > max_cells:
+            problems.append(UserError(f"its lists expand to {points:,} attack points, more than max_cells = {max_cells:,}",
+                                      file=file, key=path))
+            return None
         found = {pair: None for point in expand_attack(entry) for pair in target.problems(target.resolve(point))}
         for key, problem in found:  # each distinct problem once, however many grid points share it
             problems.append(UserError(problem, file=file, key=f"{path}.{key}"))
@@ -143,6 +166,13 @@ def duplicate_points(seeds: list, sections: dict[str, tuple[Entry, ...]], file: 
     return problems
 
 
+def grid_size(seeds: list, sections: dict[str, tuple[Entry, ...]]) -> int:
+    """A lower bound on the number of cells, counted without expanding the grid."""
+    categories = sum(len(d.kwargs.get("categories") or [None]) for d in sections["datasets"])
+    points = sum(math.prod(len(v) for v in a.kwargs.values() if isinstance(v, list)) for a in sections["attacks"])
+    return len(seeds) * len(sections["detectors"]) * categories * points
+
+
 def deep_check(suite: Suite) -> None:
     """The components' own ``check_config`` (e.g. timm backbone names); raises ``SuiteErrors``.
 
@@ -161,15 +191,58 @@ def deep_check(suite: Suite) -> None:
 
 
 
+class StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                raise yaml.constructor.ConstructorError(None, None, f"a key must be a plain value, got {key!r}", key_node.start_mark)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def expanded_size(node, memo: dict | None = None) -> int:
+    """Nodes in the document once every alias is expanded (computed without expanding)."""
+    memo = {} if memo is None else memo
+    if id(node) not in memo:
+        memo[id(node)] = 1  # guards recursive aliases
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        memo[id(node)] = 1 + sum(expanded_size(c, memo) for c in children)
+    return memo[id(node)]
+
+
+def read_yaml(path: Path) -> Any:
+    """A suite file's content: UTF-8, no key twice, no alias bomb."""
+    file = str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError("suite file not found", file=file) from None
+    except IsADirectoryError:
+        raise UserError("is a folder; give the suite's .yaml file", file=file) from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"not UTF-8 text ({err.reason} at byte {err.start})", file=file) from None
+    except OSError as err:
+        raise UserError(f"cannot be read ({err.strerror})", file=file) from None
+    try:
+        node = yaml.compose(text, Loader=StrictLoader)
+        if node is not None and (size := expanded_size(node)) > MAX_YAML_NODES:
+            raise UserError(f"aliases expand to {size} YAML nodes (at most {MAX_YAML_NODES}); write the suite out", file=file)
+        return yaml.load(text, Loader=StrictLoader)
+    except yaml.YAMLError as err:
+        raise UserError(f"not valid YAML: {err}", file=file) from None
+
+
 def load_suite(path: str | Path, *, deep: bool = True) -> Suite:
     """Read and validate a suite file; raises ``SuiteErrors`` listing every problem."""
     file = str(path)
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError("suite file not found", file=file) from None
-    except yaml.YAMLError as err:
-        raise UserError(f"not valid YAML: {err}", file=file) from None
+    raw = read_yaml(Path(path))
     suite = parse_suite(raw, file=file, default_name=Path(path).stem)
     if deep:
         deep_check(suite)
@@ -185,8 +258,17 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
             problems.append(UserError(f"unknown top-level key {key!r}; allowed: {', '.join(TOP_LEVEL)}", file=file, key=str(key)))
     seeds = raw.get("seed", 0)
     seeds = seeds if isinstance(seeds, list) else [seeds]
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        problems.append(UserError(f"seed must be an integer or a list of integers, got {raw.get('seed')!r}", file=file, key="seed"))
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
+        problems.append(UserError(f"seed must be an integer in [0, 2^32) or a list of them, got {raw.get('seed')!r}",
+                                  file=file, key="seed"))
+    name = raw.get("name", default_name)
+    if not isinstance(name, str) or not SUITE_NAME.match(name) or ".." in name:
+        problems.append(UserError(f"name must be a folder name (letters, digits, _ . -; it names runs/<name>), got {name!r}",
+                                  file=file, key="name"))
+    max_cells = raw.get("max_cells", MAX_CELLS)
+    if not isinstance(max_cells, int) or isinstance(max_cells, bool) or max_cells < 1:
+        problems.append(UserError(f"must be a positive integer, got {max_cells!r}", file=file, key="max_cells"))
+        max_cells = MAX_CELLS
     scalars = {}
     for key, default in (("batch_size", 16), ("map_size", 64)):
         value = raw.get(key, default)
@@ -202,12 +284,15 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         if not isinstance(entries, list) or not entries:
             problems.append(UserError(f"must be a non-empty list of {{name: ..., ...}} entries; registered: {', '.join(registry.names())}", file=file, key=section))
             continue
-        checked = [_check_entry(section, i, e, registry, file, problems) for i, e in enumerate(entries)]
+        checked = [_check_entry(section, i, e, registry, file, problems, max_cells) for i, e in enumerate(entries)]
         sections[section] = tuple(e for e in checked if e is not None)
         labels = [e.label for e in sections[section]]
         for label in {lb for lb in labels if labels.count(lb) > 1 and section != "attacks"}:
             problems.append(UserError(f"two entries share the label {label!r}; give each a distinct 'label:'", file=file, key=section))
     problems += duplicate_points(seeds, sections, file)
+    if len(sections) == 3 and (size := grid_size(seeds, sections)) > max_cells:
+        problems.append(UserError(f"the grid has at least {size:,} cells, more than max_cells = {max_cells:,}; "
+                                  "split the suite or raise max_cells", file=file, key="attacks"))
     detector_labels = [d.label for d in sections.get("detectors", ())]
     for attack in sections.get("attacks", ()):
         sources = attack.kwargs.get("source") if ATTACKS.get(attack.name).kind == "transfer" else None

@@ -29,6 +29,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..schema import NonNegativeInt
 from .base import Context, register_attack
 from .objective import Objective
 from .rng import ImageRandom
@@ -81,7 +82,7 @@ def check_budget(steps: int = 20, adi_steps: int = 7, **_) -> list[tuple[str, st
 @register_attack("a3", kind="gradient", iterative=True, check=check_budget,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 20, "restarts": 5})
 def a3(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
-       adi_steps: int = 7, discard_tol: float = 0.01) -> Tensor:
+       adi_steps: NonNegativeInt = 7, discard_tol: float = 0.01) -> Tensor:
     """Cosine-step PGD restarts opened by adaptive direction initialisation; per-image discarding."""
     rng = context.random(x.device)
     clean = objective(x)

@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..schema import PositiveInt
 from .base import Context, initial_point, keep_best, register_attack
 from .objective import Objective
 from .official import official_apgd, official_problems
@@ -94,7 +95,7 @@ def official_check(impl: str = "ours", **point) -> list[tuple[str, str]]:
 @register_attack("apgd", kind="gradient", iterative=True, adaptive=True, check=official_check,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 100, "restarts": 1})
 def apgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
-         eot: int = 1, impl: Literal["ours", "official"] = "ours") -> Tensor:
+         eot: PositiveInt = 1, impl: Literal["ours", "official"] = "ours") -> Tensor:
     """Auto-PGD: momentum and a step size adapted per image (no step size to tune)."""
     if impl == "official":
         return official_apgd(objective, x, threat, context, eot=eot)

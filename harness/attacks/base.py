@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..registry import Registry
-from ..schema import parameters
+from ..schema import NonNegative, parameters
 from .objective import TASKS, Objective
 from .rng import ImageRandom
 from .threat import THREAT_FIELDS, ThreatModel
@@ -40,7 +40,7 @@ from .threat import THREAT_FIELDS, ThreatModel
 Kind = Literal["none", "gradient", "score-only", "transfer", "surrogate", "noise"]
 KINDS: tuple[str, ...] = typing.get_args(Kind)
 KNOWLEDGE = {"detection": "label", "localization": "mask"}  # what a white-box attacker of a task knows
-THREAT_HINTS = typing.get_type_hints(ThreatModel)
+THREAT_HINTS = typing.get_type_hints(ThreatModel, include_extras=True)
 VALUES = ("objective", "x", "threat", "context")  # the positional values every attack receives
 
 
@@ -107,7 +107,7 @@ class AttackSpec:
             params["objective"] = (Literal[self.tasks], self.tasks[0])
             params["knowledge"] = (str | None, None)
         if self.adaptive:
-            params["entropy_weight"] = (float, 0.0)
+            params["entropy_weight"] = (NonNegative, 0.0)
         return params | self.options()
 
     def knowledge(self, task: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..schema import PositiveInt
 from .base import ATTACKS, Context, keep_best, register_attack
 from .objective import Objective
 from .official import TwoLogits, global_seed
@@ -66,7 +67,7 @@ def check_parts(parts: str = "+".join(PARTS), objective: str = "detection", **_)
 @register_attack("autoattack", kind="gradient", iterative=True, check=check_parts,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 100}, title=TITLE, note=NOTE)
 def autoattack(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
-               queries: int = 1000, parts: str = "apgd+fab+square+pgd") -> Tensor:
+               queries: PositiveInt = 1000, parts: str = "apgd+fab+square+pgd") -> Tensor:
     """Worst case per image over APGD, FAB, Square (``queries`` queries) and PGD (``steps`` each);
     ``parts`` picks a subset, e.g. ``apgd+square+pgd`` (the localization objective: FAB is image-level)."""
     best, best_loss = x.detach(), None

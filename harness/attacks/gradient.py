@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from ..schema import PositiveInt
 from .base import Context, initial_point, keep_best, register_attack
 from .objective import Objective
 from .threat import REQUIRED, ThreatModel
@@ -21,7 +22,7 @@ def none(objective: Objective, x: Tensor, threat: ThreatModel, context: Context)
 
 
 @register_attack("fgsm", kind="gradient", threat={"norm": "linf", "eps": REQUIRED}, adaptive=True)
-def fgsm(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *, eot: int = 1) -> Tensor:
+def fgsm(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *, eot: PositiveInt = 1) -> Tensor:
     """One gradient step of size ε (Goodfellow et al., ICLR 2015)."""
     _, grad = objective.gradient(x, eot)
     return threat.project(x + threat.eps * threat.ascent(grad), x).detach()
@@ -29,7 +30,7 @@ def fgsm(objective: Objective, x: Tensor, threat: ThreatModel, context: Context,
 
 @register_attack("pgd", kind="gradient", iterative=True, adaptive=True,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 10, "step_size": None, "random_start": True, "restarts": 1})
-def pgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *, eot: int = 1) -> Tensor:
+def pgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *, eot: PositiveInt = 1) -> Tensor:
     """Projected gradient ascent on the objective inside the ε-ball."""
     rng = context.random(x.device)
     best, best_loss = x.detach(), None

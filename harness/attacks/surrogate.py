@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..schema import PositiveInt
 from .base import CellData, Context, register_attack
 from .objective import Objective
 from .threat import REQUIRED, ThreatModel
@@ -79,7 +80,7 @@ def prepare_head(detector, data: CellData, threat: ThreatModel, context: Context
 @register_attack("surrogate", kind="surrogate", tasks=("detection",), iterative=True, prepare=prepare_head,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 1, "step_size": None, "random_start": False})
 def surrogate(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
-              head_data: Literal["labels", "pseudo"] = "labels", head_steps: int = 200, head_lr: float = 0.05) -> Tensor:
+              head_data: Literal["labels", "pseudo"] = "labels", head_steps: PositiveInt = 200, head_lr: float = 0.05) -> Tensor:
     """FGSM (``steps: 1``: α = 2.5ε, clipped to ε) or PGD through the cell's linear head on ``features(x)``."""
     w, b = context.state["head_weight"].to(x.device), context.state["head_bias"].to(x.device)
     target = objective.labels.float()

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from torch import Tensor
 
+from ..schema import NonNegative, PositiveInt
+
 if TYPE_CHECKING:
     from .rng import ImageRandom
 
@@ -26,11 +28,11 @@ REQUIRED = inspect.Parameter.empty  # a threat default that a suite entry must g
 @dataclass(frozen=True)
 class ThreatModel:
     norm: Norm = "linf"
-    eps: float = 0.0
-    steps: int = 1  # iterations (gradient attacks) or queries per image (score-only attacks)
+    eps: NonNegative = 0.0
+    steps: PositiveInt = 1  # iterations (gradient attacks) or queries per image (score-only attacks)
     step_size: float | None = None  # α; None: 2.5·ε/steps
     random_start: bool = False
-    restarts: int = 1
+    restarts: PositiveInt = 1
 
     @property
     def alpha(self) -> float:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..schema import PositiveInt
 from .base import Dataset, Split, check_categories, digest, register_dataset
 
 CATEGORIES = [str(d) for d in range(10)]
@@ -28,10 +29,10 @@ class Digits(Dataset):
     def __init__(
         self,
         categories: list[str] | None = None,
-        image_size: int = 64,
-        n_train: int = 100,
-        n_test_normal: int = 50,
-        n_test_anomalous: int = 50,
+        image_size: PositiveInt = 64,
+        n_train: PositiveInt = 100,
+        n_test_normal: PositiveInt = 50,
+        n_test_anomalous: PositiveInt = 50,
     ):
         self.categories = [str(c) for c in (categories or CATEGORIES)]
         self.image_size = image_size

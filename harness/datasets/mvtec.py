@@ -9,6 +9,7 @@ MPDD uses the same layout; the generated ``textures`` data is written in it too.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,10 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..schema import PositiveInt
 from .base import Dataset, Split, digest, register_dataset, to_tensor
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 NORMAL = "good"
@@ -34,12 +38,20 @@ def _read_rgb(path: Path, size: int) -> np.ndarray:
         raise UserError(f"cannot read image {str(path)!r}: {err}") from err
 
 
-def _read_mask(path: Path, size: int) -> np.ndarray:
+def _read_mask(path: Path, size: int, image: Path) -> np.ndarray:
+    """The mask of ``image``, binary, resized like it; a mask of another size is refused
+    (stretching it would move the defect)."""
     try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 127
+        with Image.open(path) as im, Image.open(image) as ref:
+            if im.size != ref.size:
+                raise UserError(f"mask {str(path)!r} is {im.size[0]}×{im.size[1]} but its image {str(image)!r} is "
+                                f"{ref.size[0]}×{ref.size[1]}; masks must match their images")
+            mask = np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 127
     except OSError as err:
         raise UserError(f"cannot read mask {str(path)!r}: {err}") from err
+    if not mask.any():
+        log.warning("mask %s of an anomalous image is empty at %d px: its pixels count as normal", path, size)
+    return mask
 
 
 def list_category(root: Path, category: str, normal: str = NORMAL) -> dict[str, list[Path]]:
@@ -87,7 +99,10 @@ def read_category(root: Path, category: str, image_size: int, normal: str = NORM
             mpath = mask_path(root, category, path)
             if not mpath.is_file():
                 raise UserError(f"mask {str(mpath)!r} (or {mpath.parent.name}/{path.stem}.png) for anomalous image {str(path)!r} is missing")
-            masks[i] = _read_mask(mpath, image_size)
+            masks[i] = _read_mask(mpath, image_size, path)
+    if labels.min() == labels.max():
+        log.warning("%s/%s: the test set has %s images only; image AUROC, AP and F1 are undefined for it",
+                    root, category, "anomalous" if labels[0] else "normal")
     names = [f"{p.parent.name}/{p.stem}" for p in files["test"]]
     return Split(train, test, labels, torch.from_numpy(masks), names)
 
@@ -108,7 +123,7 @@ class MVTec(Dataset):
     version = "1"
     has_masks = True
 
-    def __init__(self, root: str, categories: list[str] | None = None, image_size: int = 256, normal_dir: str = NORMAL):
+    def __init__(self, root: str, categories: list[str] | None = None, image_size: PositiveInt = 256, normal_dir: str = NORMAL):
         self.root = Path(root).expanduser()
         self.normal_dir = normal_dir  # "good" (MVTec, VisA converted, MPDD) or "ok" (BTAD)
         self.image_size = image_size
@@ -124,9 +139,13 @@ class MVTec(Dataset):
 
     @staticmethod
     def check_config(**kwargs) -> list[str]:
+        problems = []
         if kwargs.get("image_size", 256) < 8:
-            return [f"image_size must be at least 8, got {kwargs['image_size']}"]
-        return []
+            problems.append(f"image_size must be at least 8, got {kwargs['image_size']}")
+        outside = [c for c in kwargs.get("categories") or [] if Path(c).is_absolute() or ".." in Path(c).parts or "/" in c or "\\" in c]
+        if outside:
+            problems.append(f"categories are folder names under root, got {outside}")
+        return problems
 
     def fingerprint(self, category: str, *, seed: int) -> str:
         return fingerprint_folder(self.root, category, self.normal_dir)

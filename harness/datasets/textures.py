@@ -26,6 +26,7 @@ from PIL import Image
 from scipy import ndimage
 
 from ..cache import shareable, temp_name
+from ..schema import PositiveInt
 from .base import Dataset, Split, check_categories, digest, register_dataset
 from .mvtec import read_category
 
@@ -149,11 +150,11 @@ class Textures(Dataset):
     def __init__(
         self,
         categories: list[str] | None = None,
-        image_size: int = 128,
-        crop_size: int = 160,
-        n_train: int = 40,
-        n_test_normal: int = 20,
-        n_test_anomalous: int = 20,
+        image_size: PositiveInt = 128,
+        crop_size: PositiveInt = 160,
+        n_train: PositiveInt = 40,
+        n_test_normal: PositiveInt = 20,
+        n_test_anomalous: PositiveInt = 20,
     ):
         self.categories = list(categories or CATEGORIES)
         self.image_size = image_size
