@@ -110,6 +110,16 @@ def ray(run_group: Callable, groups: list, *, workers: int, record: Callable, de
             ray_module.shutdown()
 
 
+def check_backend(name: str, options: dict[str, Any]) -> None:
+    """What can be known before any work: the backend's package is installed, and the local
+    backend takes no options (slurm and ray check theirs when they build their jobs)."""
+    BACKENDS.get(name, key="--backend")
+    if name == "local":
+        _unexpected("local", options, ())
+    else:
+        _require({"slurm": "submitit", "ray": "ray"}[name], name)
+
+
 def _call(fn: Callable, *args, **kwargs):
     """A plain function for ``ray.remote``, which rejects ``functools.partial`` objects."""
     return fn(*args, **kwargs)

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .backends import BACKENDS
+from .backends import BACKENDS, check_backend
 from .cache import Cache, file_sha256, remove_orphans
 from .datasets.base import digest
 from .errors import UserError
@@ -225,6 +225,7 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
     (``wait``: queue behind another run); ``append`` shares the folder with other suites."""
     resolve_device(device)  # fail early on an impossible device
     run_backend = BACKENDS.get(backend, key="--backend")
+    check_backend(backend, backend_options or {})  # before any work, not when there is work
     with OutputLock(Path(out_dir), wait=wait):
         claim_folder(Path(out_dir), suite.name, suite.file, append=append)
         for folder in (Path(out_dir), Path(cache_dir).expanduser()):  # what killed runs left half-written

@@ -116,6 +116,7 @@ COMMANDS = [
     ("only-matches-nothing", "run {tmp}/suite.yaml --out {tmp}/o --cache {tmp}/c --only nothing*", "matches none"),
     ("zero-cells", "run {tmp}/loc-only.yaml --out {tmp}/o --cache {tmp}/c", "0 cells"),
     ("workers-zero", "run {tmp}/suite.yaml --workers 0", "--workers"),
+    ("local-backend-option", "run {tmp}/suite.yaml --out {tmp}/o --cache {tmp}/c --backend-option x=1", "not understood"),
     ("suite-is-a-folder", "validate {tmp}/empty", "is a folder"),
     ("suite-missing", "validate {tmp}/nope.yaml", "not found"),
     ("suite-not-utf8", "validate {tmp}/not-utf8.yaml", "not UTF-8"),
