@@ -105,3 +105,23 @@ def test_btad_and_converted_visa_layouts_read(tmp_path):
     _write_mvtec(tmp_path, category="01", normal="ok", suffix=".bmp", mask_name="000.png", defect="ko")
     split = DATASETS.get("mvtec")(root=str(tmp_path), normal_dir="ok", image_size=20).load("01", seed=0, data_dir=tmp_path)
     assert split.labels.tolist() == [1, 0] and int(split.masks[0].sum()) == 25
+
+
+def test_mvtec_masks_must_match_their_images_and_empty_ones_are_warned(tmp_path, caplog):
+    _write_mvtec(tmp_path)
+    gt = tmp_path / "widget" / "ground_truth" / "crack" / "000_mask.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(gt)  # twice the image's size
+    with pytest.raises(UserError, match=r"000_mask.png.*40×40.*20×20"):
+        DATASETS.get("mvtec")(root=str(tmp_path), image_size=20).load("widget", seed=0, data_dir=tmp_path)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(gt)  # right size, but nothing marked
+    DATASETS.get("mvtec")(root=str(tmp_path), image_size=20).load("widget", seed=0, data_dir=tmp_path)
+    assert "000_mask.png of an anomalous image is empty" in caplog.text
+
+
+def test_a_one_class_test_set_is_warned_with_the_metrics_it_leaves_undefined(tmp_path, caplog):
+    import shutil
+
+    _write_mvtec(tmp_path)
+    shutil.rmtree(tmp_path / "widget" / "test" / "crack")
+    DATASETS.get("mvtec")(root=str(tmp_path), image_size=20).load("widget", seed=0, data_dir=tmp_path)
+    assert "normal images only; image AUROC, AP and F1 are undefined" in caplog.text
