@@ -61,11 +61,29 @@ class CountingDetector(nn.Module):
         return self.detector.features(x)
 
 
-def downsample(maps: Tensor, size: int) -> Tensor:
-    """(B, H, W) → (B, size, size) by area averaging; maps already smaller are kept."""
-    if maps.shape[-1] <= size and maps.shape[-2] <= size:
-        return maps
-    return F.interpolate(maps[:, None], size=(size, size), mode="area")[:, 0]
+MASK_RULE = "any"  # an evaluation pixel is anomalous when any mask pixel it covers is
+
+
+def evaluation_maps(maps: Tensor, size: int) -> np.ndarray:
+    """(B, H, W) maps at the evaluation resolution, as saved (float16, returned as float32 so
+    that the metrics are computed from exactly what ``scores.npz`` holds): bilinearly
+    upsampled when smaller, area-averaged when a suite asks for a smaller ``map_size``."""
+    maps = maps.float()
+    if tuple(maps.shape[-2:]) != (size, size):
+        mode = "area" if maps.shape[-1] > size else "bilinear"
+        maps = F.interpolate(maps[:, None], size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))[:, 0]
+    return maps.half().float().cpu().numpy()
+
+
+def evaluation_masks(masks: Tensor, size: int) -> np.ndarray:
+    """(B, H, W) binary masks at the evaluation resolution: a pixel is anomalous when any source
+    pixel it covers is (max-pooling), so no annotated defect vanishes; nearest when upsampling."""
+    masks = (masks.float() > 0).float()[:, None]
+    if masks.shape[-1] > size or masks.shape[-2] > size:
+        masks = F.adaptive_max_pool2d(masks, (size, size))
+    elif tuple(masks.shape[-2:]) != (size, size):
+        masks = F.interpolate(masks, size=(size, size), mode="nearest")
+    return masks[:, 0].to(torch.uint8).cpu().numpy()
 
 
 @dataclass
@@ -73,9 +91,10 @@ class Fitted:
     detector: nn.Module
     split: Split
     clean_scores: np.ndarray  # (M,)
-    clean_maps: np.ndarray  # (M, m, m) downsampled
-    masks: np.ndarray | None  # (M, m, m) downsampled, binary
+    clean_maps: np.ndarray  # (M, m, m) at the evaluation resolution m
+    masks: np.ndarray | None  # (M, m, m) binary, at m; None when the detector does not localize
     fit_seconds: float
+    map_size: int  # the evaluation resolution m: the suite's map_size, else the detector's input size
 
 
 def _batches(n: int, size: int):
@@ -83,31 +102,27 @@ def _batches(n: int, size: int):
         yield start, slice(start, min(start + size, n))
 
 
-def score_images(detector: nn.Module, images: Tensor, *, batch_size: int, map_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+def score_images(detector: nn.Module, images: Tensor, *, batch_size: int, device) -> tuple[np.ndarray, Tensor]:
+    """Clean scores (M,) and maps (M, H, W) at the input resolution, float16."""
     scores, maps = [], []
     with torch.no_grad():
         for _, sl in _batches(images.shape[0], batch_size):
             out = detector(images[sl].to(device))
             scores.append(out.score.float().cpu())
-            maps.append(downsample(out.map.float(), map_size).cpu())
-    return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+            maps.append(out.map.half().cpu())
+    return torch.cat(scores).numpy(), torch.cat(maps)
 
 
-def fit_state(detector: nn.Module, split: Split, *, seed: int, batch_size: int, map_size: int, device) -> dict[str, Any]:
-    """Fit and score the clean test set; the returned dict is the cached fit artifact."""
+def fit_state(detector: nn.Module, split: Split, *, seed: int, batch_size: int, device) -> dict[str, Any]:
+    """Fit and score the clean test set; the returned dict is the cached fit artifact (clean
+    maps at the input resolution, so any evaluation resolution can be derived from it)."""
     start = time.perf_counter()
     detector.fit(split.train.to(device), seed=seed)
     detector.eval()  # training (PatchGuard's) must not leave dropout on for scoring and attacks
     fit_seconds = time.perf_counter() - start
-    scores, maps = score_images(detector, split.test, batch_size=batch_size, map_size=map_size, device=device)
+    scores, maps = score_images(detector, split.test, batch_size=batch_size, device=device)
     state = {k: v.cpu() for k, v in detector.state_dict().items()}
-    return {"state_dict": state, "clean_scores": torch.from_numpy(scores), "clean_maps": torch.from_numpy(maps), "fit_seconds": fit_seconds}
-
-
-def downsampled_masks(split: Split, map_size: int) -> np.ndarray | None:
-    if split.masks is None:
-        return None
-    return (downsample(split.masks.float(), map_size) >= 0.5).float().numpy()
+    return {"state_dict": state, "clean_scores": torch.from_numpy(scores), "clean_maps": maps, "fit_seconds": fit_seconds}
 
 
 @dataclass(frozen=True)
@@ -174,16 +189,17 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         with torch.no_grad():
             out = fitted.detector(x_adv.detach())
         scores[sl] = out.score.float().cpu().numpy()
-        maps[sl] = downsample(out.map.float(), cell.map_size).cpu().numpy()
+        maps[sl] = evaluation_maps(out.map, fitted.map_size)
     seconds = time.perf_counter() - start
     bar.close()
     arrays = {"labels": split.labels.astype(np.int64), "scores": scores.astype(np.float32)}
-    if fitted.masks is not None:
-        arrays |= {"maps": maps.astype(np.float32), "masks": fitted.masks.astype(np.uint8)}
+    if fitted.masks is not None:  # float16 maps: what the metrics below were computed from
+        arrays |= {"maps": maps.astype(np.float16), "masks": fitted.masks.astype(np.uint8)}
     if perturbed:  # keep the clean scores beside the adversarial ones they are compared with
         arrays["clean_scores"] = fitted.clean_scores.astype(np.float32)
     arrays |= {f"attack_{key}": value.detach().float().cpu().numpy() for key, value in state.items()}
-    metrics = compute_metrics(arrays["labels"], arrays["scores"], maps=arrays.get("maps"), masks=arrays.get("masks"),
+    saved_maps = arrays["maps"].astype(np.float32) if "maps" in arrays else None
+    metrics = compute_metrics(arrays["labels"], arrays["scores"], maps=saved_maps, masks=arrays.get("masks"),
                               threshold=thresholds.metric)
     calibration, posteriors = calibration_metrics(arrays["labels"], fitted.clean_scores.astype(np.float64),
                                                   scores.astype(np.float64), perturbed=perturbed, seed=cell.seed)
@@ -193,6 +209,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         "metrics": metrics,
         "threshold": thresholds.metric,
         "attack_thresholds": {"image": thresholds.image, "pixel": thresholds.pixel},
+        "pixel_evaluation": {"resolution": fitted.map_size, "mask_rule": MASK_RULE} if fitted.masks is not None else None,
         "threat": threat.record() if spec.kind != "none" else None,
         "seconds": round(seconds, 3),
         "passes": {"forward": counting.forward_passes, "gradient": counting.gradient_passes}

@@ -31,7 +31,7 @@ class Cell:
     category: str
     attack: Entry  # one point: scalar kwargs, defaults filled in
     batch_size: int
-    map_size: int
+    map_size: int | None  # None: the detector's input size
     source: Entry | None = None  # the detector a ``transfer`` attack crafts on
 
     @property

@@ -31,7 +31,15 @@ from .backends import BACKENDS, check_backend
 from .cache import Cache, file_sha256, remove_orphans
 from .datasets.base import digest
 from .errors import UserError
-from .evaluate import Fitted, clean_thresholds, downsampled_masks, evaluate_cell, fit_state, seeded
+from .evaluate import (
+    Fitted,
+    clean_thresholds,
+    evaluate_cell,
+    evaluation_maps,
+    evaluation_masks,
+    fit_state,
+    seeded,
+)
 from .grid import Cell, build_dataset, expand, select
 from .results import OutputLock, ResultStore, claim_folder
 from .suite import Suite, deep_check
@@ -166,7 +174,7 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
         detector.to(device).eval()
         state = None if force else cache.load_fit(key)
         if state is None:
-            state = fit_state(detector, resized, seed=first.seed, batch_size=first.batch_size, map_size=first.map_size, device=device)
+            state = fit_state(detector, resized, seed=first.seed, batch_size=first.batch_size, device=device)
             cache.save_fit(key, state)
         else:
             detector.load_state_dict(state["state_dict"])
@@ -190,9 +198,10 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
         raw_split = dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir)
         detector, split, state = load_or_fit(first.detector, fit_key)
         # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
-        masks = downsampled_masks(split, first.map_size)
-        fitted = Fitted(detector, split, state["clean_scores"].numpy(), state["clean_maps"].numpy(),
-                        masks if detector.localization else None, float(state["fit_seconds"]))
+        size = first.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
+        masks = evaluation_masks(split.masks, size) if split.masks is not None else None
+        fitted = Fitted(detector, split, state["clean_scores"].numpy(), evaluation_maps(state["clean_maps"], size),
+                        masks if detector.localization else None, float(state["fit_seconds"]), size)
         thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks)
     except Exception as err:  # the whole group fails; other groups still run
         for cell in cells:

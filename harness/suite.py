@@ -29,7 +29,7 @@ TOP_LEVEL = {
     "description": "free text",
     "seed": "an integer or a list of integers (the grid expands over seeds)",
     "batch_size": "images per attack/evaluation batch",
-    "map_size": "side of the anomaly maps saved per cell (downsampled)",
+    "map_size": "evaluation resolution of pixel metrics and saved maps (default: each detector's input size; smaller = a CPU downscale)",
     "datasets": "list of {name, ...}",
     "detectors": "list of {name, ...}",
     "attacks": "list of {name, ...}",
@@ -65,7 +65,7 @@ class Suite:
     detectors: tuple[Entry, ...]
     attacks: tuple[Entry, ...]  # list-valued kwargs not yet expanded
     batch_size: int = 16
-    map_size: int = 64
+    map_size: int | None = None  # None: each detector's input size
     description: str = ""
     validity: bool = False
 
@@ -270,8 +270,11 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         problems.append(UserError(f"must be a positive integer, got {max_cells!r}", file=file, key="max_cells"))
         max_cells = MAX_CELLS
     scalars = {}
-    for key, default in (("batch_size", 16), ("map_size", 64)):
+    for key, default in (("batch_size", 16), ("map_size", None)):
         value = raw.get(key, default)
+        if value is None and key == "map_size":
+            scalars[key] = None
+            continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             problems.append(UserError(f"must be a positive integer, got {value!r}", file=file, key=key))
         scalars[key] = value

@@ -233,3 +233,17 @@ def test_a_corrupt_cache_file_is_named_and_computed_again(ran, tiny_suite, caplo
     rows = [json.loads(line) for line in (out.parent / "again" / "results.jsonl").read_text().splitlines()]
     before = {r["cell_id"]: r["metrics"] for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
     assert all(r["status"] == "ok" and r["metrics"] == before[r["cell_id"]] for r in rows)  # recomputed, same numbers
+
+
+def test_pixel_metrics_default_to_the_detectors_input_size(tiny_suite, tmp_path):
+    tiny_suite.write_text(tiny_suite.read_text().replace("map_size: 16\n", ""))
+    out = tmp_path / "out"
+    assert main(["run", str(tiny_suite), "--out", str(out), "--cache", str(tmp_path / "c"), "--no-progress", "--only", "pc.textures.brick.*"]) == 0
+    for row in rows(out):
+        assert row["pixel_evaluation"] == {"resolution": 64, "mask_rule": "any"}  # patchcore's input_size
+        saved = np.load(out / "cells" / row["cell_id"] / "scores.npz")
+        assert saved["maps"].shape[1:] == (64, 64) and saved["maps"].dtype == np.float16
+        from robustad_bench.harness.metrics import compute_metrics
+
+        again = compute_metrics(saved["labels"], saved["scores"], maps=saved["maps"].astype(np.float32), masks=saved["masks"])
+        assert again["pixel_auroc"] == row["metrics"]["pixel_auroc"]  # recomputable from what is saved

@@ -17,6 +17,8 @@ from robustad_bench.harness.evaluate import (
     Fitted,
     clean_thresholds,
     evaluate_cell,
+    evaluation_maps,
+    evaluation_masks,
     score_images,
     seeded,
 )
@@ -76,9 +78,10 @@ def evaluate(name: str, split: Split, batch_size: int, detector: nn.Module | Non
     attack = resolve_attack(Entry(name, name), kwargs)
     source = Entry("tiny", "src") if ATTACKS.get(name).kind == "transfer" else None
     cell = Cell("t", 0, Entry("tiny", "tiny"), Entry("d", "d"), "c", attack, batch_size, 12, source)
-    scores, maps = score_images(detector, split.test, batch_size=batch_size, map_size=12, device="cpu")
-    fitted = Fitted(detector, split, scores, maps, split.masks.numpy(), 0.0)
-    thresholds = clean_thresholds(split.labels, scores, maps, split.masks.numpy())
+    scores, maps = score_images(detector, split.test, batch_size=batch_size, device="cpu")
+    maps, masks = evaluation_maps(maps, 12), evaluation_masks(split.masks, 12)
+    fitted = Fitted(detector, split, scores, maps, masks, 0.0, 12)
+    thresholds = clean_thresholds(split.labels, scores, maps, masks)
     return evaluate_cell(cell, fitted, thresholds=thresholds, device="cpu", source=TinyDetector(seed=1) if source else None)
 
 
@@ -143,7 +146,7 @@ def test_segpgd_splits_pixels_at_the_pixel_threshold():
     split = tiny_split()
     fields, _ = evaluate("segpgd", split, 7)
     scores = TinyDetector()(split.test)
-    maps, masks = scores.map.detach().numpy(), split.masks.numpy()
+    maps, masks = evaluation_maps(scores.map.detach(), 12), evaluation_masks(split.masks, 12)
     assert fields["attack_thresholds"]["pixel"] == pytest.approx(clean_thresholds(split.labels, scores.score.detach().numpy(), maps, masks).pixel)
     x, labels, masks_t = split.test, torch.from_numpy(split.labels), split.masks
     common = {"eps": EPS, "steps": 1, "random_start": False}

@@ -100,3 +100,20 @@ def test_compute_metrics_covers_the_registry(scored):
     out = compute_metrics(labels, scores, threshold=0.0)
     assert set(out) == set(METRICS.names())
     assert out["pixel_auroc"] is None and out["image_auroc"] is not None
+
+
+def test_a_thin_defect_survives_the_evaluation_resolution():
+    import torch
+
+    from robustad_bench.harness.evaluate import evaluation_maps, evaluation_masks
+
+    mask = torch.zeros(1, 256, 256)
+    mask[0, 100:180, 37] = 1  # a 1-pixel-wide scratch
+    small = evaluation_masks(mask, 64)
+    assert small.sum() == 20 and small[0, 25:45, 9].all()  # every covered pixel counts (any-rule)
+    area = torch.nn.functional.interpolate(mask[:, None], size=(64, 64), mode="area")[:, 0] >= 0.5
+    assert area.sum() == 0  # the old area-then-0.5 rule loses it entirely
+    assert (evaluation_masks(mask, 256) == mask.numpy()).all()  # at the input size: unchanged
+    maps = torch.rand(2, 32, 32)
+    assert evaluation_maps(maps, 64).shape == (2, 64, 64) and evaluation_maps(maps, 32).dtype == np.float32
+    assert np.array_equal(evaluation_maps(maps, 32), maps.half().float().numpy())  # what is saved (float16)
