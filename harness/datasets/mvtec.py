@@ -10,6 +10,7 @@ MPDD uses the same layout; the generated ``textures`` data is written in it too.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def _read_mask(path: Path, size: int, image: Path) -> np.ndarray:
             if im.size != ref.size:
                 raise UserError(f"mask {str(path)!r} is {im.size[0]}×{im.size[1]} but its image {str(image)!r} is "
                                 f"{ref.size[0]}×{ref.size[1]}; masks must match their images")
-            mask = np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 127
+            mask = np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 0  # 0/255 (MVTec) or 0/1 (VisA)
     except OSError as err:
         raise UserError(f"cannot read mask {str(path)!r}: {err}") from err
     if not mask.any():
@@ -107,6 +108,19 @@ def read_category(root: Path, category: str, image_size: int, normal: str = NORM
     return Split(train, test, labels, torch.from_numpy(masks), names)
 
 
+def resolve_root(root: str | None, name: str) -> Path:
+    """``root`` with ``~`` and ``$VAR``/``${VAR}`` expanded; without one, ``$ROBUSTAD_DATA/<name>``."""
+    if root is None:
+        base = os.environ.get("ROBUSTAD_DATA")
+        if not base:
+            raise UserError(f"give the dataset's root: PATH, or set ROBUSTAD_DATA (its folder {name}/ is then used)", key="root")
+        return Path(base).expanduser() / name
+    expanded = os.path.expandvars(root)
+    if "$" in expanded:
+        raise UserError(f"root {root!r} names an environment variable that is not set", key="root")
+    return Path(expanded).expanduser()
+
+
 def fingerprint_folder(root: Path, category: str, normal: str = NORMAL) -> str:
     """Relative paths and sizes of every file the category uses."""
     files = list_category(root, category, normal)
@@ -123,8 +137,9 @@ class MVTec(Dataset):
     version = "1"
     has_masks = True
 
-    def __init__(self, root: str, categories: list[str] | None = None, image_size: PositiveInt = 256, normal_dir: str = NORMAL):
-        self.root = Path(root).expanduser()
+    def __init__(self, root: str | None = None, categories: list[str] | None = None, image_size: PositiveInt = 256,
+                 normal_dir: str = NORMAL):
+        self.root = resolve_root(root, self.name)
         self.normal_dir = normal_dir  # "good" (MVTec, VisA converted, MPDD) or "ok" (BTAD)
         self.image_size = image_size
         self._categories = categories
@@ -142,6 +157,10 @@ class MVTec(Dataset):
         problems = []
         if kwargs.get("image_size", 256) < 8:
             problems.append(f"image_size must be at least 8, got {kwargs['image_size']}")
+        try:
+            resolve_root(kwargs.get("root"), "mvtec")
+        except UserError as err:
+            problems.append(str(err).removeprefix("root: "))
         outside = [c for c in kwargs.get("categories") or [] if Path(c).is_absolute() or ".." in Path(c).parts or "/" in c or "\\" in c]
         if outside:
             problems.append(f"categories are folder names under root, got {outside}")

@@ -125,3 +125,26 @@ def test_a_one_class_test_set_is_warned_with_the_metrics_it_leaves_undefined(tmp
     shutil.rmtree(tmp_path / "widget" / "test" / "crack")
     DATASETS.get("mvtec")(root=str(tmp_path), image_size=20).load("widget", seed=0, data_dir=tmp_path)
     assert "normal images only; image AUROC, AP and F1 are undefined" in caplog.text
+
+
+def test_mvtec_root_expands_home_and_variables_and_defaults_to_robustad_data(tmp_path, monkeypatch):
+    _write_mvtec(tmp_path / "mvtec")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DATA", str(tmp_path))
+    for root in ("~/mvtec", "$DATA/mvtec", "${DATA}/mvtec"):
+        assert DATASETS.get("mvtec")(root=root).categories == ["widget"]
+    monkeypatch.setenv("ROBUSTAD_DATA", str(tmp_path))
+    assert DATASETS.get("mvtec")().categories == ["widget"]  # $ROBUSTAD_DATA/mvtec
+    monkeypatch.delenv("ROBUSTAD_DATA")
+    assert any("ROBUSTAD_DATA" in p for p in DATASETS.get("mvtec").check_config())
+    assert any("not set" in p for p in DATASETS.get("mvtec").check_config(root="$NOT_A_VARIABLE_HERE/x"))
+
+
+def test_zero_one_masks_are_masks(tmp_path):
+    _write_mvtec(tmp_path)
+    gt = tmp_path / "widget" / "ground_truth" / "crack" / "000_mask.png"
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:10, 5:10] = 1  # VisA stores 0/1, not 0/255
+    Image.fromarray(mask).save(gt)
+    split = DATASETS.get("mvtec")(root=str(tmp_path), image_size=20).load("widget", seed=0, data_dir=tmp_path)
+    assert split.masks.sum() == 25
