@@ -91,10 +91,16 @@ def test_bad_backbone_is_a_deep_check_with_a_hint(tmp_path):
         load_suite(path)
 
 
-def test_missing_required_key_and_bad_yaml(tmp_path):
+def test_missing_required_key_and_bad_yaml(tmp_path, monkeypatch):
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["attacks"] = [{"name": "pgd"}]
+    assert any("needs the key 'eps'" in m for m in problems(raw))
+    monkeypatch.delenv("ROBUSTAD_DATA", raising=False)  # mvtec's root defaults to $ROBUSTAD_DATA/mvtec
     raw = yaml.safe_load(yaml.safe_dump(BASE))
     raw["datasets"] = [{"name": "mvtec"}]
-    assert any("'root'" in m for m in problems(raw))
+    (tmp_path / "no-root.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(SuiteErrors, match="datasets\\[0\\].*root: PATH, or set ROBUSTAD_DATA"):
+        load_suite(tmp_path / "no-root.yaml")
     path = tmp_path / "bad.yaml"
     path.write_text("name: [unclosed")
     with pytest.raises(UserError, match="bad.yaml"):
