@@ -208,6 +208,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
     fields = {
         "metrics": metrics,
         "threshold": thresholds.metric,
+        "threshold_rule": "oracle: F1-max on the clean test set" if thresholds.metric is not None else None,
         "attack_thresholds": {"image": thresholds.image, "pixel": thresholds.pixel},
         "pixel_evaluation": {"resolution": fitted.map_size, "mask_rule": MASK_RULE} if fitted.masks is not None else None,
         "threat": threat.record() if spec.kind != "none" else None,

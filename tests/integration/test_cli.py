@@ -239,7 +239,9 @@ def test_pixel_metrics_default_to_the_detectors_input_size(tiny_suite, tmp_path)
     tiny_suite.write_text(tiny_suite.read_text().replace("map_size: 16\n", ""))
     out = tmp_path / "out"
     assert main(["run", str(tiny_suite), "--out", str(out), "--cache", str(tmp_path / "c"), "--no-progress", "--only", "pc.textures.brick.*"]) == 0
+    assert "oracle" in (out / "leaderboard.md").read_text()  # the F1 threshold is called what it is
     for row in rows(out):
+        assert row["threshold_rule"] == "oracle: F1-max on the clean test set"
         assert row["pixel_evaluation"] == {"resolution": 64, "mask_rule": "any"}  # patchcore's input_size
         saved = np.load(out / "cells" / row["cell_id"] / "scores.npz")
         assert saved["maps"].shape[1:] == (64, 64) and saved["maps"].dtype == np.float16
