@@ -326,15 +326,24 @@ def test_simba_dct_directions_are_an_orthonormal_low_frequency_basis():
     assert torch.allclose(q[0].view(3, 8, 8)[0], torch.full((8, 8), 1 / 8))  # the DC pattern of channel 0
 
 
-def test_caa_chains_its_stages_and_keeps_the_worst_case(batch):
+def test_caa_chains_its_stages_and_keeps_the_worst_case(batch, toy_attack):
+    from robustad_bench.harness.attacks.threat import REQUIRED
+
     x, labels, masks = batch
     det, eps = TinyNet(), 8 / 255
     loss = lambda a: objective_loss(det, a, labels, masks, "detection")  # noqa: E731
     first = run_attack("apgd", det, x, labels, masks, eps=eps, steps=4, threshold=0.0)
     both = run_attack("caa", det, x, labels, masks, eps=eps, policy="apgd:4 > pgd:3", threshold=0.0)
     assert (loss(both) >= loss(first) - 1e-6).all()  # the first stage is the same run: never worse
-    from_first = run_attack("pgd", det, x, labels, masks, eps=eps, steps=3, threshold=0.0)
-    assert not torch.equal(both, from_first)  # the second stage started from the first's images
+    starts = []
+
+    def spy(objective, x, threat, context):  # a stage that records where it was asked to start
+        starts.append(context.start)
+        return x
+
+    toy_attack(spy, kind="gradient", iterative=True, threat={"norm": "linf", "eps": REQUIRED, "steps": 1})
+    run_attack("caa", det, x, labels, masks, eps=eps, policy="apgd:4 > test_toy:1", threshold=0.0)
+    assert starts[0] is not None and torch.equal(starts[0], first)  # the second stage starts from the first's images
 
 
 def test_caa_policy_is_checked_at_validation():
