@@ -26,7 +26,7 @@ from torch import Tensor
 from ..schema import PositiveInt
 from .base import Context, initial_point, keep_best, register_attack
 from .objective import Objective
-from .official import official_apgd, official_problems
+from .official import official_apgd, official_check
 from .threat import REQUIRED, ThreatModel
 
 MOMENTUM = 0.75
@@ -86,10 +86,6 @@ def single_run(objective: Objective, x: Tensor, threat: ThreatModel, start: Tens
             last_check, increases = i + 1, torch.zeros_like(increases)
             reduced_at_check, best_at_check = halve, best_loss.clone()
     return best, best_loss
-
-
-def official_check(impl: str = "ours", **point) -> list[tuple[str, str]]:
-    return official_problems(point) if impl == "official" else []
 
 
 @register_attack("apgd", kind="gradient", iterative=True, adaptive=True, check=official_check,

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .base import Context, keep_best, register_attack
 from .objective import Objective
-from .official import official_problems, official_square
+from .official import official_check, official_square
 from .rng import ImageRandom
 from .threat import REQUIRED, ThreatModel, per_image_norm, random_perturbation
 
@@ -46,10 +46,6 @@ def window_masks(rng: ImageRandom, side: int, h: int, w: int) -> Tensor:
     top, left = corner[:, 0].view(-1, 1, 1), corner[:, 1].view(-1, 1, 1)
     inside = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
     return inside[:, None]
-
-
-def official_check(impl: str = "ours", **point) -> list[tuple[str, str]]:
-    return official_problems(point) if impl == "official" else []
 
 
 @register_attack("square", kind="score-only", iterative=True, adaptive=True, check=official_check,

@@ -15,9 +15,7 @@ The official code seeds and draws from torch's global generator; it runs here in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +41,11 @@ class TwoLogits(nn.Module):
         return torch.stack([-s / 2, s / 2], dim=1)
 
 
-def official_problems(point: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Why ``impl: official`` cannot run this point (the libraries are two-class classifiers)."""
+def official_check(impl: str = "ours", **point) -> list[tuple[str, str]]:
+    """Why ``impl: official`` cannot run this point (the libraries are two-class classifiers);
+    the ``check`` of every attack with an ``impl`` option."""
+    if impl != "official":
+        return []
     problems = []
     if point.get("objective", "detection") != "detection":
         problems.append(("impl", "impl 'official' runs through the two-logit wrapper: objective must be 'detection'"))
