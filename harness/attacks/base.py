@@ -172,6 +172,13 @@ def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, ite
     return decorator
 
 
+def attacks_for(kinds: tuple[str, ...], task: str, *, threat_field: str | None = None) -> list[str]:
+    """Registered attacks of one of ``kinds`` that support ``task`` (and read ``threat_field``):
+    what a composite attack may run as a part, read from the declared metadata."""
+    return [name for name in ATTACKS.names() if (spec := ATTACKS.get(name)).kind in kinds and task in spec.tasks
+            and (threat_field is None or threat_field in spec.threat)]
+
+
 def initial_point(x: Tensor, threat: ThreatModel, context: Context, rng: ImageRandom) -> Tensor:
     """Where an iterative attack starts: the context's ``start`` (CAA chains attacks this way),
     else the threat model's random start (or ``x`` without one)."""

@@ -30,7 +30,7 @@ import dataclasses
 
 from torch import Tensor
 
-from .base import ATTACKS, Context, keep_best, register_attack
+from .base import ATTACKS, Context, attacks_for, keep_best, register_attack
 from .objective import Objective
 from .threat import REQUIRED, ThreatModel
 
@@ -53,8 +53,7 @@ def stages_of(policy: str, norm: str) -> list[tuple[str, int]]:
 
 
 def check_policy(policy: str = "paper", norm: str = "linf", objective: str = "detection", **_) -> list[tuple[str, str]]:
-    usable = [n for n in ATTACKS.names() if ATTACKS.get(n).kind == "gradient" and n != "caa"
-              and objective in ATTACKS.get(n).tasks and "steps" in ATTACKS.get(n).threat]
+    usable = [n for n in attacks_for(("gradient",), objective, threat_field="steps") if n != "caa"]
     try:
         stages = stages_of(policy, norm)
     except ValueError as err:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ..errors import UserError
-from .base import ATTACKS, Context, register_attack
+from .base import ATTACKS, Context, attacks_for, register_attack
 from .objective import Objective
 from .threat import REQUIRED, ThreatModel
 
@@ -20,7 +20,7 @@ CRAFTING_KINDS = ("gradient", "score-only")
 
 
 def check_crafting(attack: str = "pgd", objective: str = "detection", **_) -> list[tuple[str, str]]:
-    usable = [n for n in ATTACKS.names() if ATTACKS.get(n).kind in CRAFTING_KINDS and objective in ATTACKS.get(n).tasks]
+    usable = attacks_for(CRAFTING_KINDS, objective)
     if attack not in usable:
         return [("attack", f"transfer crafts with a gradient or score-only {objective} attack, got {attack!r}; "
                            f"allowed: {', '.join(usable)}")]
