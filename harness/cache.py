@@ -52,6 +52,17 @@ def temp_name(name: str) -> tuple[str, str]:
     return f".{name}.{os.getpid()}.", TEMP_SUFFIX
 
 
+def process_gone(pid: int) -> bool:
+    """True when no process ``pid`` runs on this host (one we may not signal still runs)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
 def remove_orphans(root: Path) -> int:
     """Delete temporary files and folders under ``root`` left by killed processes of this
     host (their pid is gone); returns how many."""
@@ -59,12 +70,10 @@ def remove_orphans(root: Path) -> int:
     for path in root.rglob(f".*{TEMP_SUFFIX}") if root.is_dir() else ():
         try:
             pid = int(path.name.rsplit(".", 3)[-3])
-            os.kill(pid, 0)
+        except (ValueError, IndexError):
+            continue  # not one of ours
+        if not process_gone(pid):
             continue  # its writer is alive
-        except ProcessLookupError:
-            pass
-        except (ValueError, IndexError, PermissionError, OverflowError):
-            continue
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         removed += 1
     if removed:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write_bytes, npz_bytes, read_npz
+from .cache import atomic_write_bytes, npz_bytes, process_gone, read_npz
 from .errors import UserError
 from .validity import validity_flags
 
@@ -57,6 +57,16 @@ def load_scores(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
+def scores_count(path: Path) -> int | None:
+    """How many scores a cell's ``scores.npz`` holds (only that member is read: a rerun of a
+    finished suite stays cheap), or None when the file is missing or does not load."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return len(data["scores"])
+    except Exception:  # missing, truncated, not a zip, no scores: recompute the cell
+        return None
+
+
 class ResultStore:
     def __init__(self, out_dir: str | Path):
         self.out_dir = Path(out_dir)
@@ -71,9 +81,8 @@ class ResultStore:
         row = self.rows.get(cell_id)
         if row is None or row.get("status") != "ok" or row.get("config_hash") != config_hash:
             return False
-        arrays = load_scores(self.scores_path(cell_id)) if self.scores_path(cell_id).is_file() else None
         expected = row.get("n_normal", 0) + row.get("n_anomalous", 0)
-        if arrays is None or len(arrays.get("scores", ())) != expected:
+        if scores_count(self.scores_path(cell_id)) != expected:
             log.warning("%s: missing, unreadable or incomplete; cell %s is computed again", self.scores_path(cell_id), cell_id)
             return False
         return True
@@ -176,12 +185,5 @@ class OutputLock:
 
 
 def _dead(holder: dict[str, Any], host: str) -> bool:
-    if holder["host"] != host:
-        return False  # another machine's process: we cannot tell
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, ValueError, OverflowError):
-        return False
-    return False
+    """The holder ran on this host and is gone (another machine's process: we cannot tell)."""
+    return holder["host"] == host and isinstance(holder["pid"], int) and process_gone(holder["pid"])
