@@ -48,23 +48,33 @@ def _parser() -> argparse.ArgumentParser:
     ren.add_argument("--site", help="site folder (default DIR/site)")
     data = sub.add_parser("data", help="embedded data and layout checks")
     data_sub = data.add_subparsers(dest="data_command", required=True)
-    prep = data_sub.add_parser("prepare", help="generate an embedded dataset, or check a folder's layout")
-    prep.add_argument("name", help="textures | digits | mvtec")
-    prep.add_argument("--root", help="folder to write to (textures) or to check (mvtec)")
+    prep = data_sub.add_parser("prepare", help="generate an embedded dataset; for a published one, print where to get it "
+                                               "(brats: export NIfTI volumes to slices)")
+    prep.add_argument("name", help="a registered dataset (robustad-bench list datasets)")
+    prep.add_argument("--root", help="folder to write to (textures, digits, brats)")
     prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--from", dest="source", help="brats: the folder of BraTS2021_XXXXX/*_flair.nii.gz volumes to export")
+    chk = data_sub.add_parser("check", help="verify a folder's layout, pairing, sizes and counts against the published ones")
+    chk.add_argument("name", help="a registered dataset (robustad-bench list datasets)")
+    chk.add_argument("--root", help="the dataset's folder (default $ROBUSTAD_DATA/<name>)")
+    chk.add_argument("--categories", nargs="+", help="only these categories (default: all published ones)")
     return p
 
 
 def cmd_validate(args) -> int:
+    from .datacheck import check_suite_data
     from .grid import expand
     from .suite import load_suite
 
     suite = load_suite(args.suite)
-    try:
-        n = len(expand(suite))
-        print(f"{args.suite}: ok ({n} cells)")
-    except UserError as err:  # e.g. a dataset root that is absent here: the schema is still valid
-        print(f"{args.suite}: ok (grid not expanded here: {err})")
+    notes = check_suite_data(suite, defer_unreachable=True)
+    cells = expand(suite)
+    if not cells:
+        raise UserError("the suite resolves to 0 cells (e.g. only localization attacks on data without masks)",
+                        file=args.suite, key="attacks")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"{args.suite}: ok ({len(cells)} cells)")
     return 0
 
 
@@ -130,23 +140,56 @@ def cmd_render(args) -> int:
 
 
 def cmd_data(args) -> int:
+    return {"prepare": cmd_data_prepare, "check": cmd_data_check}[args.data_command](args)
+
+
+def cmd_data_check(args) -> int:
+    from .datacheck import check_rows, table
     from .datasets import DATASETS
-    from .datasets.mvtec import list_category
+
+    cls = DATASETS.get(args.name, key="name")
+    problems = cls.check_config(root=args.root, categories=args.categories)
+    if problems:
+        raise UserError("; ".join(problems), key="--root" if "root" in problems[0] else "--categories")
+    dataset = cls(root=args.root, categories=args.categories)
+    if not dataset.reachable():
+        raise UserError(f"{str(dataset.root)!r} does not exist or is not a folder; expected {dataset.layout}", key="--root")
+    rows = check_rows(dataset, dataset.categories)
+    if not rows:
+        print(f"{args.name} is generated here (robustad-bench data prepare {args.name}); there is no folder to check")
+        return 0
+    print(table(rows))
+    bad = [r.category for r in rows if r.problems]
+    if bad:
+        print(f"{len(bad)} categor{'y' if len(bad) == 1 else 'ies'} with layout problems: {', '.join(bad)}", file=sys.stderr)
+        return 2
+    print(f"{args.name} under {dataset.root}: {len(rows)} categories ok"
+          + (f" ({sum(bool(r.warnings) for r in rows)} with count warnings)" if any(r.warnings for r in rows) else ""))
+    return 0
+
+
+def cmd_data_prepare(args) -> int:
+    from .datasets import DATASETS
 
     if args.seed < 0:
         raise UserError(f"--seed must be at least 0, got {args.seed}", key="--seed")
-    if args.name == "mvtec":
+    cls = DATASETS.get(args.name, key="name")
+    if args.source is not None:
+        if args.name != "brats":
+            raise UserError(f"--from is for the BraTS export only (data prepare brats --from NIFTI_DIR), not {args.name!r}", key="--from")
+        from .datasets.brats import export
+
         if not args.root:
-            raise UserError("data prepare mvtec needs --root PATH (the folder to check)")
-        dataset = DATASETS.get("mvtec")(root=args.root)
-        counts = {c: list_category(Path(args.root), c) for c in dataset.categories}
-        if not counts or not any(files["train"] and files["test"] for files in counts.values()):
-            raise UserError("no category in MVTec AD layout (<category>/train/good, <category>/test/<defect>) found here",
-                            file=args.root, key="--root")
-        for category, files in counts.items():
-            print(f"{category}: {len(files['train'])} train, {len(files['test'])} test images")
+            raise UserError("give --root OUT, the folder the slices are written to (e.g. $ROBUSTAD_DATA/brats)", key="--root")
+        counts = export(args.source, args.root)
+        print(f"brats: {counts.train} train, {counts.test_normal} normal and {counts.test_anomalous} tumour test slices "
+              f"under {args.root}; check with: robustad-bench data check brats --root {args.root}")
         return 0
-    dataset = DATASETS.get(args.name, key="name")()
+    if getattr(cls, "download", None) is not None:
+        print(cls.download.instructions(args.name))
+        print(f"then check the folder with: robustad-bench data check {args.name} --root PATH")
+        return 0
+    dataset = cls()
     root = Path(args.root) if args.root else default_cache() / "data"
     if root.exists() and not root.is_dir():
         raise UserError(f"{str(root)!r} is a file; --root must be a folder", key="--root")

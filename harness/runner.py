@@ -42,6 +42,7 @@ from .evaluate import (
 )
 from .grid import Cell, build_dataset, expand, select
 from .results import OutputLock, ResultStore, claim_folder
+from .datacheck import check_suite_data
 from .suite import Suite, deep_check
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,8 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
     resolve_device(device)  # fail early on an impossible device
     run_backend = BACKENDS.get(backend, key="--backend")
     check_backend(backend, backend_options or {})  # before any work, not when there is work
+    for note in check_suite_data(suite, defer_unreachable=False):  # raises on a layout problem, before any compute
+        log.warning("%s", note)
     with OutputLock(Path(out_dir), wait=wait):
         claim_folder(Path(out_dir), suite.name, suite.file, append=append)
         for folder in (Path(out_dir), Path(cache_dir).expanduser()):  # what killed runs left half-written

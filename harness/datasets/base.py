@@ -48,6 +48,7 @@ class Dataset(ABC):
     name: str = ""
     version: str = "1"
     has_masks: bool = True
+    layout: str = ""  # what a user's folder holds (datasets read from one)
     categories: list[str]
 
     @abstractmethod
@@ -61,6 +62,14 @@ class Dataset(ABC):
     @staticmethod
     def check_config(**kwargs) -> list[str]:
         return []
+
+    def reachable(self) -> bool:
+        """Whether the data can be checked here (a user's root exists); generated data always can."""
+        return True
+
+    def check(self, category: str):
+        """The category's ``data check`` row (``layout.CheckRow``); None: nothing to check (generated data)."""
+        return None
 
 
 def digest(obj: object) -> str:

@@ -28,7 +28,7 @@ from scipy import ndimage
 from ..cache import shareable, temp_name
 from ..schema import PositiveInt
 from .base import Dataset, Split, check_categories, digest, register_dataset
-from .mvtec import read_category
+from .mvtec import MVTec
 
 CATEGORIES = ["brick", "grass", "gravel"]
 DEFECTS = ["scratch", "hole", "stain", "cut_paste"]
@@ -203,4 +203,5 @@ class Textures(Dataset):
         return root
 
     def load(self, category: str, *, seed: int, data_dir: Path) -> Split:
-        return read_category(self.prepare(category, seed=seed, data_dir=data_dir), category, self.image_size)
+        root = self.prepare(category, seed=seed, data_dir=data_dir)
+        return MVTec(root, [category], self.image_size).load(category, seed=seed, data_dir=data_dir)

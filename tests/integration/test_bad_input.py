@@ -122,7 +122,7 @@ COMMANDS = [
     ("suite-not-utf8", "validate {tmp}/not-utf8.yaml", "not UTF-8"),
     ("prepare-negative-seed", "data prepare digits --seed -1", "--seed"),
     ("prepare-root-is-a-file", "data prepare textures --root {tmp}/a-file", "is a file"),
-    ("prepare-mvtec-wrong-layout", "data prepare mvtec --root {tmp}/empty", "no category in MVTec AD layout"),
+    ("check-mvtec-wrong-layout", "data check mvtec --root {tmp}/empty", "no category in MVTec layout"),
     ("prepare-unknown-dataset", "data prepare mvtek --root {tmp}/empty", "Did you mean"),
     ("render-nothing", "render {tmp}/empty", "no results"),
 ]

@@ -173,8 +173,13 @@ def test_data_prepare_writes_mvtec_layout(tmp_path, capsys):
     assert "digits/0:" in capsys.readouterr().out
     assert main(["data", "prepare", "textures", "--root", str(tmp_path)]) == 0
     roots = list((tmp_path / "textures").iterdir())
-    assert main(["data", "prepare", "mvtec", "--root", str(roots[0])]) == 0
-    assert "train" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["data", "check", "mvtec", "--root", str(roots[0])]) == 0
+    out = capsys.readouterr().out
+    assert "| brick" in out and "categories ok" in out
+    assert main(["data", "prepare", "mvtec"]) == 0  # a published set: where to get it, with its checksum
+    out = capsys.readouterr().out
+    assert "https://www.mvtec.com" in out and "sha256 cf4313b1" in out and "data check mvtec" in out
     assert main(["data", "prepare", "nonesuch"]) == 2
 
 
