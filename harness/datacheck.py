@@ -28,11 +28,12 @@ def check_rows(dataset: Dataset, categories: list[str]) -> list[CheckRow]:
 
 
 def table(rows: list[CheckRow]) -> str:
-    """What is missing or extra, per category: found vs published (train / test normal / test anomalous)."""
-    lines = [[r.category, str(r.found) if r.found else "-", str(r.published) if r.published else "?", r.status,
-              "; ".join(r.problems + r.warnings)] for r in rows]
-    return tabulate(lines, headers=["category", "found (train / test normal / test anomalous)", "published", "status", "details"],
-                    tablefmt="github", maxcolwidths=[None, None, None, None, 90])
+    """Found vs published counts per category, then what is missing, extra or different, in full."""
+    lines = [[r.category, str(r.found) if r.found else "-", str(r.published) if r.published else "?", r.status] for r in rows]
+    text = tabulate(lines, headers=["category", "found (train / test normal / test anomalous)", "published", "status"],
+                    tablefmt="github", disable_numparse=True)
+    details = [f"  {r.category}: {'ERROR ' if p in r.problems else ''}{p}" for r in rows for p in r.problems + r.warnings]
+    return "\n".join([text, *details])
 
 
 def check_entry(entry: Entry, file: str, *, defer_unreachable: bool) -> tuple[list[UserError], list[str]]:

@@ -69,14 +69,10 @@ class OneClass(FolderDataset):
         return digest({"files": files, "category": category, "image_size": self.image_size})[:16]
 
     def split_of(self, category: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        cls = self.categories_all().index(category)
+        cls = list(self.published).index(category)
         train_x, train_y = self.arrays("train")
         test_x, test_y = self.arrays("test")
         return train_x[train_y == cls], test_x, (test_y != cls).astype(int)
-
-    @classmethod
-    def categories_all(cls) -> list[str]:
-        return list(cls.published)
 
     def check(self, category: str) -> CheckRow:
         row = CheckRow(category, published=self.expected(category))
@@ -96,7 +92,7 @@ class OneClass(FolderDataset):
         return Split(self.resize(train), self.resize(test), labels, None, names)
 
     def resize(self, images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255)
+        x = torch.from_numpy(np.array(images, dtype=np.float32)).div_(255)  # a copy: cached arrays stay read-only
         x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False).clamp_(0, 1)
