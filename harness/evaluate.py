@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .attacks import CellData, Context
 from .calibration import attacker_calibrator, calibration_metrics
 from .datasets import Split
+from .errors import UserError
 from .grid import Cell
 from .metrics import best_f1_threshold, compute_metrics
 
@@ -62,6 +63,8 @@ class CountingDetector(nn.Module):
 
 
 PIXEL_SAMPLE = 2_000_000  # pixels the clean pixel threshold is fitted on, at most
+ORACLE = "oracle: F1-max on the clean test set"
+HOLDOUT_STREAM = 0x401D  # the held-out normals' draw: its own stream of the seed
 MASK_RULE = "any"  # an evaluation pixel is anomalous when any mask pixel it covers is
 
 
@@ -96,6 +99,7 @@ class Fitted:
     masks: np.ndarray | None  # (M, m, m) binary, at m; None when the detector does not localize
     fit_seconds: float
     map_size: int  # the evaluation resolution m: the suite's map_size, else the detector's input size
+    holdout_scores: np.ndarray | None = None  # clean scores of the held-out normal train images (normal-quantile)
 
 
 def _batches(n: int, size: int):
@@ -123,16 +127,47 @@ def fit_state(detector: nn.Module, split: Split, *, seed: int, batch_size: int, 
     fit_seconds = time.perf_counter() - start
     scores, maps = score_images(detector, split.test, batch_size=batch_size, device=device)
     state = {k: v.cpu() for k, v in detector.state_dict().items()}
-    return {"state_dict": state, "clean_scores": torch.from_numpy(scores), "clean_maps": maps, "fit_seconds": fit_seconds}
+    fitted = {"state_dict": state, "clean_scores": torch.from_numpy(scores), "clean_maps": maps, "fit_seconds": fit_seconds}
+    if split.holdout is not None:  # scored once with the fit: the normal-quantile threshold's sample
+        held_scores, held_maps = score_images(detector, split.holdout, batch_size=batch_size, device=device)
+        fitted |= {"holdout_scores": torch.from_numpy(held_scores), "holdout_maps": held_maps}
+    return fitted
+
+
+def hold_out(split: Split, fraction: float, seed: int) -> Split:
+    """Set aside ``fraction`` of the normal train images before fitting (drawn from the seed;
+    at least one, and at least one left to fit on)."""
+    if not fraction:
+        return split
+    n = split.train.shape[0]
+    k = max(1, round(fraction * n))
+    if k >= n:
+        raise UserError(f"holdout {fraction} of {n} normal train images leaves none to fit on", key="holdout")
+    order = np.random.default_rng([seed, HOLDOUT_STREAM]).permutation(n)
+    keep, held = np.sort(order[k:]), np.sort(order[:k])
+    return replace(split, train=split.train[keep], holdout=split.train[held])
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Fixed once per (detector, category, seed) from the clean run."""
 
-    metric: float | None  # F1-max threshold for F1/G-mean (None when the test set has one class)
+    metric: float | None  # the F1/G-mean threshold (None: oracle on a test set of one class)
     image: float  # the attacks' decision threshold: ``metric``, else the median clean score
     pixel: float | None  # F1-max over the clean maps' pixels, else their median; None without masks
+    rule: str | None = ORACLE  # how ``metric`` was chosen, as the row records it
+
+
+def quantile_thresholds(q: float, scores: np.ndarray, maps: np.ndarray, masks: np.ndarray | None) -> Thresholds:
+    """The Q-quantile of the held-out normal images' clean scores (and of their map pixels):
+    a threshold that needs no test label, as a deployed detector would set it."""
+    metric = float(np.quantile(scores, q))
+    pixel = None
+    if masks is not None:
+        values = maps.ravel()[:: max(1, maps.size // PIXEL_SAMPLE)].astype(np.float64)
+        pixel = float(np.quantile(values, q))
+    rule = f"normal-quantile: the {q:g}-quantile of clean scores on {len(scores)} held-out normal train images"
+    return Thresholds(metric, metric, pixel, rule)
 
 
 def clean_thresholds(labels: np.ndarray, clean_scores: np.ndarray, clean_maps: np.ndarray,
@@ -145,7 +180,7 @@ def clean_thresholds(labels: np.ndarray, clean_scores: np.ndarray, clean_maps: n
         pixel = (best_f1_threshold(pixels, values)[1] if 0 < pixels.sum() < len(pixels)
                  else float(np.median(values)))
     return Thresholds(metric, float(np.median(clean_scores)) if metric is None else float(metric),
-                      None if pixel is None else float(pixel))
+                      None if pixel is None else float(pixel), ORACLE if metric is not None else None)
 
 
 def ensure_eval(detector: nn.Module, attack: str) -> None:
@@ -199,6 +234,8 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         arrays |= {"maps": maps.astype(np.float16), "masks": fitted.masks.astype(np.uint8)}
     if perturbed:  # keep the clean scores beside the adversarial ones they are compared with
         arrays["clean_scores"] = fitted.clean_scores.astype(np.float32)
+    if fitted.holdout_scores is not None:  # the normal-quantile threshold's sample: the threshold is recomputable
+        arrays["holdout_scores"] = fitted.holdout_scores.astype(np.float32)
     arrays |= {f"attack_{key}": value.detach().float().cpu().numpy() for key, value in state.items()}
     saved_maps = arrays["maps"].astype(np.float32) if "maps" in arrays else None
     metrics = compute_metrics(arrays["labels"], arrays["scores"], maps=saved_maps, masks=arrays.get("masks"),
@@ -210,7 +247,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
     fields = {
         "metrics": metrics,
         "threshold": thresholds.metric,
-        "threshold_rule": "oracle: F1-max on the clean test set" if thresholds.metric is not None else None,
+        "threshold_rule": thresholds.rule,
         "attack_thresholds": {"image": thresholds.image, "pixel": thresholds.pixel},
         "pixel_evaluation": {"resolution": fitted.map_size, "mask_rule": MASK_RULE} if fitted.masks is not None else None,
         "threat": threat.record() if spec.kind != "none" else None,

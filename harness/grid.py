@@ -33,6 +33,8 @@ class Cell:
     batch_size: int
     map_size: int | None  # None: the detector's input size
     source: Entry | None = None  # the detector a ``transfer`` attack crafts on
+    threshold: str = "oracle"  # the F1 / G-mean threshold rule (suite key ``threshold``)
+    holdout: float = 0.0  # fraction of normal train images set aside before fitting (normal-quantile only)
 
     @property
     def eps(self) -> float:
@@ -51,10 +53,12 @@ class Cell:
         return self.spec.knowledge(self.objective)
 
     def fit_config(self) -> dict[str, Any]:
-        return {"detector": self.detector.config(), "dataset": self.dataset.config(), "category": self.category, "seed": self.seed}
+        config = {"detector": self.detector.config(), "dataset": self.dataset.config(), "category": self.category, "seed": self.seed}
+        return config | ({"holdout": self.holdout} if self.holdout else {})  # held-out normals change what is fitted
 
     def config(self) -> dict[str, Any]:
         config = {**self.fit_config(), "attack": self.attack.config(), "batch_size": self.batch_size, "map_size": self.map_size}
+        config |= {"threshold": self.threshold} if self.threshold != "oracle" else {}
         return config | ({"source": self.source.config()} if self.source else {})
 
     @property
@@ -106,7 +110,8 @@ def expand(suite: Suite) -> list[Cell]:
                         source = by_label[attack.kwargs["source"]] if ATTACKS.get(attack.name).kind == "transfer" else None
                         if source is det:  # crafting on the target itself is the white-box attack
                             continue
-                        cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size, source))
+                        cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size, source,
+                                          threshold=suite.threshold, holdout=suite.holdout))
     return cells
 
 

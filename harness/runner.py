@@ -38,12 +38,14 @@ from .evaluate import (
     evaluation_maps,
     evaluation_masks,
     fit_state,
+    hold_out,
+    quantile_thresholds,
     seeded,
 )
 from .grid import Cell, build_dataset, expand, select
 from .results import OutputLock, ResultStore, claim_folder
 from .datacheck import check_suite_data
-from .suite import Suite, deep_check
+from .suite import Suite, deep_check, threshold_quantile
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,8 @@ def source_key(cell_id: str) -> str:
 
 def cell_key(cell: Cell, keys: dict[str, str]) -> str:
     config = {"fit": keys[cell.cell_id], "attack": cell.attack.config(), "batch_size": cell.batch_size, "map_size": cell.map_size}
+    if cell.threshold != "oracle":
+        config["threshold"] = cell.threshold
     if cell.source is not None:
         config["source_fit"] = keys[source_key(cell.cell_id)]
     return digest(config)
@@ -196,14 +200,17 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
     sources: dict[str, Any] = {}
     try:
         dataset = build_dataset(first.dataset)
-        raw_split = dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir)
+        raw_split = hold_out(dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir), first.holdout, first.seed)
         detector, split, state = load_or_fit(first.detector, fit_key)
         # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
         size = first.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
         masks = evaluation_masks(split.masks, size) if split.masks is not None else None
+        held = state["holdout_scores"].numpy() if "holdout_scores" in state else None
         fitted = Fitted(detector, split, state["clean_scores"].numpy(), evaluation_maps(state["clean_maps"], size),
-                        masks if detector.localization else None, float(state["fit_seconds"]), size)
-        thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks)
+                        masks if detector.localization else None, float(state["fit_seconds"]), size, held)
+        quantile = threshold_quantile(first.threshold)
+        thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks) if quantile is None else \
+            quantile_thresholds(quantile, held, evaluation_maps(state["holdout_maps"], size), fitted.masks)
     except Exception as err:  # the whole group fails; other groups still run
         for cell in cells:
             emit(_failed_row(cell, cell_key(cell, keys), err), None)
@@ -211,6 +218,8 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
     labels = split.labels
     base = {
         "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()),
+        "n_train": int(split.train.shape[0]),
+        "holdout": {"fraction": first.holdout, "images": int(split.holdout.shape[0])} if split.holdout is not None else None,
         "versions": {**_versions(), "detector": detector.version, "dataset": dataset.version},
         "weights": getattr(detector, "weights", "unknown"), "fit_seconds": round(fitted.fit_seconds, 3),
         "dataset_fingerprint": dataset.fingerprint(first.category, seed=first.seed), "flags": [],

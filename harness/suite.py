@@ -35,6 +35,9 @@ TOP_LEVEL = {
     "attacks": "list of {name, ...}",
     "validity": "true adds the cells the validity checks need (PGD at ε=1, noise, 5× steps)",
     "max_cells": "refuse grids larger than this (default 1,000,000)",
+    "threshold": "the F1 / G-mean threshold: oracle (default; the clean test set's F1-max threshold, which uses the test labels) "
+                 "or normal-quantile:Q (the Q-quantile of clean scores on held-out normal train images; no test labels)",
+    "holdout": "with threshold: normal-quantile:Q, the fraction of normal train images set aside before fitting (default 0.1)",
 }
 
 
@@ -68,6 +71,8 @@ class Suite:
     map_size: int | None = None  # None: each detector's input size
     description: str = ""
     validity: bool = False
+    threshold: str = "oracle"  # or "normal-quantile:Q"
+    holdout: float = 0.0  # fraction of normal train images held out (normal-quantile only)
 
 
 def registries() -> dict[str, Registry]:
@@ -164,6 +169,17 @@ def duplicate_points(seeds: list, sections: dict[str, tuple[Entry, ...]], file: 
                                           file=file, key=entry.key))
             first.setdefault(key, entry.key)
     return problems
+
+
+def threshold_quantile(rule: Any) -> float | None:
+    """Q of ``normal-quantile:Q`` (0 < Q < 1); None for ``oracle`` or anything malformed."""
+    if not isinstance(rule, str) or not rule.startswith("normal-quantile:"):
+        return None
+    try:
+        q = float(rule.removeprefix("normal-quantile:"))
+    except ValueError:
+        return None
+    return q if 0 < q < 1 else None
 
 
 def grid_size(seeds: list, sections: dict[str, tuple[Entry, ...]]) -> int:
@@ -278,6 +294,16 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             problems.append(UserError(f"must be a positive integer, got {value!r}", file=file, key=key))
         scalars[key] = value
+    threshold = raw.get("threshold", "oracle")
+    quantile = threshold_quantile(threshold)
+    if quantile is None and threshold != "oracle":
+        problems.append(UserError(f"must be oracle or normal-quantile:Q with 0 < Q < 1, got {threshold!r}", file=file, key="threshold"))
+    holdout = raw.get("holdout", 0.1)
+    if not isinstance(holdout, (int, float)) or isinstance(holdout, bool) or not 0 < holdout < 1:
+        problems.append(UserError(f"must be a fraction in (0, 1), got {holdout!r}", file=file, key="holdout"))
+    elif "holdout" in raw and quantile is None:
+        problems.append(UserError("only used with threshold: normal-quantile:Q; remove it or set the threshold rule",
+                                  file=file, key="holdout"))
     validity = raw.get("validity", False)
     if not isinstance(validity, bool):
         problems.append(UserError(f"must be true or false, got {validity!r}", file=file, key="validity"))
@@ -308,4 +334,5 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         name=str(raw.get("name", default_name)), file=file, seeds=tuple(seeds),
         datasets=sections["datasets"], detectors=sections["detectors"], attacks=sections["attacks"],
         description=str(raw.get("description", "")), validity=validity is True, **scalars,
+        threshold=threshold, holdout=float(holdout) if quantile is not None else 0.0,
     )

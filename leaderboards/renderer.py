@@ -49,7 +49,7 @@ def load_frame(out_dir: Path) -> pd.DataFrame:
         raise UserError(f"no results in {str(out_dir / 'results.jsonl')!r}; run a suite first")
     records = []
     for row in rows:
-        rec = {k: row.get(k) for k in ("cell_id", "detector", "dataset", "category", "attack", "norm", "eps", "steps", "knowledge", "task", "seed", "status", "weights")}
+        rec = {k: row.get(k) for k in ("cell_id", "detector", "dataset", "category", "attack", "norm", "eps", "steps", "knowledge", "task", "seed", "status", "weights", "threshold_rule")}
         rec["attack_label"] = row.get("attack_label") or rec["attack"]
         rec["attack_title"] = row.get("attack_title") or rec["attack_label"]
         rec["attack_note"] = row.get("attack_note") or ""
@@ -99,6 +99,17 @@ def summary_table(frame: pd.DataFrame) -> list[dict]:
     return agg.to_dict("records")
 
 
+def threshold_words(frame: pd.DataFrame) -> tuple[str, str]:
+    """(column tag, explanation) of the F1 / G-mean threshold the rows used."""
+    rules = {r for r in frame.get("threshold_rule", pd.Series(dtype=object)).dropna()}
+    if rules and all(r.startswith("normal-quantile") for r in rules):
+        return ("normal-quantile thr.", "F1 and G-mean use a threshold set without test labels: the Q-quantile of clean "
+                "scores on normal train images held out before fitting (" + "; ".join(sorted(rules)) + ").")
+    mixed = " Some rows use a normal-quantile threshold instead (see their threshold_rule)." if len(rules) > 1 else ""
+    return ("oracle thr.", "F1 and G-mean use the clean test set's F1-max threshold, fixed on the clean run and applied "
+            "to attacked scores: an oracle threshold (it uses the test labels)." + mixed)
+
+
 def md_text(value) -> str:
     """A table cell of leaderboard.md: user text (labels, categories) cannot inject HTML or
     break the table."""
@@ -106,8 +117,9 @@ def md_text(value) -> str:
 
 
 def render_markdown(frame: pd.DataFrame, title: str) -> str:
+    tag, explanation = threshold_words(frame)
     headers = ["Detector", "Weights", "Dataset", "Attack", "#cat", "Img AUROC clean", "Img AUROC adv",
-               "Px AUROC clean", "Px AUROC adv", "AUPRO", "F1 (oracle thr.)", "ECE raw → Platt", "Flag AUROC", "Flags"]
+               "Px AUROC clean", "Px AUROC adv", "AUPRO", f"F1 ({tag})", "ECE raw → Platt", "Flag AUROC", "Flags"]
     lines = []
     for r in summary_table(frame):
         adv = r["attack_text"] != "clean"
@@ -121,8 +133,7 @@ def render_markdown(frame: pd.DataFrame, title: str) -> str:
     notes = [f"- **{md_text(title)}**: {md_text(note)}" for title, note in attack_notes(frame)]
     parts = [
         f"# {title}", "",
-        "Metrics in percent, mean over categories. F1 and G-mean use the clean test set's F1-max threshold, "
-        "fixed on the clean run and applied to attacked scores: an oracle threshold (it uses the test labels). "
+        f"Metrics in percent, mean over categories. {explanation} "
         "ECE: 15 bins, raw min-max score → Platt posterior (5-fold cross-fitted on clean scores, applied "
         "unchanged to attacked ones); Flag AUROC: predictive entropy separating attacked from clean images. "
         "Rows with *random init* weights use randomly initialised backbones: their clean numbers "
@@ -130,7 +141,7 @@ def render_markdown(frame: pd.DataFrame, title: str) -> str:
         tabulate(lines, headers=headers, tablefmt="github"), "",
         *(["## Notes on attacks", "", *notes, ""] if notes else []),
         "## Per category", "",
-        tabulate(_detail(frame, md_text), headers=["Detector", "Dataset", "Category", "Attack", "Img AUROC", "AP", "F1 (oracle thr.)", "F1-max", "G-mean (oracle thr.)", "Px AUROC", "AUPRO"], tablefmt="github"),
+        tabulate(_detail(frame, md_text), headers=["Detector", "Dataset", "Category", "Attack", "Img AUROC", "AP", f"F1 ({tag})", "F1-max", f"G-mean ({tag})", "Px AUROC", "AUPRO"], tablefmt="github"),
     ]
     if len(failed):
         parts += ["", "## Failed cells", "", tabulate([[md_text(c)] for c in failed["cell_id"]], headers=["cell_id"], tablefmt="github")]
@@ -162,7 +173,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     page = env.get_template("index.html.j2").render(
         title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct, ece_text=ece_text,
         failed=list(frame[frame["status"] != "ok"]["cell_id"]), plots=[f"plots/{p.name}" for p in plots],
-        notes=attack_notes(frame),
+        notes=attack_notes(frame), threshold_tag=threshold_words(frame)[0], threshold_text=threshold_words(frame)[1],
     )
     (site / "index.html").write_text(page)
     shutil.copyfile(TEMPLATES / "style.css", site / "style.css")

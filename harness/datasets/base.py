@@ -26,6 +26,7 @@ class Split:
     labels: np.ndarray  # (M,) int, 1 = anomalous
     masks: Tensor | None  # (M, H, W) float in {0,1}; None when the dataset has no masks
     names: list[str]  # (M,) test image ids, e.g. "scratch/003"
+    holdout: Tensor | None = None  # normal train images set aside before fitting (threshold: normal-quantile)
 
     def resized(self, size: int) -> Split:
         """Images resized (bilinear, antialiased) and masks (nearest) to ``size``×``size``."""
@@ -39,7 +40,8 @@ class Split:
         masks = None
         if self.masks is not None:
             masks = F.interpolate(self.masks[:, None], size=(size, size), mode="nearest")[:, 0]
-        return Split(images(self.train), images(self.test), self.labels, masks, self.names)
+        held = None if self.holdout is None else images(self.holdout)
+        return Split(images(self.train), images(self.test), self.labels, masks, self.names, held)
 
 
 class Dataset(ABC):
