@@ -7,6 +7,7 @@ Exit codes: 0 ok; 2 bad input (the message names file, key and allowed values);
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -104,7 +105,9 @@ def cmd_run(args) -> int:
         cells = dry_run(suite, args.only)
         for cell in cells:
             print(cell.cell_id)
-        print(f"{len(cells)} cells")
+        fits = {json.dumps(c.fit_config(), sort_keys=True, default=str) for c in cells}
+        fits |= {json.dumps({**c.fit_config(), "detector": c.source.config()}, sort_keys=True, default=str) for c in cells if c.source}
+        print(f"{len(cells)} cells, {len(fits)} fit tasks")
         return 0
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")

@@ -42,8 +42,10 @@ def check_entry(entry: Entry, file: str, *, defer_unreachable: bool) -> tuple[li
         dataset = build_dataset(entry)
         if not dataset.reachable():
             message = f"dataset root {str(dataset.root)!r} does not exist or is not a folder"
+            if str(dataset.root).startswith("$ROBUSTAD_DATA"):
+                message += " (no root: is given and ROBUSTAD_DATA is not set)"
             if defer_unreachable:
-                return [], [f"{entry.key}: {message} here; its data check is deferred to run"]
+                return [], [f"{entry.key}: {message}; its data check is deferred to run"]
             return [UserError(f"{message}; expected {dataset.layout} (robustad-bench data prepare {entry.name} says where "
                               "to get it)", file=file, key=f"{entry.key}.root")], []
         categories = dataset.categories

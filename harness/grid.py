@@ -67,7 +67,7 @@ class Cell:
         if "norm" in self.attack.kwargs:
             parts.append(self.attack.kwargs["norm"])
         if "eps" in self.attack.kwargs:
-            parts.append(eps_slug(self.eps))
+            parts.append(eps_slug(self.eps, self.attack.kwargs.get("norm", "linf")))
         # the hash covers the labels too: two cells that differ only in a label (or in characters
         # the readable part cannot show, e.g. "dét" and "dèt") never share an id
         labels = [self.detector.label, self.dataset.label, self.attack.label, self.source.label if self.source else None]
@@ -75,10 +75,10 @@ class Cell:
         return ".".join(re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(p)) for p in parts)
 
 
-def eps_slug(eps: float) -> str:
-    """``eps8-255`` for multiples of 1/255, else ``eps0.5``: readable ids, not display strings."""
+def eps_slug(eps: float, norm: str = "linf") -> str:
+    """``eps8-255`` for L∞ multiples of 1/255, else ``eps0.5``: readable ids, not display strings."""
     k = eps * 255
-    return f"eps{round(k)}-255" if abs(k - round(k)) < 1e-6 else f"eps{eps:.4g}"
+    return f"eps{round(k)}-255" if norm == "linf" and abs(k - round(k)) < 1e-6 else f"eps{eps:.4g}"
 
 
 def resolve_attack(entry: Entry, point: dict[str, Any]) -> Entry:
@@ -101,6 +101,8 @@ def expand(suite: Suite) -> list[Cell]:
     for seed in suite.seeds:
         for det in suite.detectors:
             for ds_entry in suite.datasets:
+                if ds_entry.detectors and det.label not in ds_entry.detectors:
+                    continue  # the dataset entry restricts its detectors (e.g. one-class sets for ZARND)
                 dataset = build_dataset(ds_entry)
                 for category in dataset.categories:
                     for attack in attacks:

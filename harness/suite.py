@@ -54,6 +54,7 @@ class Entry:
     label: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     key: str = field(default="", compare=False)  # where it sits in the suite file, e.g. detectors[0]
+    detectors: tuple[str, ...] = ()  # datasets only: the detector labels it is evaluated with (empty: all)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **self.kwargs}
@@ -106,12 +107,18 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
     target = registry.get(name)
     params = target.parameters() if section == "attacks" else parameters(target)
     label = raw.get("label", name)
+    reserved = ("name", "label", "detectors") if section == "datasets" else ("name", "label")
     kwargs, bad = {}, False
+    only = raw.get("detectors", []) if section == "datasets" else []
+    if not isinstance(only, list) or not only and "detectors" in raw or not all(isinstance(d, str) for d in only):
+        problems.append(UserError(f"must be a non-empty list of detector labels of this suite, got {only!r}",
+                                  file=file, key=f"{path}.detectors"))
+        bad, only = True, []
     for key, value in raw.items():
-        if key in ("name", "label"):
+        if key in reserved:
             continue
         if key not in params:
-            allowed = ", ".join(["label", *params]) or "label"
+            allowed = ", ".join([*reserved[1:], *params])
             problems.append(UserError(f"unknown key {key!r} for {name!r}; allowed: {allowed}", file=file, key=f"{path}.{key}"))
             bad = True
             continue
@@ -133,7 +140,7 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
         bad = True
     if bad:
         return None
-    entry = Entry(name=name, label=str(label), kwargs=kwargs, key=path)
+    entry = Entry(name=name, label=str(label), kwargs=kwargs, key=path, detectors=tuple(only))
     if section == "attacks":  # threat model, knowledge and the attack's own check, per grid point
         points = math.prod(len(v) for v in kwargs.values() if isinstance(v, list))
         if points > max_cells:
@@ -184,9 +191,10 @@ def threshold_quantile(rule: Any) -> float | None:
 
 def grid_size(seeds: list, sections: dict[str, tuple[Entry, ...]]) -> int:
     """A lower bound on the number of cells, counted without expanding the grid."""
-    categories = sum(len(d.kwargs.get("categories") or [None]) for d in sections["datasets"])
+    detectors = len(sections["detectors"])
+    pairs = sum(len(d.kwargs.get("categories") or [None]) * (len(d.detectors) or detectors) for d in sections["datasets"])
     points = sum(math.prod(len(v) for v in a.kwargs.values() if isinstance(v, list)) for a in sections["attacks"])
-    return len(seeds) * len(sections["detectors"]) * categories * points
+    return len(seeds) * pairs * points
 
 
 def deep_check(suite: Suite) -> None:
@@ -323,6 +331,10 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         problems.append(UserError(f"the grid has at least {size:,} cells, more than max_cells = {max_cells:,}; "
                                   "split the suite or raise max_cells", file=file, key="attacks"))
     detector_labels = [d.label for d in sections.get("detectors", ())]
+    for dataset in sections.get("datasets", ()):
+        if unknown := [d for d in dataset.detectors if d not in detector_labels]:
+            problems.append(UserError(f"{unknown} are not detector labels of this suite; detector labels: {', '.join(detector_labels)}",
+                                      file=file, key=f"{dataset.key}.detectors"))
     for attack in sections.get("attacks", ()):
         sources = attack.kwargs.get("source") if ATTACKS.get(attack.name).kind == "transfer" else None
         for source in (sources if isinstance(sources, list) else [sources] if sources else []):

@@ -123,11 +123,8 @@ def listed(items: list, what: str) -> str:
 
 def resolve_root(root: str | None, name: str) -> Path:
     """``root`` with ``~`` and ``$VAR``/``${VAR}`` expanded; without one, ``$ROBUSTAD_DATA/<name>``."""
-    if root is None:
-        base = os.environ.get("ROBUSTAD_DATA")
-        if not base:
-            raise UserError(f"give the dataset's root: PATH, or set ROBUSTAD_DATA (its folder {name}/ is then used)", key="root")
-        return Path(base).expanduser() / name
+    if root is None:  # unset: a path that does not exist, so the data check names the variable
+        return Path(os.environ.get("ROBUSTAD_DATA", "$ROBUSTAD_DATA")).expanduser() / name
     expanded = os.path.expandvars(str(root))
     if "$" in expanded:
         raise UserError(f"root {root!r} names an environment variable that is not set", key="root")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,7 +195,7 @@ def test_validate_ok_and_dry_run(tiny_suite, capsys):
     assert main(["validate", str(tiny_suite)]) == 0
     assert main(["run", str(tiny_suite), "--dry-run", "--only", "*brick*"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1] == "3 cells" and all("brick" in line for line in lines[-4:-1])
+    assert lines[-1] == "3 cells, 1 fit tasks" and all("brick" in line for line in lines[-4:-1])
 
 
 def test_list(capsys):
@@ -254,3 +255,22 @@ def test_pixel_metrics_default_to_the_detectors_input_size(tiny_suite, tmp_path)
 
         again = compute_metrics(saved["labels"], saved["scores"], maps=saved["maps"].astype(np.float32), masks=saved["masks"])
         assert again["pixel_auroc"] == row["metrics"]["pixel_auroc"]  # recomputable from what is saved
+
+
+def test_full_suite_is_the_complete_grid_and_dry_runs_without_the_data(capsys, monkeypatch):
+    monkeypatch.delenv("ROBUSTAD_DATA", raising=False)
+    full = str(Path(__file__).resolve().parents[2] / "suites" / "full.yaml")
+    assert main(["validate", full]) == 0
+    out = capsys.readouterr().out
+    assert out.count("data check is deferred") == 13
+    assert main(["run", full, "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    cells, fits = map(int, re.fullmatch(r"(\d+) cells, (\d+) fit tasks", lines[-1]).groups())
+    assert len(lines) - 1 == cells > 10_000 and fits == 4 * (15 + 12 + 3 + 6 + 4 + 12 + 5 + 1 + 1) + (10 + 20 + 10 + 10)
+    ids = lines[:-1]
+    for dataset in ("mvtec", "visa", "btad", "mpdd", "wfdd", "dtd_synthetic", "mvtec_loco", "headct", "brats"):
+        assert {i.split(".")[0] for i in ids if i.split(".")[1] == dataset} == {
+            "patchcore-wrn50", "anomalydino-vits14", "zarnd-r18-linf2", "patchguard-paper"}, dataset
+    for dataset in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
+        assert {i.split(".")[0] for i in ids if i.split(".")[1] == dataset} == {"zarnd-r18-linf2"}, dataset
+    assert not [i for i in ids if ".headct." in i and ("segpgd" in i or "autoattack-al" in i)]  # no masks: AD only

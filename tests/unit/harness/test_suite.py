@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robustad_bench.harness.datacheck import check_suite_data
 from robustad_bench.harness.errors import SuiteErrors, UserError
 from robustad_bench.harness.grid import expand, select
 from robustad_bench.harness.schema import parse_float
@@ -99,8 +100,9 @@ def test_missing_required_key_and_bad_yaml(tmp_path, monkeypatch):
     raw = yaml.safe_load(yaml.safe_dump(BASE))
     raw["datasets"] = [{"name": "mvtec"}]
     (tmp_path / "no-root.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(SuiteErrors, match="datasets\\[0\\].*root: PATH, or set ROBUSTAD_DATA"):
-        load_suite(tmp_path / "no-root.yaml")
+    suite = load_suite(tmp_path / "no-root.yaml")  # valid: the data check is deferred, and run refuses it
+    with pytest.raises(SuiteErrors, match="datasets\\[0\\].root.*ROBUSTAD_DATA is not set"):
+        check_suite_data(suite, defer_unreachable=False)
     path = tmp_path / "bad.yaml"
     path.write_text("name: [unclosed")
     with pytest.raises(UserError, match="bad.yaml"):
