@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backends import BACKENDS, check_backend
 from .cache import Cache, file_sha256, remove_orphans
+from .datacheck import check_suite_data
 from .datasets.base import digest
 from .errors import UserError
 from .evaluate import (
@@ -44,7 +45,6 @@ from .evaluate import (
 )
 from .grid import Cell, build_dataset, expand, select
 from .results import OutputLock, ResultStore, claim_folder
-from .datacheck import check_suite_data
 from .suite import Suite, deep_check, threshold_quantile
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,17 @@ from typing import Annotated
 from ..errors import UserError
 from ..schema import AtLeast, NonNegativeInt
 from .base import register_dataset
-from .layout import Counts, Download, FolderDataset, Listing, Sample, images_in, need_folder, split_counts, split_normals
+from .layout import (
+    Counts,
+    Download,
+    FolderDataset,
+    Listing,
+    Sample,
+    images_in,
+    need_folder,
+    split_counts,
+    split_normals,
+)
 
 SINGLE = "all"  # the one category of a set that has no categories
 
