@@ -141,6 +141,37 @@ def claim_folder(out_dir: Path, name: str, file: str, *, append: bool) -> None:
         atomic_write_bytes(manifest, json.dumps({"suites": [o for o in owners if o["file"] != "?"] + [me]}, indent=1).encode())
 
 
+def package_commit() -> str | None:
+    """The git commit of the installed package's source tree, when it is a checkout."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def write_run_info(out_dir: Path, info: dict) -> None:
+    """``run.json``: per suite that wrote here, what the leaderboard header shows (name,
+    description, headline threat model, date, package version and commit, cells)."""
+    path = out_dir / "run.json"
+    try:
+        suites = json.loads(path.read_text())["suites"] if path.is_file() else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        suites = {}
+    suites[info["name"]] = info
+    atomic_write_bytes(path, json.dumps({"suites": suites}, indent=1).encode())
+
+
+def read_run_info(out_dir: Path) -> dict:
+    try:
+        return json.loads((out_dir / "run.json").read_text())["suites"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 class OutputLock:
     """``out_dir/.lock`` while a run writes there: holder's pid, host and start time. A second
     run exits 2 naming the holder, or with ``wait`` polls until the folder is free; a lock

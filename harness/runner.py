@@ -15,6 +15,7 @@ import logging
 import platform
 import re
 import sys
+import time
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -44,7 +45,7 @@ from .evaluate import (
     seeded,
 )
 from .grid import Cell, build_dataset, expand, select
-from .results import OutputLock, ResultStore, claim_folder
+from .results import OutputLock, ResultStore, claim_folder, package_commit, write_run_info
 from .suite import Suite, deep_check, threshold_quantile
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,11 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
                     options=backend_options or {}, folder=cache.root / "jobs" / backend, progress=progress)
     bar.close()
     report.rows = store.finalize([c.cell_id for c in plan], suite.name)
+    write_run_info(Path(out_dir), {
+        "name": suite.name, "description": suite.description, "file": str(Path(suite.file).resolve()),
+        "headline": list(suite.headline) if suite.headline else None, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "version": __version__, "commit": package_commit(), "cells": len(plan),
+    })
     return report
 
 

@@ -22,7 +22,7 @@ from .attacks import ATTACKS
 from .datasets import DATASETS
 from .errors import SuiteErrors, UserError
 from .registry import Registry
-from .schema import BadValue, coerce, parameters
+from .schema import BadValue, coerce, parameters, parse_float
 
 TOP_LEVEL = {
     "name": "suite name; default output folder runs/<name>",
@@ -37,6 +37,7 @@ TOP_LEVEL = {
     "max_cells": "refuse grids larger than this (default 1,000,000)",
     "threshold": "the F1 / G-mean threshold: oracle (default; the clean test set's F1-max threshold, which uses the test labels) "
                  "or normal-quantile:Q (the Q-quantile of clean scores on held-out normal train images; no test labels)",
+    "headline": "the threat model the leaderboard ranks by, {norm: linf|l2, eps: E} (default: the largest L∞ ε present)",
     "holdout": "with threshold: normal-quantile:Q, the fraction of normal train images set aside before fitting (default 0.1)",
 }
 
@@ -73,6 +74,7 @@ class Suite:
     description: str = ""
     validity: bool = False
     threshold: str = "oracle"  # or "normal-quantile:Q"
+    headline: tuple[str, float] | None = None  # (norm, ε) the leaderboard ranks by
     holdout: float = 0.0  # fraction of normal train images held out (normal-quantile only)
 
 
@@ -176,6 +178,23 @@ def duplicate_points(seeds: list, sections: dict[str, tuple[Entry, ...]], file: 
                                           file=file, key=entry.key))
             first.setdefault(key, entry.key)
     return problems
+
+
+def parse_headline(raw: Any, file: str, problems: list) -> tuple[str, float] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"norm", "eps"} or raw["norm"] not in ("linf", "l2"):
+        problems.append(UserError(f"must be {{norm: linf|l2, eps: E}}, got {raw!r}", file=file, key="headline"))
+        return None
+    try:
+        eps = parse_float(raw["eps"])
+    except BadValue as err:
+        problems.append(UserError(str(err), file=file, key="headline.eps"))
+        return None
+    if eps <= 0:
+        problems.append(UserError(f"must be positive, got {raw['eps']!r}", file=file, key="headline.eps"))
+        return None
+    return raw["norm"], eps
 
 
 def threshold_quantile(rule: Any) -> float | None:
@@ -312,6 +331,7 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
     elif "holdout" in raw and quantile is None:
         problems.append(UserError("only used with threshold: normal-quantile:Q; remove it or set the threshold rule",
                                   file=file, key="holdout"))
+    headline = parse_headline(raw.get("headline"), file, problems)
     validity = raw.get("validity", False)
     if not isinstance(validity, bool):
         problems.append(UserError(f"must be true or false, got {validity!r}", file=file, key="validity"))
@@ -346,5 +366,5 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         name=str(raw.get("name", default_name)), file=file, seeds=tuple(seeds),
         datasets=sections["datasets"], detectors=sections["detectors"], attacks=sections["attacks"],
         description=str(raw.get("description", "")), validity=validity is True, **scalars,
-        threshold=threshold, holdout=float(holdout) if quantile is not None else 0.0,
+        threshold=threshold, holdout=float(holdout) if quantile is not None else 0.0, headline=headline,
     )

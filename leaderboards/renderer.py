@@ -15,9 +15,11 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tabulate import tabulate
 
 from robustad_bench.harness.errors import UserError
-from robustad_bench.harness.results import read_rows
+from robustad_bench.harness.results import read_rows, read_run_info
 
+from .board import Table, main_tables, threat_text
 from .plots import write_reliability_diagrams
+from .robust import robust_metrics
 
 TEMPLATES = Path(__file__).parent / "templates"
 KEYS = ["detector", "weights", "dataset", "category", "seed"]
@@ -110,13 +112,42 @@ def threshold_words(frame: pd.DataFrame) -> tuple[str, str]:
             "to attacked scores: an oracle threshold (it uses the test labels)." + mixed)
 
 
+def main_markdown(tables: list[Table]) -> list[str]:
+    """The ranked tables: one per dataset × task (× metric), for READMEs and PR comments."""
+    parts = ["## Ranked by robust AUROC", "",
+             "Robust = AUROC of the per-image worst case over every attack at that threat model (for each test image the "
+             "attacked score most harmful to it); gap = clean − robust at the headline threat model.", ""]
+    for t in tables:
+        parts += [f"### {md_text(t.dataset)} — {t.task}: {t.title}", ""]
+        if t.headline:
+            parts += [f"Ranked by robust {t.title} at {threat_text(t.headline)}.", ""]
+        headers = ["#", "Entry", "Weights", "Budget", *(md_text(c.heading) for c in t.columns), "Flags"]
+        lines = [[i + 1, md_text(r["detector"]), md_text(r["weights"]), md_text(r["budget"]),
+                  *(r["values"][c.key].text() for c in t.columns), md_text(", ".join(r["flags"]))] for i, r in enumerate(t.rows)]
+        parts += [tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    return parts
+
+
+def header_text(suites: dict, rows: list[dict]) -> str:
+    """Date, package version, commit and number of cells of the run(s) behind the page."""
+    runs = list(suites.values())
+    bits = [f"{len(rows)} cells"]
+    if runs:
+        bits.append("run " + ", ".join(sorted({r.get("date", "?") for r in runs})))
+        bits.append("robustad-bench " + ", ".join(sorted({str(r.get("version", "?")) for r in runs})))
+        commits = sorted({r["commit"][:10] for r in runs if r.get("commit")})
+        if commits:
+            bits.append("commit " + ", ".join(commits))
+    return " · ".join(bits)
+
+
 def md_text(value) -> str:
     """A table cell of leaderboard.md: user text (labels, categories) cannot inject HTML or
     break the table."""
     return html.escape(str(value), quote=False).replace("|", "\\|")
 
 
-def render_markdown(frame: pd.DataFrame, title: str) -> str:
+def render_markdown(frame: pd.DataFrame, title: str, tables: list[Table] = (), header: str = "") -> str:
     tag, explanation = threshold_words(frame)
     headers = ["Detector", "Weights", "Dataset", "Attack", "#cat", "Img AUROC clean", "Img AUROC adv",
                "Px AUROC clean", "Px AUROC adv", "AUPRO", f"F1 ({tag})", "ECE raw → Platt", "Flag AUROC", "Flags"]
@@ -132,7 +163,9 @@ def render_markdown(frame: pd.DataFrame, title: str) -> str:
     failed = frame[frame["status"] != "ok"]
     notes = [f"- **{md_text(title)}**: {md_text(note)}" for title, note in attack_notes(frame)]
     parts = [
-        f"# {title}", "",
+        f"# {title}", "", *([header, ""] if header else []),
+        *(main_markdown(tables) if tables else []),
+        "## All cells", "",
         f"Metrics in percent, mean over categories. {explanation} "
         "ECE: 15 bins, raw min-max score → Platt posterior (5-fold cross-fitted on clean scores, applied "
         "unchanged to attacked ones); Flag AUROC: predictive entropy separating attacked from clean images. "
@@ -160,9 +193,14 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     """Write ``leaderboard.md`` into ``out_dir`` and the static site into ``site_dir``."""
     out_dir = Path(out_dir)
     frame = load_frame(out_dir)
+    rows = read_rows(out_dir / "results.jsonl")
+    suites = read_run_info(out_dir)
+    headline = next((tuple(s["headline"]) for s in suites.values() if s.get("headline")), None)
+    tables = main_tables(rows, robust_metrics(out_dir, rows), headline)
+    header = header_text(suites, rows)
     title = title or f"robustad-bench leaderboard — {out_dir.name}"
     md_path = out_dir / "leaderboard.md"
-    md_path.write_text(render_markdown(frame, title))
+    md_path.write_text(render_markdown(frame, title, tables, header))
     site = Path(site_dir) if site_dir else out_dir / "site"
     site.mkdir(parents=True, exist_ok=True)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
@@ -174,7 +212,14 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
         title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct, ece_text=ece_text,
         failed=list(frame[frame["status"] != "ok"]["cell_id"]), plots=[f"plots/{p.name}" for p in plots],
         notes=attack_notes(frame), threshold_tag=threshold_words(frame)[0], threshold_text=threshold_words(frame)[1],
+        tables=tables, threat_text=threat_text, suites=list(suites.values()), meta=header,
+        badges=sorted({c.badge for t in tables for c in t.columns if c.badge}),
     )
     (site / "index.html").write_text(page)
-    shutil.copyfile(TEMPLATES / "style.css", site / "style.css")
+    (site / "howto.html").write_text(env.get_template("howto.html.j2").render())
+    for name in ("style.css", "sort.js"):
+        shutil.copyfile(TEMPLATES / name, site / name)
+    for name in ("results.jsonl", "leaderboard.md"):  # the page links them: the site stands alone
+        if (out_dir / name).resolve() != (site / name).resolve():
+            shutil.copyfile(out_dir / name, site / name)
     return md_path, site / "index.html"

@@ -1,0 +1,170 @@
+"""The main view: one table per dataset × task, one row per entry, ranked by robust AUROC.
+
+An entry is a detector label with its weights and training budget. Columns: the clean
+metric; every attack × ε of the task, grouped by threat model (norm, ε); the robust metric
+of each threat model (the per-image worst case over all its attacks, ``robust.py``); and
+the gap (clean − robust) at the headline threat model, by which the rows are ranked.
+Values are means over categories, then mean ± std over seeds when there are several.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .robust import threat_of
+
+TASKS = {  # task → (metric of its table(s), robust counterpart, title)
+    "detection": [("image_auroc", "robust_image_auroc", "image AUROC")],
+    "localization": [("pixel_auroc", "robust_pixel_auroc", "pixel AUROC"), ("aupro", "robust_aupro", "AUPRO")],
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    title: str
+    kind: str  # clean | attack | robust | gap
+    threat: tuple[str, float] | None = None
+    badge: str = ""  # what the attacker knows and uses: "white-box · label", "score-only", ...
+
+    @property
+    def heading(self) -> str:
+        return f"{threat_text(self.threat)} · {self.title}" if self.kind in ("attack", "robust") else self.title
+
+
+BADGES = {"gradient": "white-box", "score-only": "score-only", "surrogate": "surrogate", "transfer": "transfer", "noise": "noise"}
+
+
+def badge(row: dict) -> str:
+    kind = row.get("attack_kind") or "gradient"
+    text = BADGES.get(kind, kind)
+    return f"{text} · {row.get('knowledge')}" if kind in ("gradient", "transfer") and row.get("knowledge") else text
+
+
+@dataclass
+class Value:
+    mean: float | None
+    std: float | None = None  # over seeds, when there are several
+
+    def text(self, percent: bool = True) -> str:
+        if self.mean is None:
+            return "n/a"
+        scale = 100 if percent else 1
+        body = f"{scale * self.mean:.1f}"
+        return body if self.std is None else f"{body} ± {scale * self.std:.1f}"
+
+
+@dataclass
+class Table:
+    dataset: str
+    task: str
+    metric: str
+    title: str
+    headline: tuple[str, float] | None
+    columns: list[Column]
+    rows: list[dict] = field(default_factory=list)  # {"entry", "detector", "weights", "budget", "values": {key: Value}}
+
+
+def eps_text(eps: float) -> str:
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
+
+
+def threat_text(threat: tuple[str, float]) -> str:
+    return f"{'L∞' if threat[0] == 'linf' else 'L2'} ε={eps_text(threat[1])}"
+
+
+def budget_text(config: dict | None) -> str:
+    """The training budget an entry states (epochs of a trained detector, shots of a few-shot one)."""
+    config = config or {}
+    parts = []
+    if config.get("epochs"):
+        parts.append(f"{config['epochs']} epochs")
+    if config.get("shots"):
+        parts.append(f"{config['shots']}-shot")
+    return ", ".join(parts)
+
+
+def aggregate(per_seed_category: dict[int, list[float]]) -> Value:
+    """Mean over categories per seed, then mean ± std over seeds."""
+    seeds = [float(np.mean(v)) for v in per_seed_category.values() if v]
+    if not seeds:
+        return Value(None)
+    return Value(float(np.mean(seeds)), float(np.std(seeds)) if len(seeds) > 1 else None)
+
+
+def choose_headline(threats: set[tuple[str, float]], wanted: tuple[str, float] | None) -> tuple[str, float] | None:
+    """The suite's headline threat model when present, else the largest L∞ ε (else the largest ε)."""
+    if wanted is not None and any(t[0] == wanted[0] and abs(t[1] - wanted[1]) < 1e-9 for t in threats):
+        return next(t for t in threats if t[0] == wanted[0] and abs(t[1] - wanted[1]) < 1e-9)
+    linf = [t for t in threats if t[0] == "linf"]
+    pool = linf or list(threats)
+    return max(pool, key=lambda t: t[1]) if pool else None
+
+
+def main_tables(rows: list[dict], robust: list[dict], headline: tuple[str, float] | None = None) -> list[Table]:
+    ok = [r for r in rows if r.get("status") == "ok"]
+    tables = []
+    for dataset in sorted({r["dataset"] for r in ok}):
+        in_dataset = [r for r in ok if r["dataset"] == dataset]
+        robust_here = [r for r in robust if r["dataset"] == dataset]
+        for task, metrics in TASKS.items():
+            task_rows = [r for r in in_dataset if r.get("task") == task and threat_of(r) is not None]
+            for metric, robust_metric, title in metrics:
+                clean_rows = [r for r in in_dataset if r["attack"] == "none" and (r.get("metrics") or {}).get(metric) is not None]
+                if not clean_rows or not task_rows:
+                    continue
+                tables.append(build_table(dataset, task, metric, robust_metric, title, clean_rows, task_rows, robust_here, headline))
+    return tables
+
+
+def build_table(dataset, task, metric, robust_metric, title, clean_rows, task_rows, robust, headline) -> Table:
+    threats = sorted({threat_of(r) for r in task_rows}, key=lambda t: (t[0] != "linf", t[0], t[1]))
+    chosen = choose_headline(set(threats), headline)
+    columns = [Column("clean", "clean", "clean")]
+    for threat in threats:
+        first = {}
+        for r in task_rows:
+            if threat_of(r) == threat:
+                first.setdefault(r.get("attack_label") or r["attack"], r)
+        columns += [Column(f"{label}@{threat}", label, "attack", threat, badge(first[label])) for label in sorted(first)]
+        columns.append(Column(f"robust@{threat}", "robust", "robust", threat))
+    if chosen is not None:
+        columns.append(Column("gap", f"gap ({threat_text(chosen)})", "gap", chosen))
+    cells: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    info = {}
+    for r in clean_rows + task_rows:
+        entry = (r["detector"], r.get("weights") or "unknown")
+        info[entry] = budget_text(r.get("detector_config"))
+        value = (r.get("metrics") or {}).get(metric)
+        if value is None:
+            continue
+        threat = threat_of(r)
+        key = "clean" if threat is None else f"{r.get('attack_label') or r['attack']}@{threat}"
+        cells[entry][key][r.get("seed", 0)].append(float(value))
+    for rec in robust:
+        entry = (rec["detector"], rec.get("weights") or "unknown")
+        if entry in info and rec.get(robust_metric) is not None:
+            cells[entry][f"robust@{(rec['norm'], rec['eps'])}"][rec.get("seed", 0)].append(float(rec[robust_metric]))
+    table = Table(dataset, task, metric, title, chosen, columns)
+    flags = defaultdict(set)
+    for r in task_rows:
+        flags[(r["detector"], r.get("weights") or "unknown")].update(r.get("flags") or [])
+    for entry, budget in info.items():
+        values = {c.key: aggregate(cells[entry][c.key]) for c in columns if c.kind != "gap"}
+        if chosen is not None:
+            values["gap"] = gap(cells[entry]["clean"], cells[entry][f"robust@{chosen}"])
+        table.rows.append({"detector": entry[0], "weights": "random init" if entry[1] == "random" else entry[1],
+                           "budget": budget, "values": values, "flags": sorted(flags[entry])})
+    key = f"robust@{chosen}" if chosen is not None else "clean"
+    table.rows.sort(key=lambda r: (r["values"][key].mean is None, -(r["values"][key].mean or 0.0), r["detector"]))
+    return table
+
+
+def gap(clean: dict[int, list[float]], robust: dict[int, list[float]]) -> Value:
+    """Clean − robust per seed (category means), then mean ± std over the seeds that have both."""
+    diffs = {s: [float(np.mean(clean[s])) - float(np.mean(robust[s]))] for s in clean if s in robust and clean[s] and robust[s]}
+    return aggregate(diffs)

@@ -1,0 +1,87 @@
+"""Robust AUROC = AUROC of the per-image worst case over every attack at a threat model,
+checked against an independent computation on hand-made scores, and the ranked main view."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from robustad_bench.leaderboards import render
+from robustad_bench.leaderboards.board import main_tables
+from robustad_bench.leaderboards.robust import robust_metrics, worst_case
+
+LABELS = np.array([0, 0, 1, 1])
+CLEAN = np.array([0.1, 0.2, 0.8, 0.9])
+ATTACK_A = np.array([0.85, 0.2, 0.8, 0.9])  # wins on normal image 0 only
+ATTACK_B = np.array([0.1, 0.2, 0.8, 0.15])  # wins on anomalous image 3 only
+
+
+def test_per_image_worst_case_is_not_the_minimum_over_attacks():
+    per_attack = [roc_auc_score(LABELS, s) for s in (ATTACK_A, ATTACK_B)]
+    assert per_attack == [0.75, 0.75]
+    worst = worst_case(LABELS, CLEAN, [ATTACK_A, ATTACK_B])
+    assert worst.tolist() == [0.85, 0.2, 0.8, 0.15]  # max for normals, min for anomalies
+    assert roc_auc_score(LABELS, worst) == 0.25 < min(per_attack)
+
+
+def write_run(tmp_path, detector: str, attacked: dict[str, np.ndarray], eps: float = 8 / 255, maps: bool = False):
+    rows = []
+    for name, scores in {"none": CLEAN, **attacked}.items():
+        cell = f"{detector}.{name}"
+        arrays = {"labels": LABELS, "scores": scores.astype(np.float32)}
+        if maps:  # 4 images of 2×2 pixels; anomalous pixels where the mask is 1
+            masks = np.zeros((4, 2, 2), np.uint8)
+            masks[2:, 0, 0] = 1
+            arrays |= {"masks": masks, "maps": (scores[:, None, None] * np.ones((4, 2, 2))).astype(np.float16)}
+        (tmp_path / "cells" / cell).mkdir(parents=True)
+        np.savez(tmp_path / "cells" / cell / "scores.npz", **arrays)
+        rows.append({"cell_id": cell, "suite": "s", "detector": detector, "dataset": "toy", "category": "c", "seed": 0,
+                     "attack": "none" if name == "none" else "pgd", "attack_label": name, "attack_kind": "gradient",
+                     "norm": None if name == "none" else "linf", "eps": 0.0 if name == "none" else eps, "steps": 10,
+                     "knowledge": "label", "task": "detection", "status": "ok", "weights": "random", "flags": [],
+                     "detector_config": {"epochs": 8} if detector == "b" else {},
+                     "metrics": {"image_auroc": roc_auc_score(LABELS, scores)}})
+    with (tmp_path / "results.jsonl").open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows
+
+
+def test_robust_metrics_from_saved_scores_and_the_ranking(tmp_path):
+    rows = write_run(tmp_path, "a", {"pgd-a": ATTACK_A, "pgd-b": ATTACK_B})
+    rows += write_run(tmp_path, "b", {"pgd-a": ATTACK_A, "pgd-b": CLEAN})
+    records = {r["detector"]: r for r in robust_metrics(tmp_path, rows)}
+    assert records["a"]["robust_image_auroc"] == pytest.approx(0.25)
+    assert records["b"]["robust_image_auroc"] == pytest.approx(0.75)
+    assert records["a"]["attacks"] == ["pgd-a", "pgd-b"] and records["a"]["norm"] == "linf"
+    (table,) = main_tables(rows, list(records.values()))
+    assert [r["detector"] for r in table.rows] == ["b", "a"]  # ranked by robust AUROC at the headline (8/255)
+    assert table.rows[0]["budget"] == "8 epochs"
+    assert table.rows[1]["values"]["gap"].mean == pytest.approx(1.0 - 0.25)
+    md, site = render(tmp_path)
+    text = md.read_text()
+    assert "## Ranked by robust AUROC" in text and "L∞ ε=8/255 · robust" in text and "| 1   | b " in text
+    html = site.read_text()
+    assert 'class="sortable main"' in html and "white-box · label" in html and (site.parent / "sort.js").is_file()
+    assert (site.parent / "howto.html").is_file() and (site.parent / "results.jsonl").is_file()
+
+
+def test_pixel_worst_case_is_per_pixel(tmp_path):
+    rows = write_run(tmp_path, "a", {"pgd-a": ATTACK_A, "pgd-b": ATTACK_B}, maps=True)
+    (record,) = robust_metrics(tmp_path, rows)
+    masks = np.zeros((4, 2, 2), np.uint8)
+    masks[2:, 0, 0] = 1
+    stack = np.stack([s[:, None, None] * np.ones((4, 2, 2)) for s in (CLEAN, ATTACK_A, ATTACK_B)]).astype(np.float16)
+    expected = np.where(masks == 1, stack.min(0), stack.max(0))
+    assert record["robust_pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), expected.ravel()))
+
+
+def test_seeds_give_mean_and_std(tmp_path):
+    rows = write_run(tmp_path, "a", {"pgd-a": ATTACK_A})
+    rows += [{**r, "seed": 1, "metrics": {"image_auroc": r["metrics"]["image_auroc"] - 0.1}} for r in rows]
+    (table,) = main_tables(rows, [])
+    value = table.rows[0]["values"]["pgd-a@('linf', 0.03137254901960784)"]
+    assert value.mean == pytest.approx(0.75 - 0.05) and value.std == pytest.approx(0.05)
+    assert value.text() == "70.0 ± 5.0"
