@@ -1,7 +1,8 @@
 """``robustad-bench`` command line (DESIGN §5).
 
 Exit codes: 0 ok; 2 bad input (the message names file, key and allowed values);
-1 a cell failed (the others still ran and are kept; see its traceback file).
+1 a cell failed (the others still ran and are kept; see its traceback file);
+3 ``render --compare`` found regressions.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     ren = sub.add_parser("render", help="results → leaderboard.md + static site")
     ren.add_argument("dir")
     ren.add_argument("--site", help="site folder (default DIR/site)")
+    ren.add_argument("--compare", metavar="PREV_DIR", help="a previous run folder: write changes.md and exit 3 on regressions")
+    ren.add_argument("--tolerance", type=float, default=0.01, help="AUROC change (fraction) below which nothing is reported (default 0.01)")
     data = sub.add_parser("data", help="embedded data and layout checks")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="generate an embedded dataset; for a published one, print where to get it "
@@ -125,7 +128,7 @@ def cmd_run(args) -> int:
     if report.rows:
         from robustad_bench.leaderboards import render
 
-        md, site = render(out)
+        md, site, _ = render(out)
         print(f"leaderboard: {md}  site: {site}")
     for line in report.user_errors + report.failed:
         print(f"FAILED {line}", file=sys.stderr)
@@ -137,8 +140,17 @@ def cmd_run(args) -> int:
 def cmd_render(args) -> int:
     from robustad_bench.leaderboards import render
 
-    md, site = render(args.dir, args.site)
+    if args.tolerance < 0:
+        raise UserError(f"--tolerance must be at least 0, got {args.tolerance}", key="--tolerance")
+    md, site, changes = render(args.dir, args.site, compare_to=args.compare, tolerance=args.tolerance)
     print(f"leaderboard: {md}  site: {site}")
+    if args.compare:
+        regressions = [c for c in changes if c.regression]
+        print(f"{len(changes)} change(s), {len(regressions)} regression(s) since {args.compare}: {Path(args.dir) / 'changes.md'}")
+        for change in regressions:
+            print(change.line(), file=sys.stderr)
+        if regressions:
+            return 3
     return 0
 
 

@@ -18,6 +18,7 @@ from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.results import read_rows, read_run_info
 
 from .board import Table, main_tables, threat_text
+from .compare import Change, changes_markdown, compare
 from .plots import write_reliability_diagrams
 from .robust import robust_metrics
 
@@ -189,14 +190,29 @@ def _detail(frame: pd.DataFrame, text=str) -> list[list]:
     return out
 
 
-def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str | None = None) -> tuple[Path, Path]:
-    """Write ``leaderboard.md`` into ``out_dir`` and the static site into ``site_dir``."""
+def board_tables(out_dir: Path) -> list[Table]:
+    """The ranked main tables of a run folder."""
+    rows = read_rows(out_dir / "results.jsonl")
+    suites = read_run_info(out_dir)
+    headline = next((tuple(s["headline"]) for s in suites.values() if s.get("headline")), None)
+    return main_tables(rows, robust_metrics(out_dir, rows), headline)
+
+
+def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str | None = None,
+           compare_to: str | Path | None = None, tolerance: float = 0.01) -> tuple[Path, Path, list[Change]]:
+    """Write ``leaderboard.md`` into ``out_dir`` and the static site into ``site_dir``; with
+    ``compare_to`` (a previous run folder) also ``changes.md``, and return its changes."""
     out_dir = Path(out_dir)
     frame = load_frame(out_dir)
     rows = read_rows(out_dir / "results.jsonl")
     suites = read_run_info(out_dir)
-    headline = next((tuple(s["headline"]) for s in suites.values() if s.get("headline")), None)
-    tables = main_tables(rows, robust_metrics(out_dir, rows), headline)
+    tables = board_tables(out_dir)
+    changes = []
+    if compare_to is not None:
+        if not (Path(compare_to) / "results.jsonl").is_file():
+            raise UserError(f"{str(compare_to)!r} holds no results.jsonl to compare with", key="--compare")
+        changes = compare(tables, board_tables(Path(compare_to)), tolerance)
+        (out_dir / "changes.md").write_text(changes_markdown(changes, str(compare_to), tolerance))
     header = header_text(suites, rows)
     title = title or f"robustad-bench leaderboard — {out_dir.name}"
     md_path = out_dir / "leaderboard.md"
@@ -213,13 +229,15 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
         failed=list(frame[frame["status"] != "ok"]["cell_id"]), plots=[f"plots/{p.name}" for p in plots],
         notes=attack_notes(frame), threshold_tag=threshold_words(frame)[0], threshold_text=threshold_words(frame)[1],
         tables=tables, threat_text=threat_text, suites=list(suites.values()), meta=header,
+        changes=(out_dir / "changes.md").is_file() and compare_to is not None,
+        regressions=sum(c.regression for c in changes),
         badges=sorted({c.badge for t in tables for c in t.columns if c.badge}),
     )
     (site / "index.html").write_text(page)
     (site / "howto.html").write_text(env.get_template("howto.html.j2").render())
     for name in ("style.css", "sort.js"):
         shutil.copyfile(TEMPLATES / name, site / name)
-    for name in ("results.jsonl", "leaderboard.md"):  # the page links them: the site stands alone
-        if (out_dir / name).resolve() != (site / name).resolve():
+    for name in ("results.jsonl", "leaderboard.md", "changes.md"):  # the page links them: the site stands alone
+        if (out_dir / name).is_file() and (out_dir / name).resolve() != (site / name).resolve():
             shutil.copyfile(out_dir / name, site / name)
-    return md_path, site / "index.html"
+    return md_path, site / "index.html", changes

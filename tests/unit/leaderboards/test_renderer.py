@@ -17,7 +17,7 @@ def test_labels_and_categories_are_escaped_in_the_markdown(tmp_path):
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
     (tmp_path / "cells" / "c1").mkdir(parents=True)
     np.savez(tmp_path / "cells" / "c1" / "scores.npz", labels=np.array([0, 1]), scores=np.array([0.1, 0.2]))
-    md, site = render(tmp_path)
+    md, site, _ = render(tmp_path)
     text = md.read_text()
     assert "<img" not in text and "<script>" not in text
     assert "&lt;img src=x onerror=alert(1)&gt;" in text and "a\\|b" in text
@@ -31,6 +31,6 @@ def test_a_corrupt_scores_file_does_not_stop_render(tmp_path, caplog):
     (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n42\n")
     (tmp_path / "cells" / "c1").mkdir(parents=True)
     (tmp_path / "cells" / "c1" / "scores.npz").write_bytes(b"garbage")
-    md, _ = render(tmp_path)
+    md, _, _ = render(tmp_path)
     assert "| d " in md.read_text()
     assert "scores.npz" in caplog.text and "results.jsonl:2" in caplog.text

@@ -60,7 +60,7 @@ def test_robust_metrics_from_saved_scores_and_the_ranking(tmp_path):
     assert [r["detector"] for r in table.rows] == ["b", "a"]  # ranked by robust AUROC at the headline (8/255)
     assert table.rows[0]["budget"] == "8 epochs"
     assert table.rows[1]["values"]["gap"].mean == pytest.approx(1.0 - 0.25)
-    md, site = render(tmp_path)
+    md, site, _ = render(tmp_path)
     text = md.read_text()
     assert "## Ranked by robust AUROC" in text and "L∞ ε=8/255 · robust" in text and "| 1   | b " in text
     html = site.read_text()
@@ -85,3 +85,23 @@ def test_seeds_give_mean_and_std(tmp_path):
     value = table.rows[0]["values"]["pgd-a@('linf', 0.03137254901960784)"]
     assert value.mean == pytest.approx(0.75 - 0.05) and value.std == pytest.approx(0.05)
     assert value.text() == "70.0 ± 5.0"
+
+
+def test_render_compare_exits_3_on_a_planted_regression(tmp_path, capsys):
+    from robustad_bench.harness.cli import main
+
+    before, same, weaker = tmp_path / "before", tmp_path / "same", tmp_path / "weaker"
+    for folder in (before, same, weaker):
+        folder.mkdir()
+    write_run(before, "a", {"pgd-a": ATTACK_A, "pgd-b": ATTACK_B})
+    write_run(same, "a", {"pgd-a": ATTACK_A, "pgd-b": ATTACK_B})
+    write_run(weaker, "a", {"pgd-a": CLEAN, "pgd-b": ATTACK_B})  # pgd-a no longer moves anything: an attack got weaker
+    assert main(["render", str(same), "--compare", str(before)]) == 0
+    assert "0 regression(s)" in capsys.readouterr().out
+    assert main(["render", str(weaker), "--compare", str(before)]) == 3
+    captured = capsys.readouterr()
+    assert "REGRESSION" in captured.err and "pgd-a" in captured.err and "75.0 → 100.0" in captured.err
+    changes = (weaker / "changes.md").read_text()
+    assert "**REGRESSION** toy · detection · image AUROC · a · L∞ ε=8/255 · pgd-a" in changes
+    assert 'href="changes.md"' in (weaker / "site" / "index.html").read_text()
+    assert main(["render", str(weaker), "--compare", str(tmp_path / "nothing")]) == 2
