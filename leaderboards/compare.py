@@ -9,7 +9,9 @@ under attack is listed as a change, not a regression (the attacks got stronger).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from .board import Table
 
@@ -39,8 +41,20 @@ def values(tables: list[Table]) -> dict[tuple, tuple[str, float | None]]:
     return out
 
 
-def compare(current: list[Table], previous: list[Table], tolerance: float) -> list[Change]:
-    now, before = values(current), values(previous)
+def write_board(path: Path, tables: list[Table]) -> None:
+    """``board.json``: every value of the ranked tables, what a later ``--compare`` reads
+    (a published site keeps it; its scores.npz are not published)."""
+    entries = [[*key, kind, mean] for key, (kind, mean) in values(tables).items()]
+    path.write_text(json.dumps({"values": entries}, indent=0) + "\n")
+
+
+def read_board(path: Path) -> dict[tuple, tuple[str, float | None]]:
+    entries = json.loads(path.read_text())["values"]
+    return {tuple(e[:5]): (e[5], e[6]) for e in entries}
+
+
+def compare(now: dict[tuple, tuple[str, float | None]], before: dict[tuple, tuple[str, float | None]],
+            tolerance: float) -> list[Change]:
     changes = []
     for key, (kind, old) in sorted(before.items(), key=lambda kv: kv[0]):
         new = now.get(key, (kind, None))[1]

@@ -18,7 +18,7 @@ from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.results import read_rows, read_run_info
 
 from .board import Table, main_tables, threat_text
-from .compare import Change, changes_markdown, compare
+from .compare import Change, changes_markdown, compare, read_board, values, write_board
 from .plots import write_reliability_diagrams
 from .robust import robust_metrics
 
@@ -198,6 +198,19 @@ def board_tables(out_dir: Path) -> list[Table]:
     return main_tables(rows, robust_metrics(out_dir, rows), headline)
 
 
+def previous_values(folder: Path) -> dict[tuple, tuple[str, float | None]]:
+    """The ranked tables' values of a published site (its board.json) or of a run folder."""
+    try:
+        if (folder / "board.json").is_file():
+            return read_board(folder / "board.json")
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise UserError(f"{str(folder / 'board.json')!r} cannot be read: {err}", key="--compare") from None
+    if (folder / "results.jsonl").is_file():
+        return values(board_tables(folder))
+    raise UserError(f"{str(folder)!r} holds neither board.json (a published site) nor results.jsonl (a run) to compare with",
+                    key="--compare")
+
+
 def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str | None = None,
            compare_to: str | Path | None = None, tolerance: float = 0.01) -> tuple[Path, Path, list[Change]]:
     """Write ``leaderboard.md`` into ``out_dir`` and the static site into ``site_dir``; with
@@ -207,11 +220,10 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     rows = read_rows(out_dir / "results.jsonl")
     suites = read_run_info(out_dir)
     tables = board_tables(out_dir)
+    write_board(out_dir / "board.json", tables)
     changes = []
     if compare_to is not None:
-        if not (Path(compare_to) / "results.jsonl").is_file():
-            raise UserError(f"{str(compare_to)!r} holds no results.jsonl to compare with", key="--compare")
-        changes = compare(tables, board_tables(Path(compare_to)), tolerance)
+        changes = compare(values(tables), previous_values(Path(compare_to)), tolerance)
         (out_dir / "changes.md").write_text(changes_markdown(changes, str(compare_to), tolerance))
     header = header_text(suites, rows)
     title = title or f"robustad-bench leaderboard — {out_dir.name}"
@@ -237,7 +249,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     (site / "howto.html").write_text(env.get_template("howto.html.j2").render())
     for name in ("style.css", "sort.js"):
         shutil.copyfile(TEMPLATES / name, site / name)
-    for name in ("results.jsonl", "leaderboard.md", "changes.md"):  # the page links them: the site stands alone
+    for name in ("results.jsonl", "leaderboard.md", "changes.md", "board.json"):  # the page links them: the site stands alone
         if (out_dir / name).is_file() and (out_dir / name).resolve() != (site / name).resolve():
             shutil.copyfile(out_dir / name, site / name)
     return md_path, site / "index.html", changes

@@ -105,3 +105,31 @@ def test_render_compare_exits_3_on_a_planted_regression(tmp_path, capsys):
     assert "**REGRESSION** toy · detection · image AUROC · a · L∞ ε=8/255 · pgd-a" in changes
     assert 'href="changes.md"' in (weaker / "site" / "index.html").read_text()
     assert main(["render", str(weaker), "--compare", str(tmp_path / "nothing")]) == 2
+
+
+def test_compare_reads_a_published_site(tmp_path):
+    from robustad_bench.harness.cli import main
+
+    run, published, later = tmp_path / "run", tmp_path / "public", tmp_path / "later"
+    run.mkdir()
+    later.mkdir()
+    write_run(run, "a", {"pgd-a": ATTACK_A})
+    assert main(["render", str(run), "--site", str(published)]) == 0
+    assert (published / "board.json").is_file() and not (published / "cells").exists()  # no scores on the site
+    write_run(later, "a", {"pgd-a": CLEAN})
+    assert main(["render", str(later), "--compare", str(published)]) == 3
+
+
+def test_the_nightly_workflow_publishes_and_fails_on_regressions():
+    from pathlib import Path
+
+    import yaml
+
+    workflow = yaml.safe_load((Path(__file__).resolve().parents[3] / ".github" / "workflows" / "nightly.yml").read_text())
+    job = workflow["jobs"]["leaderboard"]
+    assert workflow["permissions"]["contents"] == "write" and "vars.NIGHTLY_RUNNER" in job["runs-on"]
+    steps = [s.get("uses", "") + s.get("run", "") for s in job["steps"]]
+    assert any("actions/cache" in s for s in steps) and any("setup-python" in s for s in steps)
+    render = next(s["run"] for s in job["steps"] if s.get("id") == "render")
+    assert "--compare previous" in render and "--site public" in render
+    assert any("gh-pages" in s for s in steps) and "exit 1" in job["steps"][-1]["run"]
