@@ -183,6 +183,37 @@ def clean_thresholds(labels: np.ndarray, clean_scores: np.ndarray, clean_maps: n
                       None if pixel is None else float(pixel), ORACLE if metric is not None else None)
 
 
+EXAMPLE_SIZE = 64  # px of the example thumbnails
+
+
+def example_indices(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """The first ``per_class`` normal and anomalous test images (test order: fixed by the data)."""
+    return np.sort(np.r_[np.flatnonzero(labels == 0)[:per_class], np.flatnonzero(labels == 1)[:per_class]]).astype(int)
+
+
+def thumbnail(x: Tensor) -> Tensor:
+    """(N, C, H, W) → (N, C, EXAMPLE_SIZE, EXAMPLE_SIZE), area-averaged (linear: thumb(a) − thumb(b) = thumb(a − b))."""
+    return F.interpolate(x.float(), size=(EXAMPLE_SIZE, EXAMPLE_SIZE), mode="area")
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def example_arrays(picked: np.ndarray, test: Tensor, adversarial: dict[int, Tensor], clean_maps: np.ndarray,
+                   maps: np.ndarray) -> dict[str, np.ndarray]:
+    """Thumbnails of the picked images: clean and adversarial image, the perturbation, and
+    both maps. The store writes them as PNGs under ``cells/<id>/examples/`` and keeps them
+    out of scores.npz."""
+    clean = thumbnail(test[torch.as_tensor(picked)])
+    adv = thumbnail(torch.stack([adversarial[int(i)] for i in picked]))
+    clean_map = thumbnail(torch.from_numpy(np.asarray(clean_maps[picked], np.float32))[:, None])[:, 0]
+    adv_map = thumbnail(torch.from_numpy(np.asarray(maps[picked], np.float32))[:, None])[:, 0]
+    return {"example_index": picked.astype(np.int64), "example_clean": to_uint8(clean), "example_adv": to_uint8(adv),
+            "example_delta": (adv - clean).numpy().astype(np.float16),
+            "example_clean_map": clean_map.numpy().astype(np.float16), "example_adv_map": adv_map.numpy().astype(np.float16)}
+
+
 def ensure_eval(detector: nn.Module, attack: str) -> None:
     """Attacks must leave every module in eval mode (dropout off, BatchNorm statistics fixed):
     restore it, then fail the cell — its adversarial images were made by another model."""
@@ -214,6 +245,8 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         data = CellData(split.train, split.test, labels, cell.batch_size, torch.device(device))
         state = spec.prepare(counting, data, threat, context, **options)
         context = replace(context, state=state)
+    picked = example_indices(split.labels, cell.examples) if perturbed else np.zeros(0, int)
+    adversarial = {}
     for _, sl in _batches(n, cell.batch_size) if perturbed else ():
         x = split.test[sl].to(device)
         masks = split.masks[sl].to(device) if split.masks is not None else None
@@ -227,6 +260,8 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
             out = fitted.detector(x_adv.detach())
         scores[sl] = out.score.float().cpu().numpy()
         maps[sl] = evaluation_maps(out.map, fitted.map_size)
+        for i in picked[(picked >= sl.start) & (picked < sl.stop)]:
+            adversarial[int(i)] = x_adv[i - sl.start].detach().cpu()
     seconds = time.perf_counter() - start
     bar.close()
     arrays = {"labels": split.labels.astype(np.int64), "scores": scores.astype(np.float32)}
@@ -237,6 +272,8 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
     if fitted.holdout_scores is not None:  # the normal-quantile threshold's sample: the threshold is recomputable
         arrays["holdout_scores"] = fitted.holdout_scores.astype(np.float32)
     arrays |= {f"attack_{key}": value.detach().float().cpu().numpy() for key, value in state.items()}
+    if adversarial:
+        arrays |= example_arrays(picked, split.test, adversarial, fitted.clean_maps, maps)
     saved_maps = arrays["maps"].astype(np.float32) if "maps" in arrays else None
     metrics = compute_metrics(arrays["labels"], arrays["scores"], maps=saved_maps, masks=arrays.get("masks"),
                               threshold=thresholds.metric)

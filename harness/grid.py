@@ -35,6 +35,7 @@ class Cell:
     source: Entry | None = None  # the detector a ``transfer`` attack crafts on
     threshold: str = "oracle"  # the F1 / G-mean threshold rule (suite key ``threshold``)
     holdout: float = 0.0  # fraction of normal train images set aside before fitting (normal-quantile only)
+    examples: int = 0  # adversarial examples kept per class (PNGs for the site; no metric depends on them)
 
     @property
     def eps(self) -> float:
@@ -113,7 +114,7 @@ def expand(suite: Suite) -> list[Cell]:
                         if source is det:  # crafting on the target itself is the white-box attack
                             continue
                         cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size, source,
-                                          threshold=suite.threshold, holdout=suite.holdout))
+                                          threshold=suite.threshold, holdout=suite.holdout, examples=suite.examples))
     return cells
 
 

@@ -89,6 +89,10 @@ class ResultStore:
 
     def add(self, row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
         if arrays is not None:
+            examples = {k: arrays[k] for k in arrays if k.startswith("example_")}
+            arrays = {k: v for k, v in arrays.items() if not k.startswith("example_")}
+            if examples:
+                write_examples(self.out_dir / "cells" / row["cell_id"] / "examples", examples)
             atomic_write_bytes(self.scores_path(row["cell_id"]), npz_bytes(arrays))
         self.rows[row["cell_id"]] = row
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +143,35 @@ def claim_folder(out_dir: Path, name: str, file: str, *, append: bool) -> None:
     if me not in owners:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(manifest, json.dumps({"suites": [o for o in owners if o["file"] != "?"] + [me]}, indent=1).encode())
+
+
+EXAMPLE_KINDS = ("clean", "clean_map", "adv", "adv_map", "delta")
+
+
+def write_examples(folder: Path, examples: dict[str, np.ndarray]) -> None:
+    """``<index>_<kind>.png`` per example: the clean and adversarial image, their maps (both on
+    the clean map's range, inferno colour map) and the perturbation amplified to the full range."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    inferno = colormaps["inferno"]
+    for k, index in enumerate(examples["example_index"]):
+        clean_map = examples["example_clean_map"][k].astype(np.float32)
+        low, high = float(clean_map.min()), float(clean_map.max())
+        span = high - low if high > low else 1.0
+        delta = examples["example_delta"][k].astype(np.float32)
+        scale = float(np.abs(delta).max()) or 1.0
+        pictures = {
+            "clean": examples["example_clean"][k].transpose(1, 2, 0),
+            "adv": examples["example_adv"][k].transpose(1, 2, 0),
+            "delta": ((0.5 + delta / (2 * scale)).clip(0, 1) * 255).astype(np.uint8).transpose(1, 2, 0),
+        }
+        for kind in ("clean_map", "adv_map"):
+            normalised = ((examples[f"example_{kind}"][k].astype(np.float32) - low) / span).clip(0, 1)
+            pictures[kind] = (inferno(normalised)[..., :3] * 255).astype(np.uint8)
+        for kind in EXAMPLE_KINDS:
+            Image.fromarray(np.ascontiguousarray(pictures[kind])).save(folder / f"{int(index):05d}_{kind}.png", optimize=True)
 
 
 def package_commit() -> str | None:

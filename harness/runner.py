@@ -219,7 +219,7 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
     labels = split.labels
     base = {
         "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()),
-        "n_train": int(split.train.shape[0]),
+        "n_train": int(split.train.shape[0]), "device": device,
         "holdout": {"fraction": first.holdout, "images": int(split.holdout.shape[0])} if split.holdout is not None else None,
         "versions": {**_versions(), "detector": detector.version, "dataset": dataset.version},
         "weights": getattr(detector, "weights", "unknown"), "fit_seconds": round(fitted.fit_seconds, 3),

@@ -37,6 +37,7 @@ TOP_LEVEL = {
     "max_cells": "refuse grids larger than this (default 1,000,000)",
     "threshold": "the F1 / G-mean threshold: oracle (default; the clean test set's F1-max threshold, which uses the test labels) "
                  "or normal-quantile:Q (the Q-quantile of clean scores on held-out normal train images; no test labels)",
+    "examples": "adversarial examples kept per class and attacked cell, as small PNGs for the site (default 2; 0: none)",
     "headline": "the threat model the leaderboard ranks by, {norm: linf|l2, eps: E} (default: the largest L∞ ε present)",
     "holdout": "with threshold: normal-quantile:Q, the fraction of normal train images set aside before fitting (default 0.1)",
 }
@@ -75,6 +76,7 @@ class Suite:
     validity: bool = False
     threshold: str = "oracle"  # or "normal-quantile:Q"
     headline: tuple[str, float] | None = None  # (norm, ε) the leaderboard ranks by
+    examples: int = 2  # adversarial examples kept per class and attacked cell
     holdout: float = 0.0  # fraction of normal train images held out (normal-quantile only)
 
 
@@ -313,13 +315,13 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         problems.append(UserError(f"must be a positive integer, got {max_cells!r}", file=file, key="max_cells"))
         max_cells = MAX_CELLS
     scalars = {}
-    for key, default in (("batch_size", 16), ("map_size", None)):
+    for key, default, least in (("batch_size", 16, 1), ("map_size", None, 1), ("examples", 2, 0)):
         value = raw.get(key, default)
         if value is None and key == "map_size":
             scalars[key] = None
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(UserError(f"must be a positive integer, got {value!r}", file=file, key=key))
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            problems.append(UserError(f"must be an integer ≥ {least}, got {value!r}", file=file, key=key))
         scalars[key] = value
     threshold = raw.get("threshold", "oracle")
     quantile = threshold_quantile(threshold)

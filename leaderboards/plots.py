@@ -2,7 +2,9 @@
 
 Reads the Platt posteriors each cell saved in ``cells/<id>/scores.npz``: the clean curve
 pools the clean posteriors of every category; the adversarial curve pools the posteriors
-of the strongest attack (lowest mean image AUROC) over the same categories.
+of the strongest attack (lowest mean image AUROC) over the same categories. Each point is
+labelled with its bin's number of images; the ECE in the legend is that of the pooled
+posteriors (15 equal-width bins) — the table's ECE is the mean of the per-category ECEs.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from robustad_bench.harness.calibration import ECE_BINS, ece
 from robustad_bench.harness.results import load_scores
 
 
-def reliability_curve(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray]:
-    """(mean posterior, fraction anomalous) of the non-empty equal-width bins."""
+def reliability_curve(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean posterior, fraction anomalous, images) of the non-empty equal-width bins."""
     index = np.minimum((probs * bins).astype(int), bins - 1)
     used = [b for b in range(bins) if (index == b).any()]
-    return (np.array([probs[index == b].mean() for b in used]), np.array([labels[index == b].mean() for b in used]))
+    return (np.array([probs[index == b].mean() for b in used]), np.array([labels[index == b].mean() for b in used]),
+            np.array([int((index == b).sum()) for b in used]))
 
 
 def _pooled(out_dir: Path, cell_ids, key: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -53,20 +56,22 @@ def write_reliability_diagrams(out_dir: Path, frame: pd.DataFrame, attack_text) 
         strongest = attacked.groupby("text")["image_auroc"].mean().idxmin()
         cells = attacked[attacked["text"] == strongest]["cell_id"]
         adversarial = _pooled(out_dir, cells, "posterior_platt")
-        fig, ax = plt.subplots(figsize=(4, 4))
+        fig, ax = plt.subplots(figsize=(4, 4.6))
         ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfect")
         for (probs, labels), name, colour in ((clean, "clean", "#1f77b4"), (adversarial, strongest, "#d62728")):
             if probs is None:
                 continue
-            x, y = reliability_curve(probs, labels)
-            ax.plot(x, y, marker="o", color=colour, label=f"{name} (ECE {100 * ece(probs, labels):.1f})")
+            x, y, counts = reliability_curve(probs, labels)
+            ax.plot(x, y, marker="o", color=colour, label=f"{name} (ECE {100 * ece(probs, labels):.1f}, pooled)")
+            for xi, yi, n in zip(x, y, counts):  # images per bin: a point of 2 images says little
+                ax.annotate(str(n), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Platt posterior P(anomalous)", ylabel="fraction anomalous",
                title=f"{detector} / {dataset}")
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)  # outside: never over points
         fig.tight_layout()
         path = out_dir / "plots" / f"reliability_{re.sub(r'[^A-Za-z0-9_.-]+', '_', f'{detector}_{dataset}')}.svg"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="svg")
+        fig.savefig(path, format="svg", bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written

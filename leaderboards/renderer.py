@@ -19,6 +19,7 @@ from robustad_bench.harness.results import read_rows, read_run_info
 
 from .board import Table, main_tables, threat_text
 from .compare import Change, changes_markdown, compare, read_board, values, write_board
+from .entries import entry_pages
 from .plots import write_reliability_diagrams
 from .robust import robust_metrics
 
@@ -190,12 +191,14 @@ def _detail(frame: pd.DataFrame, text=str) -> list[list]:
     return out
 
 
+def run_headline(suites: dict) -> tuple[str, float] | None:
+    return next((tuple(s["headline"]) for s in suites.values() if s.get("headline")), None)
+
+
 def board_tables(out_dir: Path) -> list[Table]:
     """The ranked main tables of a run folder."""
     rows = read_rows(out_dir / "results.jsonl")
-    suites = read_run_info(out_dir)
-    headline = next((tuple(s["headline"]) for s in suites.values() if s.get("headline")), None)
-    return main_tables(rows, robust_metrics(out_dir, rows), headline)
+    return main_tables(rows, robust_metrics(out_dir, rows), run_headline(read_run_info(out_dir)))
 
 
 def previous_values(folder: Path) -> dict[tuple, tuple[str, float | None]]:
@@ -219,7 +222,8 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     frame = load_frame(out_dir)
     rows = read_rows(out_dir / "results.jsonl")
     suites = read_run_info(out_dir)
-    tables = board_tables(out_dir)
+    robust_records = robust_metrics(out_dir, rows)
+    tables = main_tables(rows, robust_records, run_headline(suites))
     write_board(out_dir / "board.json", tables)
     changes = []
     if compare_to is not None:
@@ -233,6 +237,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     site.mkdir(parents=True, exist_ok=True)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
     plots = write_reliability_diagrams(out_dir, frame, attack_text)
+    pages = entry_pages(out_dir, site, rows, robust_records, env)
     (site / "plots").mkdir(exist_ok=True)
     for plot in plots:
         shutil.copyfile(plot, site / "plots" / plot.name)
@@ -240,7 +245,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
         title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct, ece_text=ece_text,
         failed=list(frame[frame["status"] != "ok"]["cell_id"]), plots=[f"plots/{p.name}" for p in plots],
         notes=attack_notes(frame), threshold_tag=threshold_words(frame)[0], threshold_text=threshold_words(frame)[1],
-        tables=tables, threat_text=threat_text, suites=list(suites.values()), meta=header,
+        tables=tables, threat_text=threat_text, suites=list(suites.values()), meta=header, pages=pages,
         changes=(out_dir / "changes.md").is_file() and compare_to is not None,
         regressions=sum(c.regression for c in changes),
         badges=sorted({c.badge for t in tables for c in t.columns if c.badge}),
