@@ -50,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     ren.add_argument("--site", help="site folder (default DIR/site)")
     ren.add_argument("--compare", metavar="PREV_DIR", help="a previous run folder: write changes.md and exit 3 on regressions")
     ren.add_argument("--tolerance", type=float, default=0.01, help="AUROC change (fraction) below which nothing is reported (default 0.01)")
+    ren.add_argument("--entries", action="append", default=[], metavar="DIR",
+                     help="a folder of submitted entry files to merge (leaderboards/entries/ is read when present)")
+    sbm = sub.add_parser("submit", help="a run's entry + its model card → one JSON file for leaderboards/entries/")
+    sbm.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds results.jsonl)")
+    sbm.add_argument("--card", required=True, help="the model card, YAML (schema: leaderboards/schemas/model_card.schema.json)")
+    sbm.add_argument("--out", default="leaderboards/entries", help="where the entry file goes (default leaderboards/entries/)")
     data = sub.add_parser("data", help="embedded data and layout checks")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="generate an embedded dataset; for a published one, print where to get it "
@@ -142,7 +148,7 @@ def cmd_render(args) -> int:
 
     if args.tolerance < 0:
         raise UserError(f"--tolerance must be at least 0, got {args.tolerance}", key="--tolerance")
-    md, site, changes = render(args.dir, args.site, compare_to=args.compare, tolerance=args.tolerance)
+    md, site, changes = render(args.dir, args.site, compare_to=args.compare, tolerance=args.tolerance, entries=args.entries)
     print(f"leaderboard: {md}  site: {site}")
     if args.compare:
         regressions = [c for c in changes if c.regression]
@@ -151,6 +157,14 @@ def cmd_render(args) -> int:
             print(change.line(), file=sys.stderr)
         if regressions:
             return 3
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from robustad_bench.leaderboards.submit import submit
+
+    path = submit(args.run_dir, args.card, args.out)
+    print(f"entry written: {path} (open a pull request that adds this one file)")
     return 0
 
 
@@ -219,7 +233,7 @@ def cmd_data_prepare(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "render": cmd_render, "data": cmd_data}[args.command]
+    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "render": cmd_render, "data": cmd_data, "submit": cmd_submit}[args.command]
     try:
         return handler(args)
     except SuiteErrors as err:

@@ -158,8 +158,13 @@ def build_table(dataset, task, metric, robust_metric, title, clean_rows, task_ro
         if chosen is not None:
             values["gap"] = gap(cells[entry]["clean"], cells[entry][f"robust@{chosen}"])
         table.rows.append({"detector": entry[0], "weights": "random init" if entry[1] == "random" else entry[1],
-                           "budget": budget, "values": values, "flags": sorted(flags[entry])})
-    key = f"robust@{chosen}" if chosen is not None else "clean"
+                           "budget": budget, "values": values, "flags": sorted(flags[entry]), "source": "measured here"})
+    return rank(table)
+
+
+def rank(table: Table) -> Table:
+    """Rows by robust value at the headline threat model, best first (no value last)."""
+    key = f"robust@{table.headline}" if table.headline is not None else "clean"
     table.rows.sort(key=lambda r: (r["values"][key].mean is None, -(r["values"][key].mean or 0.0), r["detector"]))
     return table
 

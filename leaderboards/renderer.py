@@ -22,6 +22,7 @@ from .compare import Change, changes_markdown, compare, read_board, values, writ
 from .entries import entry_pages
 from .plots import write_reliability_diagrams
 from .robust import robust_metrics
+from .submit import merge, read_entries
 
 TEMPLATES = Path(__file__).parent / "templates"
 KEYS = ["detector", "weights", "dataset", "category", "seed"]
@@ -123,8 +124,8 @@ def main_markdown(tables: list[Table]) -> list[str]:
         parts += [f"### {md_text(t.dataset)} — {t.task}: {t.title}", ""]
         if t.headline:
             parts += [f"Ranked by robust {t.title} at {threat_text(t.headline)}.", ""]
-        headers = ["#", "Entry", "Weights", "Budget", *(md_text(c.heading) for c in t.columns), "Flags"]
-        lines = [[i + 1, md_text(r["detector"]), md_text(r["weights"]), md_text(r["budget"]),
+        headers = ["#", "Entry", "Source", "Weights", "Budget", *(md_text(c.heading) for c in t.columns), "Flags"]
+        lines = [[i + 1, md_text(r["detector"]), r.get("source", ""), md_text(r["weights"]), md_text(r["budget"]),
                   *(r["values"][c.key].text() for c in t.columns), md_text(", ".join(r["flags"]))] for i, r in enumerate(t.rows)]
         parts += [tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True), ""]
     return parts
@@ -214,8 +215,19 @@ def previous_values(folder: Path) -> dict[tuple, tuple[str, float | None]]:
                     key="--compare")
 
 
+def entry_folders(extra: list[str | Path] | None) -> list[Path]:
+    """``leaderboards/entries/`` under the working folder when it exists, and every ``--entries`` DIR."""
+    folders = [Path("leaderboards/entries")] if Path("leaderboards/entries").is_dir() else []
+    for folder in extra or []:
+        if not Path(folder).is_dir():
+            raise UserError(f"{str(folder)!r} is not a folder of submitted entries", key="--entries")
+        folders.append(Path(folder))
+    return folders
+
+
 def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str | None = None,
-           compare_to: str | Path | None = None, tolerance: float = 0.01) -> tuple[Path, Path, list[Change]]:
+           compare_to: str | Path | None = None, tolerance: float = 0.01,
+           entries: list[str | Path] | None = None) -> tuple[Path, Path, list[Change]]:
     """Write ``leaderboard.md`` into ``out_dir`` and the static site into ``site_dir``; with
     ``compare_to`` (a previous run folder) also ``changes.md``, and return its changes."""
     out_dir = Path(out_dir)
@@ -224,6 +236,8 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     suites = read_run_info(out_dir)
     robust_records = robust_metrics(out_dir, rows)
     tables = main_tables(rows, robust_records, run_headline(suites))
+    submitted = read_entries(entry_folders(entries))
+    merge(tables, submitted)
     write_board(out_dir / "board.json", tables)
     changes = []
     if compare_to is not None:
@@ -254,6 +268,9 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     (site / "howto.html").write_text(env.get_template("howto.html.j2").render())
     for name in ("style.css", "sort.js"):
         shutil.copyfile(TEMPLATES / name, site / name)
+    for entry in submitted:  # the merged entries' files, linked from their rows
+        (site / "submitted").mkdir(exist_ok=True)
+        shutil.copyfile(entry["file"], site / "submitted" / entry["file"].name)
     for name in ("results.jsonl", "leaderboard.md", "changes.md", "board.json"):  # the page links them: the site stands alone
         if (out_dir / name).is_file() and (out_dir / name).resolve() != (site / name).resolve():
             shutil.copyfile(out_dir / name, site / name)

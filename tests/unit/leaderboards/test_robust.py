@@ -133,3 +133,68 @@ def test_the_nightly_workflow_publishes_and_fails_on_regressions():
     render = next(s["run"] for s in job["steps"] if s.get("id") == "render")
     assert "--compare previous" in render and "--site public" in render
     assert any("gh-pages" in s for s in steps) and "exit 1" in job["steps"][-1]["run"]
+
+
+CARD = """\
+name: {name}
+detector: a
+paper: https://example.org/paper
+code: 'https://example.org/code?x="><img src=x onerror=alert(3)>'
+authors: [A. Author]
+weights: random init
+training_budget: none
+extra_data: none
+threat_model: {{norm: linf, eps: 8/255}}
+notes: '<script>alert(4)</script>'
+"""
+
+
+def test_submit_writes_a_validated_entry_and_render_merges_it_escaped(tmp_path, capsys, monkeypatch):
+    from robustad_bench.harness.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run(run, "a", {"pgd-a": ATTACK_A, "pgd-b": ATTACK_B})
+    card = tmp_path / "card.yaml"
+    card.write_text(CARD.format(name="'\"><img src=x onerror=alert(1)>'"))
+    entries = tmp_path / "entries"
+    assert main(["submit", str(run), "--card", str(card), "--out", str(entries)]) == 0
+    (path,) = entries.glob("*.json")
+    entry = json.loads(path.read_text())
+    assert entry["card"]["detector"] == "a" and entry["config_hashes"] == [] and entry["tables"][0]["metric"] == "image AUROC"
+    assert entry["tables"][0]["values"]["L∞ ε=8/255 · robust"] == pytest.approx(0.25)
+    # another run, with an entry labelled to inject HTML, merged with the submitted one
+    other = tmp_path / "other"
+    other.mkdir()
+    write_run(other, "b", {"pgd-a": ATTACK_A})
+    evil = "<script>alert(2)</script>"
+    text = (other / "results.jsonl").read_text().replace('"detector": "b"', json.dumps({"detector": evil})[1:-1])
+    (other / "results.jsonl").write_text(text.replace('"category": "c"', '"category": "\\"><img src=x onerror=alert(5)>"'))
+    monkeypatch.chdir(tmp_path)  # no leaderboards/entries here: only --entries
+    assert main(["render", str(other), "--entries", str(entries)]) == 0
+    html = (other / "site" / "index.html").read_text()
+    assert "submitted" in html and "measured here" in html
+    assert "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;" in html and "&lt;script&gt;alert(2)" in html  # shown, as text
+    for raw in ("<script>alert", "<img src=x", "onerror=alert(1)>", '"><img'):
+        assert raw not in html, raw
+    entry_pages = "".join(p.read_text() for p in (other / "site" / "entries").glob("*.html"))
+    assert "<script>alert" not in entry_pages and "<img src=x" not in entry_pages
+    md = (other / "leaderboard.md").read_text()
+    assert "<script>" not in md and "<img src=x" not in md and "submitted" in md
+    assert (other / "site" / "submitted" / path.name).is_file()
+    # ranked together: the submitted entry (robust 25) below the measured one (robust 75)
+    assert md.index("| measured here") < md.index("| submitted")
+
+
+def test_a_card_that_breaks_the_schema_exits_2_naming_the_key(tmp_path, capsys):
+    from robustad_bench.harness.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run(run, "a", {"pgd-a": ATTACK_A})
+    card = tmp_path / "card.yaml"
+    card.write_text(CARD.format(name="ok").replace("paper: https://example.org/paper", "paper: javascript:alert(1)")
+                    .replace("authors: [A. Author]\n", ""))
+    assert main(["submit", str(run), "--card", str(card), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "paper" in err and "'authors' is a required property" in err and str(card) in err

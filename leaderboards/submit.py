@@ -1,0 +1,117 @@
+"""Model cards and submitted entries (RobustBench's ``model_info``, for anomaly detection).
+
+``robustad-bench submit RUN_DIR --card CARD.yaml --out leaderboards/entries/`` validates the
+card against ``schemas/model_card.schema.json`` and writes one JSON file: the card, the
+entry's numbers from the run (the ranked tables' values and the per-category ones), and
+the hashes that pin them (suite, config hashes, dataset fingerprints, package version).
+A lab submits by opening a pull request that adds that one file; ``render`` merges every
+file of ``leaderboards/entries/`` (and ``--entries DIR``) into the ranked tables, marked
+"submitted" beside the entries "measured here".
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from robustad_bench.harness.errors import SuiteErrors, UserError
+from robustad_bench.harness.results import read_rows, read_run_info
+from robustad_bench.harness.suite import read_yaml
+
+from .board import Table, Value, main_tables, rank
+from .entries import category_tables, slug
+from .robust import robust_metrics
+
+SCHEMA = Path(__file__).parent / "schemas" / "model_card.schema.json"
+FORMAT = 1  # of the entry file
+
+
+def card_problems(card: object, file: str) -> list[UserError]:
+    """Every way ``card`` breaks the schema, each naming its key path."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(json.loads(SCHEMA.read_text()))
+    problems = []
+    for error in sorted(validator.iter_errors(card), key=lambda e: list(e.absolute_path)):
+        path = ".".join(str(p) for p in error.absolute_path) or "(card)"
+        problems.append(UserError(error.message, file=file, key=path))
+    return problems
+
+
+def read_card(path: str | Path) -> dict:
+    card = read_yaml(Path(path))
+    if problems := card_problems(card, str(path)):
+        raise SuiteErrors(problems)
+    return card
+
+
+def entry_file(run_dir: Path, card: dict, card_path: str) -> dict:
+    """The submitted entry: card, the run's numbers for its detector, and what pins them."""
+    rows = [r for r in read_rows(run_dir / "results.jsonl") if r.get("status") == "ok"]
+    if not rows:
+        raise UserError(f"{str(run_dir / 'results.jsonl')!r} holds no finished cell", key="RUN_DIR")
+    detectors = sorted({r["detector"] for r in rows})
+    detector = card.get("detector") or (detectors[0] if len(detectors) == 1 else None)
+    if detector not in detectors:
+        raise UserError(f"the run measured {detectors}; say which one the card describes with detector: LABEL",
+                        file=card_path, key="detector")
+    mine = [r for r in rows if r["detector"] == detector]
+    robust = [r for r in robust_metrics(run_dir, rows) if r["detector"] == detector]
+    tables = main_tables(mine, robust)
+    return {
+        "format": FORMAT, "card": card, "detector": detector,
+        "tables": [{"dataset": t.dataset, "task": t.task, "metric": t.title,
+                    "values": {c.heading: t.rows[0]["values"][c.key].mean for c in t.columns}} for t in tables if t.rows],
+        "per_category": [{"dataset": t.dataset, "task": t.task, "metric": t.title,
+                          "rows": {r["detector"]: {c.heading: r["values"][c.key].mean for c in t.columns} for r in t.rows}}
+                         for t in category_tables(mine, robust)],
+        "suites": read_run_info(run_dir),
+        "config_hashes": sorted({r["config_hash"] for r in mine if r.get("config_hash")}),
+        "dataset_fingerprints": sorted({f"{r['dataset']}/{r['category']}:{r.get('dataset_fingerprint')}" for r in mine}),
+        "versions": mine[0].get("versions"),
+    }
+
+
+def submit(run_dir: str | Path, card_path: str | Path, out: str | Path) -> Path:
+    run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / "results.jsonl").is_file():
+        raise UserError(f"{str(run_dir)!r} holds no results.jsonl; give a run folder", key="RUN_DIR")
+    card = read_card(card_path)
+    entry = entry_file(run_dir, card, str(card_path))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{slug(card['name'])}.json"
+    path.write_text(json.dumps(entry, indent=1, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_entries(folders: list[Path]) -> list[dict]:
+    """Submitted entries whose cards still validate; a broken file is an error naming it."""
+    entries = []
+    for folder in folders:
+        for path in sorted(folder.glob("*.json")):
+            try:
+                entry = json.loads(path.read_text())
+            except (OSError, ValueError) as err:
+                raise UserError(f"cannot read submitted entry {str(path)!r}: {err}") from None
+            if not isinstance(entry, dict) or entry.get("format") != FORMAT or "card" not in entry:
+                raise UserError(f"{str(path)!r} is not a robustad-bench entry file (format {FORMAT}); write it with robustad-bench submit")
+            if problems := card_problems(entry["card"], str(path)):
+                raise SuiteErrors(problems)
+            entries.append({**entry, "file": path})
+    return entries
+
+
+def merge(tables: list[Table], entries: list[dict]) -> None:
+    """Add each submitted entry to the tables it has values for (by dataset, task, metric and
+    column heading), marked submitted; the table is ranked again."""
+    for t in tables:
+        for entry in entries:
+            match = next((e for e in entry["tables"] if (e["dataset"], e["task"], e["metric"]) == (t.dataset, t.task, t.title)), None)
+            if match is None:
+                continue
+            card = entry["card"]
+            values = {c.key: Value(match["values"].get(c.heading)) for c in t.columns}
+            t.rows.append({"detector": card["name"], "weights": card["weights"], "budget": card["training_budget"],
+                           "values": values, "flags": [], "source": "submitted", "card": card,
+                           "file": f"submitted/{entry['file'].name}"})
+        rank(t)
