@@ -3,8 +3,8 @@
 Reads the Platt posteriors each cell saved in ``cells/<id>/scores.npz``: the clean curve
 pools the clean posteriors of every category; the adversarial curve pools the posteriors
 of the strongest attack (lowest mean image AUROC) over the same categories. Each point is
-labelled with its bin's number of images; the ECE in the legend is that of the pooled
-posteriors (15 equal-width bins) — the table's ECE is the mean of the per-category ECEs.
+labelled with its bin's number of images; the legend gives the table's ECE (the mean of
+the per-category ECEs, 15 equal-width bins) and, beside it, the ECE of the pooled points.
 """
 
 from __future__ import annotations
@@ -58,11 +58,16 @@ def write_reliability_diagrams(out_dir: Path, frame: pd.DataFrame, attack_text) 
         adversarial = _pooled(out_dir, cells, "posterior_platt")
         fig, ax = plt.subplots(figsize=(4, 4.6))
         ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfect")
-        for (probs, labels), name, colour in ((clean, "clean", "#1f77b4"), (adversarial, strongest, "#d62728")):
-            if probs is None:
+        column = "ece_platt" if "ece_platt" in group else "image_auroc"  # rows without calibration: no table ECE
+        table_ece = {"clean": group[group["attack"] == "none"][column].mean() if column == "ece_platt" else float("nan"),
+                     strongest: attacked[attacked["text"] == strongest][column].mean() if column == "ece_platt" else float("nan")}
+        for pooled, name, colour in ((clean, "clean", "#1f77b4"), (adversarial, strongest, "#d62728")):
+            if pooled is None:
                 continue
+            probs, labels = pooled
             x, y, counts = reliability_curve(probs, labels)
-            ax.plot(x, y, marker="o", color=colour, label=f"{name} (ECE {100 * ece(probs, labels):.1f}, pooled)")
+            ax.plot(x, y, marker="o", color=colour, label=f"{name}: ECE {100 * table_ece[name]:.1f} (table: mean over categories; "
+                                                          f"pooled {100 * ece(probs, labels):.1f})")
             for xi, yi, n in zip(x, y, counts):  # images per bin: a point of 2 images says little
                 ax.annotate(str(n), (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6, color=colour)
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="Platt posterior P(anomalous)", ylabel="fraction anomalous",
