@@ -38,6 +38,11 @@ def _pooled(out_dir: Path, cell_ids, key: str) -> tuple[np.ndarray, np.ndarray] 
     return (np.concatenate(probs), np.concatenate(labels)) if probs else None
 
 
+def mean_ece(rows: pd.DataFrame) -> float:
+    """The Platt ECE the table shows for these cells: the mean over categories."""
+    return float(rows["ece_platt"].mean()) if "ece_platt" in rows else float("nan")
+
+
 def write_reliability_diagrams(out_dir: Path, frame: pd.DataFrame, attack_text) -> list[Path]:
     """One SVG per detector × dataset under ``out_dir/plots``; returns their paths."""
     import matplotlib
@@ -58,9 +63,8 @@ def write_reliability_diagrams(out_dir: Path, frame: pd.DataFrame, attack_text) 
         adversarial = _pooled(out_dir, cells, "posterior_platt")
         fig, ax = plt.subplots(figsize=(4, 4.6))
         ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfect")
-        column = "ece_platt" if "ece_platt" in group else "image_auroc"  # rows without calibration: no table ECE
-        table_ece = {"clean": group[group["attack"] == "none"][column].mean() if column == "ece_platt" else float("nan"),
-                     strongest: attacked[attacked["text"] == strongest][column].mean() if column == "ece_platt" else float("nan")}
+        table_ece = {"clean": mean_ece(group[group["attack"] == "none"]),  # as the table shows it
+                     strongest: mean_ece(attacked[attacked["text"] == strongest])}
         for pooled, name, colour in ((clean, "clean", "#1f77b4"), (adversarial, strongest, "#d62728")):
             if pooled is None:
                 continue
