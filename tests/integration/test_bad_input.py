@@ -77,7 +77,7 @@ SUITES = [
     ("detector-labels-clash", swap("  - {name: patchcore, backbone: resnet18, input_size: 32}\n",
                                    "  - {name: patchcore, backbone: resnet18, input_size: 32}\n  - {name: zarnd, label: patchcore}\n"),
      "share the label"),
-    ("batch-size-zero", "batch_size: 0\n" + BASE, "positive integer"),
+    ("batch-size-zero", "batch_size: 0\n" + BASE, "must be an integer ≥ 1"),
     ("unknown-norm", attack("{name: pgd, eps: 8/255, norm: l1}"), "allowed: 'linf', 'l2'"),
 ]
 
