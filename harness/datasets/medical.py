@@ -9,6 +9,7 @@ every row's dataset config. Tumor is published split (``Training``/``Testing``).
 from __future__ import annotations
 
 import csv
+from abc import abstractmethod
 from typing import Annotated
 
 from ..errors import UserError
@@ -57,8 +58,9 @@ class HeldOutNormals(FolderDataset):
         normals, anomalous = self.images()
         return split_normals(normals, anomalous, test_fraction=self.test_fraction, seed=self.split_seed, category=self.name)
 
+    @abstractmethod
     def images(self) -> tuple[list, list]:
-        raise NotImplementedError
+        """(normal image paths, anomalous image paths) as published."""
 
 
 @register_dataset("headct")
