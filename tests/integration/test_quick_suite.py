@@ -39,3 +39,8 @@ def test_quick_suite_runs_and_attacks_bite(tmp_path):
                 assert clean > 0.8, (dataset, clean)
     board = (out / "leaderboard.md").read_text()
     assert all(f"| {d}" in board for d in detectors)
+    assert "## Ranked by robust AUROC" in board and "L∞ ε=8/255 · robust" in board
+    site = out / "site"
+    size = sum(p.stat().st_size for p in site.rglob("*") if p.is_file())
+    assert size < 5 * 2**20, f"the quick suite's site is {size / 2**20:.1f} MB"  # with its adversarial examples
+    assert len(list((site / "entries").rglob("*_adv.png"))) >= len(detectors) * 3  # examples for every entry
