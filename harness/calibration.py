@@ -140,6 +140,23 @@ def minmax(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.clip((scores - low) / max(high - low, 1e-12), 0.0, 1.0)
 
 
+def columns() -> dict[str, str]:
+    """Every calibration column a row's ``metrics`` carries, with what it is."""
+    out = {
+        "ece_bins": f"bins of every ECE ({ECE_BINS}, equal width)",
+        "ece_raw": "ECE of the raw score, min-max scaled on the clean scores",
+        "entropy_clean": "mean predictive entropy of the Platt posterior on clean images",
+        "entropy_adv": "mean predictive entropy of the Platt posterior on the attacked images",
+        "flag_auroc": "AUROC of predictive entropy separating attacked from clean images (an attack flag)",
+        "f1_platt": "F1 of the Platt posterior at 0.5",
+        "gmean_platt": "G-mean of the Platt posterior at 0.5",
+    }
+    for name in CALIBRATORS.names():
+        out[f"ece_{name}"] = f"ECE of the {name} posterior (cross-fitted on clean scores, applied unchanged to attacked ones)"
+        out[f"brier_{name}"] = f"Brier score of the {name} posterior"
+    return out
+
+
 def calibration_metrics(labels: np.ndarray, clean: np.ndarray, scores: np.ndarray, *, perturbed: bool,
                         seed: int = 0) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
     """The calibration metrics of one cell, and the posteriors to save beside its scores."""

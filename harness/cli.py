@@ -19,15 +19,33 @@ from .errors import SuiteErrors, UserError
 LISTABLE = ("detectors", "attacks", "datasets", "metrics", "backends", "calibrators")
 
 
+EXIT_CODES = """exit codes:
+  0  ok
+  1  a cell failed (the other cells still ran and are kept; its row names a traceback file)
+  2  bad input: the message names the file, the key and the allowed values
+  3  render --compare found regressions
+  130 interrupted (finished cells are kept; run again to resume)"""
+
+
 def default_cache() -> Path:
-    return Path(os.environ.get("ROBUSTAD_BENCH_CACHE", Path.home() / ".cache" / "robustad-bench"))
+    """$ROBUSTAD_BENCH_CACHE, else $XDG_CACHE_HOME/robustad-bench, else ~/.cache/robustad-bench."""
+    if os.environ.get("ROBUSTAD_BENCH_CACHE"):
+        return Path(os.environ["ROBUSTAD_BENCH_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "robustad-bench"
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="robustad-bench", description="Adversarial robustness benchmark for visual anomaly detection.")
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog="robustad-bench", description="Adversarial robustness benchmark for visual anomaly detection.",
+                                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"robustad-bench {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-v info, -vv debug)")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a suite (skips finished cells)")
-    run.add_argument("suite")
+    run.add_argument("suite", help="the suite's YAML file (e.g. suites/quick.yaml)")
     run.add_argument("--out", help="output folder (default runs/<suite name>)")
     run.add_argument("--cache", help=f"cache folder (default $ROBUSTAD_BENCH_CACHE or {default_cache()})")
     run.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -42,11 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--append", action="store_true", help="write into an --out that holds another suite's results, keeping them")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     val = sub.add_parser("validate", help="check a suite (schema + registries), no compute")
-    val.add_argument("suite")
+    val.add_argument("suite", help="the suite's YAML file")
     lst = sub.add_parser("list", help="list registered components")
-    lst.add_argument("kind", choices=LISTABLE)
+    lst.add_argument("kind", choices=LISTABLE, help="what to list: " + ", ".join(LISTABLE))
     ren = sub.add_parser("render", help="results → leaderboard.md + static site")
-    ren.add_argument("dir")
+    ren.add_argument("dir", help="a run folder (holds results.jsonl)")
     ren.add_argument("--site", help="site folder (default DIR/site)")
     ren.add_argument("--compare", metavar="PREV_DIR", help="a previous run folder: write changes.md and exit 3 on regressions")
     ren.add_argument("--tolerance", type=float, default=0.01, help="AUROC change (fraction) below which nothing is reported (default 0.01)")
@@ -94,7 +112,14 @@ def cmd_list(args) -> int:
     from .metrics import METRICS
     from .suite import registries
 
-    registry = {**registries(), "metrics": METRICS, "backends": BACKENDS, "calibrators": CALIBRATORS}[args.kind]
+    if args.kind == "metrics":  # every column a row's metrics carry, with what it is
+        from .calibration import columns
+
+        described = {name: (METRICS.get(name).__doc__ or "").strip().splitlines()[0] for name in METRICS.names()} | columns()
+        for name, text in described.items():
+            print(f"{name:<17} {text}")
+        return 0
+    registry = {**registries(), "backends": BACKENDS, "calibrators": CALIBRATORS}[args.kind]
     for name in registry.names():
         if args.kind == "attacks":  # with the metadata each attack declares
             spec = registry.get(name)
@@ -231,8 +256,9 @@ def cmd_data_prepare(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "render": cmd_render, "data": cmd_data, "submit": cmd_submit}[args.command]
     try:
         return handler(args)

@@ -37,6 +37,7 @@ def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> tuple[float, fl
 
 @register_metric("image_auroc")
 def image_auroc(labels, scores, **_) -> float | None:
+    """Image AUROC: P(an anomalous image scores above a normal one); 0.5 is chance."""
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(labels, scores)) if _two_classes(labels) else None
@@ -44,6 +45,7 @@ def image_auroc(labels, scores, **_) -> float | None:
 
 @register_metric("image_ap")
 def image_ap(labels, scores, **_) -> float | None:
+    """Average precision of the image scores, anomalous as the positive class."""
     from sklearn.metrics import average_precision_score
 
     return float(average_precision_score(labels, scores)) if _two_classes(labels) else None
@@ -51,6 +53,7 @@ def image_ap(labels, scores, **_) -> float | None:
 
 @register_metric("f1_max")
 def f1_max(labels, scores, **_) -> float | None:
+    """The best F1 over all thresholds of these scores (no fixed threshold)."""
     return best_f1_threshold(labels, scores)[0] if _two_classes(labels) else None
 
 
@@ -83,6 +86,7 @@ def gmean(labels, scores, *, threshold=None, **_) -> float | None:
 
 @register_metric("pixel_auroc")
 def pixel_auroc(labels, scores, *, maps=None, masks=None, **_) -> float | None:
+    """Pixel AUROC over every pixel of the test set, at the evaluation resolution."""
     from sklearn.metrics import roc_auc_score
 
     if maps is None or masks is None:

@@ -274,3 +274,28 @@ def test_full_suite_is_the_complete_grid_and_dry_runs_without_the_data(capsys, m
     for dataset in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
         assert {i.split(".")[0] for i in ids if i.split(".")[1] == dataset} == {"zarnd-r18-linf2"}, dataset
     assert not [i for i in ids if ".headct." in i and ("segpgd" in i or "autoattack-al" in i)]  # no masks: AD only
+
+
+def test_version_verbosity_exit_codes_and_every_metric_column_listed(capsys, monkeypatch, tmp_path):
+    from robustad_bench.harness import __version__
+    from robustad_bench.harness.calibration import calibration_metrics
+    from robustad_bench.harness.cli import default_cache
+    from robustad_bench.harness.metrics import compute_metrics
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"robustad-bench {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "exit codes:" in capsys.readouterr().out
+    assert main(["-q", "list", "metrics"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
+    metrics = compute_metrics(labels, scores, threshold=0.3)
+    metrics |= calibration_metrics(labels, scores, scores + 0.1, perturbed=True, seed=0)[0]
+    assert set(metrics) <= listed, set(metrics) - listed
+    monkeypatch.delenv("ROBUSTAD_BENCH_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_cache() == tmp_path / "robustad-bench"
+    monkeypatch.setenv("ROBUSTAD_BENCH_CACHE", str(tmp_path / "mine"))
+    assert default_cache() == tmp_path / "mine"
