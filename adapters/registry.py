@@ -8,7 +8,7 @@ from robustad_bench.harness.registry import Registry
 
 from .base import Detector
 
-DETECTORS: Registry[type[Detector]] = Registry("detector")
+DETECTORS: Registry[type[Detector]] = Registry("detector", "robustad_bench.detectors")
 register_detector = DETECTORS.register
 
 

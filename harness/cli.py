@@ -258,8 +258,18 @@ def cmd_data_prepare(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.ERROR if args.quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a no-op where logging is set up already
+    root, before = logging.getLogger(), logging.getLogger().level
+    root.setLevel(level)
     handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "render": cmd_render, "data": cmd_data, "submit": cmd_submit}[args.command]
+    try:
+        return run_command(handler, args)
+    finally:
+        root.setLevel(before)  # main() called in-process (tests, notebooks) leaves logging as it found it
+
+
+def run_command(handler, args) -> int:
+    """The command, with a user's mistakes printed briefly (exit 2) and Ctrl-C kept short."""
     try:
         return handler(args)
     except SuiteErrors as err:

@@ -16,7 +16,7 @@ from scipy import ndimage
 from .registry import Registry
 
 MetricFn = Callable[..., "float | None"]
-METRICS: Registry[MetricFn] = Registry("metric")
+METRICS: Registry[MetricFn] = Registry("metric", "robustad_bench.metrics")
 register_metric = METRICS.register
 
 

@@ -152,7 +152,7 @@ class AttackSpec:
                          calibrator if weight > 0 else None, weight)
 
 
-ATTACKS: Registry[AttackSpec] = Registry("attack")
+ATTACKS: Registry[AttackSpec] = Registry("attack", "robustad_bench.attacks")
 
 
 def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, iterative: bool = False,

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..registry import Registry
 
-DATASETS: Registry[type[Dataset]] = Registry("dataset")
+DATASETS: Registry[type[Dataset]] = Registry("dataset", "robustad_bench.datasets")
 register_dataset = DATASETS.register
 
 

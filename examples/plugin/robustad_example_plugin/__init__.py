@@ -1,0 +1,1 @@
+"""Example robustad-bench plugin (see ``pyproject.toml``'s entry points)."""
