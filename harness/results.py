@@ -145,6 +145,17 @@ def claim_folder(out_dir: Path, name: str, file: str, *, append: bool) -> None:
         atomic_write_bytes(manifest, json.dumps({"suites": [o for o in owners if o["file"] != "?"] + [me]}, indent=1).encode())
 
 
+ROW_SCHEMA = Path(__file__).parent / "schemas" / "results_row.schema.json"
+
+
+def row_problems(row: dict) -> list[str]:
+    """How ``row`` departs from the results row's JSON Schema (docs/results.md), one line each."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(json.loads(ROW_SCHEMA.read_text()))
+    return [f"{'.'.join(map(str, e.absolute_path)) or '(row)'}: {e.message}" for e in validator.iter_errors(row)]
+
+
 EXAMPLE_KINDS = ("clean", "clean_map", "adv", "adv_map", "delta")
 
 

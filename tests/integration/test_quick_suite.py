@@ -20,6 +20,9 @@ def test_quick_suite_runs_and_attacks_bite(tmp_path):
     assert main(["run", str(QUICK), "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 80 and all(r["status"] == "ok" for r in rows)
+    from robustad_bench.harness.results import row_problems
+
+    assert [p for row in rows for p in row_problems(row)] == []  # rows as docs/results.md and the schema say
     detectors = {r["detector"]: r["weights"] for r in rows}
     assert detectors == {"patchcore-r18": "random", "anomalydino-vits14": "random", "zarnd-r18": "random",
                          "patchguard-vitt16": "trained from random init"}

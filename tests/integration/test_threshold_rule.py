@@ -12,6 +12,7 @@ from robustad_bench.harness.cli import main
 from robustad_bench.harness.datasets import Split
 from robustad_bench.harness.evaluate import hold_out
 from robustad_bench.harness.metrics import best_f1_threshold, f1
+from robustad_bench.harness.results import row_problems
 
 SUITE = """\
 name: thr
@@ -30,7 +31,13 @@ def run(tmp_path, rule: str) -> tuple[dict, dict]:
     out = tmp_path / f"out{abs(hash(rule))}"
     assert main(["run", str(suite), "--out", str(out), "--cache", str(tmp_path / "cache"), "--no-progress"]) == 0
     row = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert_valid_row(row)
     return row, dict(np.load(out / "cells" / row["cell_id"] / "scores.npz"))
+
+
+def assert_valid_row(row: dict) -> None:
+    """The row as docs/results.md and the shipped JSON Schema describe it."""
+    assert row_problems(row) == []
 
 
 def test_normal_quantile_threshold_uses_held_out_normals_only(tmp_path):
