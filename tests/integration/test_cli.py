@@ -299,3 +299,26 @@ def test_version_verbosity_exit_codes_and_every_metric_column_listed(capsys, mon
     assert default_cache() == tmp_path / "robustad-bench"
     monkeypatch.setenv("ROBUSTAD_BENCH_CACHE", str(tmp_path / "mine"))
     assert default_cache() == tmp_path / "mine"
+
+
+def test_python_dash_m_and_version_from_a_non_editable_install(tmp_path):
+    """The wheel as users get it: ``python -m robustad_bench`` and the templates and schemas it ships."""
+    root = Path(__file__).resolve().parents[2]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    build = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(root)],
+                           capture_output=True, text=True)
+    if build.returncode != 0:
+        pytest.skip(f"cannot build the package here: {build.stderr[-300:]}")
+    probe = ("import pathlib, robustad_bench, robustad_bench.harness as h, robustad_bench.leaderboards as l; "
+             "print(robustad_bench.__file__); "
+             "print(all((pathlib.Path(m.__file__).parent / f).is_file() for m, f in ((h, 'schemas/results_row.schema.json'), "
+             "(l, 'schemas/model_card.schema.json'), (l, 'templates/sort.js'), (l, 'templates/howto.html.j2'))))")
+    done = subprocess.run([str(python), "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True)
+    location, shipped = done.stdout.split()
+    assert str(venv) in location and shipped == "True"
+    version = subprocess.run([str(python), "-m", "robustad_bench", "--version"], capture_output=True, text=True, cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("robustad-bench ")
+    helped = subprocess.run([str(venv / "bin" / "robustad-bench"), "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert helped.returncode == 0 and "exit codes:" in helped.stdout
