@@ -87,6 +87,7 @@ def mean_top_fraction(values: Tensor, fraction: float) -> Tensor:
 @register_detector("anomalydino")
 class AnomalyDINO(Detector):
     name = "anomalydino"
+    tiny = {"backbone": "vit_small_patch14_dinov2", "input_size": 56, "shots": 2}  # a seconds-on-CPU configuration: contract tests and check-detector
     version = "1"
 
     def __init__(

@@ -34,6 +34,7 @@ class Detector(nn.Module, ABC):
     input_size: int = 224
     weights: str = "random"
     localization: bool = True  # False: ``map`` is the score broadcast; pixel metrics are n/a
+    tiny: dict = {}  # constructor keys of a configuration that fits and scores in seconds on a CPU (as timm registers variants)
 
     def set_category(self, category: str) -> None:
         """Called before ``fit`` (and before loading a fitted state) with the category's name,

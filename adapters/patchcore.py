@@ -33,6 +33,7 @@ from .registry import register_detector
 @register_detector("patchcore")
 class PatchCore(Detector):
     name = "patchcore"
+    tiny = {"backbone": "resnet18", "input_size": 64}  # a seconds-on-CPU configuration: contract tests and check-detector
     version = "1"
 
     def __init__(

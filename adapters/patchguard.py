@@ -101,6 +101,8 @@ def patch_labels(masks: Tensor, patch: int, fraction: float = 0.05) -> Tensor:
 @register_detector("patchguard")
 class PatchGuard(Detector):
     name = "patchguard"
+    tiny = {"backbone": "vit_tiny_patch16_224", "input_size": 64, "epochs": 1, "batch_size": 8,
+            "train_steps": 1, "hidden_dim": 64}  # a seconds-on-CPU configuration: contract tests and check-detector
     version = "1"
 
     def __init__(

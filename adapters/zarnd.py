@@ -32,6 +32,7 @@ from .registry import register_detector
 @register_detector("zarnd")
 class ZARND(Detector):
     name = "zarnd"
+    tiny = {"backbone": "resnet18", "input_size": 64}  # a seconds-on-CPU configuration: contract tests and check-detector
     version = "1"
     localization = False
 

@@ -21,7 +21,8 @@ LISTABLE = ("detectors", "attacks", "datasets", "metrics", "backends", "calibrat
 
 EXIT_CODES = """exit codes:
   0  ok
-  1  a cell failed (the other cells still ran and are kept; its row names a traceback file)
+  1  a cell failed (the other cells still ran and are kept; its row names a traceback file),
+     or check-detector found a broken check
   2  bad input: the message names the file, the key and the allowed values
   3  render --compare found regressions
   130 interrupted (finished cells are kept; run again to resume)"""
@@ -70,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     ren.add_argument("--tolerance", type=float, default=0.01, help="AUROC change (fraction) below which nothing is reported (default 0.01)")
     ren.add_argument("--entries", action="append", default=[], metavar="DIR",
                      help="a folder of submitted entry files to merge (leaderboards/entries/ is read when present)")
+    chd = sub.add_parser("check-detector", help="the admission check: does a detector keep the contract the attacks rely on?")
+    chd.add_argument("detector", help="a registered detector name, or an import path mypkg.module:Class")
+    chd.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                     help="constructor keys (YAML values) over the detector's registered tiny configuration")
+    chd.add_argument("--seed", type=int, default=0)
     sbm = sub.add_parser("submit", help="a run's entry + its model card → one JSON file for leaderboards/entries/")
     sbm.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds results.jsonl)")
     sbm.add_argument("--card", required=True, help="the model card, YAML (schema: leaderboards/schemas/model_card.schema.json)")
@@ -185,6 +191,30 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_check_detector(args) -> int:
+    from functools import partial
+
+    import yaml
+
+    from robustad_bench.adapters import DETECTORS
+
+    from .admission import build, check_detector, table
+
+    cls = DETECTORS.get(args.detector, key="detector")
+    config = dict(getattr(cls, "tiny", {}) or {})
+    for item in args.config:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--config takes KEY=VALUE, got {item!r}", key="--config")
+        config[key] = yaml.safe_load(value)
+    checks = check_detector(partial(build, cls, config), seed=args.seed)
+    print(f"{args.detector} with {config}")
+    print(table(checks))
+    failed = [c.name for c in checks if c.passed is False]
+    print(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else "admitted: every check passes", file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0
+
+
 def cmd_submit(args) -> int:
     from robustad_bench.leaderboards.submit import submit
 
@@ -261,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # a no-op where logging is set up already
     root, before = logging.getLogger(), logging.getLogger().level
     root.setLevel(level)
-    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "render": cmd_render, "data": cmd_data, "submit": cmd_submit}[args.command]
+    handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "render": cmd_render, "data": cmd_data, "submit": cmd_submit,
+               "check-detector": cmd_check_detector}[args.command]
     try:
         return run_command(handler, args)
     finally:

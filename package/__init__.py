@@ -9,4 +9,17 @@ from __future__ import annotations
 
 from robustad_bench.harness import __version__
 
-__all__ = ["__version__"]
+
+def check_detector(model, *, seed: int = 0):
+    """The admission check on a detector instance (unfitted); returns the checks
+    (``robustad_bench.harness.admission.Check``: name, passed, reason). The round trip loads
+    the fitted state into an unfitted copy of ``model``."""
+    from functools import partial
+
+    from robustad_bench.harness.admission import check_detector as run_checks
+    from robustad_bench.harness.admission import copy_of
+
+    return run_checks(partial(copy_of, model), seed=seed)
+
+
+__all__ = ["__version__", "check_detector"]

@@ -17,6 +17,7 @@ class MeanColour(Detector):
     version = "1"
     localization = True
     weights = "none (fitted mean colour)"
+    tiny = {"input_size": 32}
 
     def __init__(self, input_size: int = 32, blur: int = 3):
         super().__init__()

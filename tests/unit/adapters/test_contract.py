@@ -1,8 +1,13 @@
 """The detector contract (DESIGN §5), checked for every registered detector.
 
+Shapes, finiteness, input gradients, determinism, eval mode, batch independence, the
+state_dict round trip and exact search are the admission check's (``harness/admission.py``,
+run over the registry by ``test_admission.py``): one definition. What is left here needs the
+embedded textures or a GPU.
+
 Each detector runs in a tiny configuration (small input, random weights, a one-epoch
-PatchGuard) so the whole file stays fast on a CPU; a newly registered detector must add
-one here, or ``test_every_detector_has_a_tiny_config`` fails.
+PatchGuard) so the whole file stays fast on a CPU; a newly registered detector must set
+its ``tiny`` class attribute, or ``test_every_detector_has_a_tiny_config`` fails.
 """
 
 from __future__ import annotations
@@ -10,18 +15,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robustad_bench.adapters import create_detector, list_detectors
-from robustad_bench.adapters.knn import MemoryBank
+from robustad_bench.adapters import DETECTORS, create_detector, list_detectors
 from robustad_bench.harness.datasets import DATASETS
 from robustad_bench.harness.evaluate import seeded
 
-TINY = {
-    "patchcore": {"backbone": "resnet18", "input_size": 64},
-    "zarnd": {"backbone": "resnet18", "input_size": 64},
-    "anomalydino": {"backbone": "vit_small_patch14_dinov2", "input_size": 56, "shots": 2},
-    "patchguard": {"backbone": "vit_tiny_patch16_224", "input_size": 64, "epochs": 1, "batch_size": 8,
-                   "train_steps": 1, "hidden_dim": 64},
-}
+TINY = {name: DETECTORS.get(name).tiny for name in list_detectors()}  # each detector registers its own
 
 
 def make(name: str, init_seed: int = 0):
@@ -52,25 +50,7 @@ def fitted(request, embedded):
 
 
 def test_every_detector_has_a_tiny_config():
-    assert set(list_detectors()) == set(TINY)
-
-
-def test_output_shapes_and_finite(fitted):
-    _, detector, split = fitted
-    x = split.test
-    out = detector(x)
-    assert out.score.shape == (4,) and out.map.shape == (4, *x.shape[-2:]) == (4, detector.input_size, detector.input_size)
-    assert torch.isfinite(out.score).all() and torch.isfinite(out.map).all()
-
-
-def test_gradient_wrt_input_is_finite_and_nonzero(fitted):
-    _, detector, split = fitted
-    x = split.test.clone().requires_grad_(True)
-    out = detector(x)
-    (out.score.sum() + out.map.mean()).backward()
-    assert torch.isfinite(x.grad).all()
-    assert (x.grad.flatten(1).abs().sum(1) > 0).all()  # every image gets a gradient
-    assert all(p.grad is None for p in detector.parameters())  # the fitted model stays frozen
+    assert all(TINY.values()), [name for name, config in TINY.items() if not config]
 
 
 def test_features_are_exposed_for_surrogate_heads(fitted):
@@ -84,28 +64,6 @@ def test_same_seed_same_scores(fitted):
     other = make(name)
     other.fit(split.train, seed=0)
     assert torch.equal(other(split.test).score, detector(split.test).score)
-
-
-def test_state_dict_round_trip_gives_identical_scores(fitted):
-    name, detector, split = fitted
-    x = split.test
-    fresh = make(name, init_seed=99)  # another random init: everything must come from the state
-    fresh.load_state_dict(detector.state_dict())
-    fresh.eval()
-    assert torch.equal(fresh(x).score, detector(x).score)
-    assert torch.equal(fresh(x).map, detector(x).map)
-
-
-def test_faiss_search_equals_torch_brute_force(fitted):
-    _, detector, _ = fitted
-    banks = [m for m in detector.modules() if isinstance(m, MemoryBank)]
-    if not banks:
-        pytest.skip("no memory bank: this detector does not search")
-    bank = banks[0].bank
-    queries = bank[:5] + 0.1 * torch.randn(5, bank.shape[1], generator=torch.Generator().manual_seed(0))
-    k = min(3, bank.shape[0])
-    brute = torch.cdist(queries, bank).topk(k, dim=1, largest=False).values
-    assert torch.allclose(banks[0].distances(queries, k=k), brute, rtol=1e-4, atol=1e-4)
 
 
 def test_provenance_is_labelled(fitted):
