@@ -22,4 +22,11 @@ def check_detector(model, *, seed: int = 0):
     return run_checks(partial(copy_of, model), seed=seed)
 
 
-__all__ = ["__version__", "check_detector"]
+def evaluate(detector, data, attacks, **options):
+    """``robustad_bench.harness.api.evaluate``: a model through the benchmark, as a DataFrame."""
+    from robustad_bench.harness.api import evaluate as run
+
+    return run(detector, data, attacks, **options)
+
+
+__all__ = ["__version__", "check_detector", "evaluate"]
