@@ -2,7 +2,8 @@
 
 Layout under the cache root::
 
-    fit/<key[:2]>/<key>.pt          detector state_dict + clean test outputs
+    fit/<key[:2]>/<key>.pt          what fitting produced (bank, trained weights) + clean test outputs
+    locks/<key>.lock                one per fit task: concurrent runs compute it once
     eval/<key[:2]>/<key>/row.json   one finished cell's result row
     eval/<key[:2]>/<key>/scores.npz its per-image scores (and maps)
     data/                           generated embedded datasets
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from .errors import UserError
 
@@ -132,6 +134,18 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"corrupt file {str(path)!r} ({err}); delete it (or rerun with --force) to recompute") from err
 
 
+class TaskLock(FileLock):
+    """A ``FileLock`` that says when it waits for another process."""
+
+    def __enter__(self):
+        try:
+            self.acquire(timeout=0)
+        except Timeout:
+            log.warning("waiting for another run computing this fit task (%s)", self.lock_file)
+            self.acquire()
+        return self
+
+
 class Cache:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser()
@@ -139,6 +153,13 @@ class Cache:
     @property
     def data_dir(self) -> Path:
         return self.root / "data"
+
+    def lock(self, key: str) -> FileLock:
+        """The fit task's lock: held while a run fits and evaluates that group, so a second
+        run sharing the cache waits and then reads what the first computed."""
+        path = self.root / "locks" / f"{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return TaskLock(str(path))
 
     def _fit_path(self, key: str) -> Path:
         return self.root / "fit" / key[:2] / f"{key}.pt"

@@ -8,6 +8,7 @@ reuses them instead of recomputing (DESIGN §7).
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from contextlib import contextmanager
@@ -118,20 +119,57 @@ def score_images(detector: nn.Module, images: Tensor, *, batch_size: int, device
     return torch.cat(scores).numpy(), torch.cat(maps)
 
 
+def tensors_sha256(state: dict[str, Tensor], keys: list[str]) -> str:
+    """sha256 of the named tensors' bytes (and dtypes and shapes), in ``keys`` order."""
+    h = hashlib.sha256()
+    for key in keys:
+        t = state[key].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{t.dtype}|{tuple(state[key].shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def fit_state(detector: nn.Module, split: Split, *, seed: int, batch_size: int, device) -> dict[str, Any]:
-    """Fit and score the clean test set; the returned dict is the cached fit artifact (clean
-    maps at the input resolution, so any evaluation resolution can be derived from it)."""
+    """Fit and score the clean test set; the returned dict is the cached fit artifact.
+
+    It keeps what fitting produced (a memory bank, trained parameters), never what it left
+    as built: the frozen pretrained or random backbone is rebuilt from its name, weights and
+    seed, and checked against the ``rebuilt`` digest when loaded. Clean maps are kept at the
+    input resolution, so any evaluation resolution can be derived from them.
+    """
+    initial = {k: v.detach().clone() for k, v in detector.state_dict().items()}
     start = time.perf_counter()
     detector.fit(split.train.to(device), seed=seed)
     detector.eval()  # training (PatchGuard's) must not leave dropout on for scoring and attacks
     fit_seconds = time.perf_counter() - start
     scores, maps = score_images(detector, split.test, batch_size=batch_size, device=device)
-    state = {k: v.cpu() for k, v in detector.state_dict().items()}
-    fitted = {"state_dict": state, "clean_scores": torch.from_numpy(scores), "clean_maps": maps, "fit_seconds": fit_seconds}
+    state = detector.state_dict()
+    unchanged = [k for k, v in state.items() if k in initial and initial[k].shape == v.shape and torch.equal(initial[k], v)]
+    del initial
+    fitted = {
+        "state_dict": {k: v.cpu() for k, v in state.items() if k not in unchanged},
+        "rebuilt": {"keys": unchanged, "sha256": tensors_sha256(state, unchanged)},
+        "clean_scores": torch.from_numpy(scores), "clean_maps": maps, "fit_seconds": fit_seconds,
+    }
     if split.holdout is not None:  # scored once with the fit: the normal-quantile threshold's sample
         held_scores, held_maps = score_images(detector, split.holdout, batch_size=batch_size, device=device)
         fitted |= {"holdout_scores": torch.from_numpy(held_scores), "holdout_maps": held_maps}
     return fitted
+
+
+def restore_fit(detector: nn.Module, artifact: dict[str, Any]) -> bool:
+    """Load a fit artifact into a freshly built detector; False when the rebuilt part is not
+    what the fit started from (another torch or timm initialises differently): fit again."""
+    rebuilt = artifact.get("rebuilt")
+    if rebuilt is None:  # an artifact holding the whole state
+        detector.load_state_dict(artifact["state_dict"])
+        return True
+    state = detector.state_dict()
+    if sorted(set(state) - set(artifact["state_dict"])) != sorted(rebuilt["keys"]) or \
+            tensors_sha256(state, rebuilt["keys"]) != rebuilt["sha256"]:
+        return False
+    detector.load_state_dict(artifact["state_dict"], strict=False)
+    return True
 
 
 def hold_out(split: Split, fraction: float, seed: int) -> Split:
@@ -225,8 +263,10 @@ def ensure_eval(detector: nn.Module, attack: str) -> None:
 
 
 def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device, progress: bool = False,
-                  source: nn.Module | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Attack the test set batch by batch, score the result; returns (row fields, arrays)."""
+                  source: nn.Module | None = None, batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Attack the test set batch by batch, score the result; returns (row fields, arrays).
+    ``batch_size`` overrides the cell's (the out-of-memory retry): no number depends on it."""
+    batch_size = batch_size or cell.batch_size
     split, spec, point = fitted.split, cell.spec, cell.attack.kwargs
     models = [m.eval() for m in (fitted.detector, source) if m is not None]  # attacks see the eval-mode model
     labels = torch.from_numpy(split.labels)
@@ -242,12 +282,12 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
     scores, maps, linf, l2 = fitted.clean_scores.copy(), fitted.clean_maps.copy(), np.zeros(n), np.zeros(n)
     start, perturbed, state = time.perf_counter(), spec.kind != "none", {}
     if spec.prepare is not None:  # fitted once per cell, on the whole cell, and saved with it
-        data = CellData(split.train, split.test, labels, cell.batch_size, torch.device(device))
+        data = CellData(split.train, split.test, labels, batch_size, torch.device(device))
         state = spec.prepare(counting, data, threat, context, **options)
         context = replace(context, state=state)
     picked = example_indices(split.labels, cell.examples) if perturbed else np.zeros(0, int)
     adversarial = {}
-    for _, sl in _batches(n, cell.batch_size) if perturbed else ():
+    for _, sl in _batches(n, batch_size) if perturbed else ():
         x = split.test[sl].to(device)
         masks = split.masks[sl].to(device) if split.masks is not None else None
         objective = spec.objective(counting, labels[sl].to(device), masks, point, calibrator)

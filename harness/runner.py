@@ -25,16 +25,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from . import __version__
 from .backends import BACKENDS, check_backend
 from .cache import Cache, file_sha256, remove_orphans
 from .datacheck import check_suite_data
-from .datasets.base import digest
+from .datasets.base import Split, digest
 from .errors import UserError
 from .evaluate import (
     Fitted,
+    Thresholds,
     clean_thresholds,
     evaluate_cell,
     evaluation_maps,
@@ -42,13 +44,15 @@ from .evaluate import (
     fit_state,
     hold_out,
     quantile_thresholds,
+    restore_fit,
     seeded,
 )
 from .grid import Cell, build_dataset, expand, select
 from .results import OutputLock, ResultStore, claim_folder, package_commit, write_run_info
-from .suite import Suite, deep_check, threshold_quantile
+from .suite import Entry, Suite, deep_check, threshold_quantile
 
 log = logging.getLogger(__name__)
+FROM_CACHE = "_from_cache"  # marks a row another run computed while this one waited (not saved)
 
 
 @dataclass
@@ -154,68 +158,57 @@ def _failed_row(cell: Cell, key: str, err: BaseException) -> dict[str, Any]:
     }
 
 
-def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, device: str, force: bool, progress: bool, on_cell=None) -> list[tuple[dict, dict | None]]:
+@dataclass
+class Group:
+    """What every cell of one fit group shares: the fitted detector, its clean outputs and
+    thresholds, the row fields they give, and the transfer sources loaded so far."""
+
+    fitted: Fitted
+    thresholds: Thresholds
+    base: dict[str, Any]
+    raw_split: Split
+    sources: dict[str, nn.Module] = field(default_factory=dict)
+
+
+def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, device: str, force: bool, progress: bool,
+              on_cell=None) -> list[tuple[dict, dict | None]]:
     """Fit once and evaluate every cell of one (detector, dataset, category, seed) group.
 
-    Runs wherever the backend puts it; returns the (row, arrays) pairs and, in process,
-    hands each to ``on_cell`` as soon as it is written to the cache.
+    Runs wherever the backend puts it, holding the group's file lock in the cache, so two
+    runs sharing a cache compute each fit task once (the second waits, then reads it).
+    Returns the (row, arrays) pairs and, in process, hands each to ``on_cell`` as soon as
+    it is written to the cache.
     """
-    from robustad_bench.adapters import create_detector
-
     device = str(resolve_device(device))
-    cache, first, results = Cache(cache_root), cells[0], []
-    fit_key = keys[first.cell_id]
-
-    def emit(row, arrays):
-        results.append((row, arrays))
-        if on_cell is not None:
-            on_cell(row, arrays)
-
-    def load_or_fit(entry, key):
-        """The detector of ``entry`` fitted on this category (from the cache when there)."""
-        with seeded(first.seed):
-            detector = create_detector(entry.name, **entry.kwargs)
-        detector.set_category(first.category)
-        resized = raw_split.resized(detector.input_size)
-        detector.to(device).eval()
-        state = None if force else cache.load_fit(key)
-        if state is None:
-            state = fit_state(detector, resized, seed=first.seed, batch_size=first.batch_size, device=device)
-            cache.save_fit(key, state)
-        else:
-            detector.load_state_dict(state["state_dict"])
-        return detector, resized, state
-
-    def source_of(cell):
-        if cell.source is None:
-            return None
-        if cell.source.label not in sources:
-            source, _, _ = load_or_fit(cell.source, keys[source_key(cell.cell_id)])
-            if source.input_size != detector.input_size:
-                raise UserError(f"transfer source {cell.source.label!r} takes {source.input_size} px images but "
-                                f"{cell.detector.label!r} takes {detector.input_size}: give both the same input_size",
-                                key=f"{cell.attack.key or 'attacks'}.source")
-            sources[cell.source.label] = source
-        return sources[cell.source.label]
-
-    sources: dict[str, Any] = {}
-    try:
-        dataset = build_dataset(first.dataset)
-        raw_split = hold_out(dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir), first.holdout, first.seed)
-        detector, split, state = load_or_fit(first.detector, fit_key)
-        # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
-        size = first.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
-        masks = evaluation_masks(split.masks, size) if split.masks is not None else None
-        held = state["holdout_scores"].numpy() if "holdout_scores" in state else None
-        fitted = Fitted(detector, split, state["clean_scores"].numpy(), evaluation_maps(state["clean_maps"], size),
-                        masks if detector.localization else None, float(state["fit_seconds"]), size, held)
-        quantile = threshold_quantile(first.threshold)
-        thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks) if quantile is None else \
-            quantile_thresholds(quantile, held, evaluation_maps(state["holdout_maps"], size), fitted.masks)
-    except Exception as err:  # the whole group fails; other groups still run
+    cache, results = Cache(cache_root), []
+    with cache.lock(keys[cells[0].cell_id]):
+        try:
+            group = prepare_group(cells[0], keys[cells[0].cell_id], cache, device, force)
+        except Exception as err:  # the whole group fails; other groups still run
+            group = err
         for cell in cells:
-            emit(_failed_row(cell, cell_key(cell, keys), err), None)
-        return results
+            row, arrays = (_failed_row(cell, cell_key(cell, keys), group) if isinstance(group, Exception)
+                           else cell_result(cell, group, keys, cache, device, force, progress))
+            results.append((row, arrays))
+            if on_cell is not None:
+                on_cell(row, arrays)
+    return results
+
+
+def prepare_group(first: Cell, fit_key: str, cache: Cache, device: str, force: bool) -> Group:
+    """Load the category, fit the detector (or load its fit), derive the clean thresholds."""
+    dataset = build_dataset(first.dataset)
+    raw_split = hold_out(dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir), first.holdout, first.seed)
+    detector, split, state = load_or_fit(first.detector, first, raw_split, fit_key, cache, device, force)
+    # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
+    size = first.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
+    masks = evaluation_masks(split.masks, size) if split.masks is not None else None
+    held = state["holdout_scores"].numpy() if "holdout_scores" in state else None
+    fitted = Fitted(detector, split, state["clean_scores"].numpy(), evaluation_maps(state["clean_maps"], size),
+                    masks if detector.localization else None, float(state["fit_seconds"]), size, held)
+    quantile = threshold_quantile(first.threshold)
+    thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks) if quantile is None else \
+        quantile_thresholds(quantile, held, evaluation_maps(state["holdout_maps"], size), fitted.masks)
     labels = split.labels
     base = {
         "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()),
@@ -225,17 +218,85 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
         "weights": getattr(detector, "weights", "unknown"), "fit_seconds": round(fitted.fit_seconds, 3),
         "dataset_fingerprint": dataset.fingerprint(first.category, seed=first.seed), "flags": [],
     }
-    for cell in cells:
-        key = cell_key(cell, keys)
+    return Group(fitted, thresholds, base, raw_split)
+
+
+def load_or_fit(entry: Entry, first: Cell, raw_split: Split, key: str, cache: Cache, device: str,
+                force: bool) -> tuple[nn.Module, Split, dict[str, Any]]:
+    """The detector of ``entry`` fitted on this category: its fitted state from the cache
+    when there (the frozen backbone rebuilt from its name, weights and seed), else fitted
+    now and saved without the parts fitting left unchanged."""
+    from robustad_bench.adapters import create_detector
+
+    with seeded(first.seed):
+        detector = create_detector(entry.name, **entry.kwargs)
+    detector.set_category(first.category)
+    resized = raw_split.resized(detector.input_size)
+    detector.to(device).eval()
+    state = None if force else cache.load_fit(key)
+    if state is not None and not restore_fit(detector, state):
+        log.warning("fit artifact %s was made with other initial weights (torch/timm changed?): fitting again", key[:12])
+        state = None
+    if state is None:
+        state = fit_state(detector, resized, seed=first.seed, batch_size=first.batch_size, device=device)
+        cache.save_fit(key, state)
+    return detector, resized, state
+
+
+def source_for(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str, force: bool) -> nn.Module | None:
+    """A transfer attack's fitted source detector, loaded once per group. Its fit is not
+    locked: it belongs to another group, and waiting on that group's lock could deadlock."""
+    if cell.source is None:
+        return None
+    if cell.source.label not in group.sources:
+        source, _, _ = load_or_fit(cell.source, cell, group.raw_split, keys[source_key(cell.cell_id)], cache, device, force)
+        target = group.fitted.detector
+        if source.input_size != target.input_size:
+            raise UserError(f"transfer source {cell.source.label!r} takes {source.input_size} px images but "
+                            f"{cell.detector.label!r} takes {target.input_size}: give both the same input_size",
+                            key=f"{cell.attack.key or 'attacks'}.source")
+        group.sources[cell.source.label] = source
+    return group.sources[cell.source.label]
+
+
+def cell_result(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str, force: bool,
+                progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """One cell's row and arrays: from the cache when a concurrent run finished it while this
+    one waited for the group's lock, else evaluated now and saved."""
+    key = cell_key(cell, keys)
+    cached = None if force else cache.load_eval(key)
+    if cached is not None:
+        row, arrays = cached
+        return {**row, **identity(cell), FROM_CACHE: True}, arrays
+    try:
+        source = source_for(cell, group, keys, cache, device, force)
+        fields, arrays = evaluate_halving(cell, group, device, progress, source)
+    except Exception as err:
+        return _failed_row(cell, key, err), None
+    row = {**identity(cell), "status": "ok", "config_hash": key, **group.base, **fields}
+    cache.save_eval(key, row, arrays)
+    return row, arrays
+
+
+def evaluate_halving(cell: Cell, group: Group, device: str, progress: bool,
+                     source: nn.Module | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``evaluate_cell``, retried at half the batch size when the device runs out of memory
+    (per-image results do not depend on the batch size), down to 1."""
+    batch_size = cell.batch_size
+    while True:
         try:
-            fields, arrays = evaluate_cell(cell, fitted, thresholds=thresholds, device=device, progress=progress, source=source_of(cell))
-        except Exception as err:
-            emit(_failed_row(cell, key, err), None)
-            continue
-        row = {**identity(cell), "status": "ok", "config_hash": key, **base, **fields}
-        cache.save_eval(key, row, arrays)
-        emit(row, arrays)
-    return results
+            fields, arrays = evaluate_cell(cell, group.fitted, thresholds=group.thresholds, device=device,
+                                           progress=progress, source=source, batch_size=batch_size)
+            return {**fields, "batch_size": batch_size}, arrays
+        except torch.OutOfMemoryError as err:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if batch_size == 1:
+                raise UserError(f"out of memory on {device} even at batch size 1 ({err}). Use a smaller "
+                                "input_size, a device with more memory, or precision: bf16", key="batch_size") from err
+            log.warning("%s: out of memory on %s at batch size %d; retrying at %d", cell.cell_id, device, batch_size,
+                        batch_size // 2)
+            batch_size //= 2
 
 
 def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, device: str = "auto", only: str | None = None,
@@ -277,6 +338,8 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
             tb_path.write_text(tb)
             row["traceback"] = str(tb_path.relative_to(store.out_dir))
             (report.user_errors if row.get("user_error") else report.failed).append(f"{row['cell_id']}: {row['error']}")
+        elif row.pop(FROM_CACHE, False):  # a concurrent run sharing the cache computed it
+            report.from_cache += 1
         else:
             report.computed += 1
         store.add(row, arrays)
