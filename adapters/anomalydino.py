@@ -32,7 +32,7 @@ from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.schema import NonNegative, PositiveInt
 
 from .backbones import check_backbone, check_weights, create_backbone
-from .base import AnomalyOutput, Detector, Normalize
+from .base import AnomalyOutput, Detector, Normalize, Precision
 from .knn import MemoryBank
 from .maps import patch_map
 from .registry import register_detector
@@ -103,6 +103,7 @@ class AnomalyDINO(Detector):
         top_fraction: float = 0.01,
         blur_sigma: NonNegative = 4.0,
         fit_batch_size: PositiveInt = 16,
+        precision: Precision = "fp32",
     ):
         super().__init__()
         for problem in self.check_config(backbone=backbone, weights=weights, input_size=input_size, shots=shots, k=k, top_fraction=top_fraction):
@@ -112,7 +113,7 @@ class AnomalyDINO(Detector):
         self.masking, self.mask_threshold = masking, mask_threshold
         self.rotation = rotation
         self.top_fraction, self.blur_sigma = top_fraction, blur_sigma
-        self.fit_batch_size = fit_batch_size
+        self.fit_batch_size, self.precision = fit_batch_size, precision
         self.mask_foreground = masking is True
         self.normalize = Normalize()
         self.backbone, self.weights = create_backbone(backbone, weights, num_classes=0, img_size=input_size)
@@ -153,7 +154,8 @@ class AnomalyDINO(Detector):
 
     def tokens(self, x: Tensor) -> Tensor:
         """Raw last-layer patch tokens (B, h*w, C), after the final norm, prefix tokens dropped."""
-        t = self.backbone.forward_features(self.normalize(x))
+        with self.autocast(x):
+            t = self.backbone.forward_features(self.normalize(x)).float()
         return t[:, self.backbone.num_prefix_tokens :]
 
     def features(self, x: Tensor) -> Tensor:
@@ -176,6 +178,11 @@ class AnomalyDINO(Detector):
             for angle in angles:
                 chunks.append(F.normalize(self.tokens(rotate(batch, angle)), dim=-1).flatten(0, 1))
         self.memory_bank.set(torch.cat(chunks))
+
+    def bank_rows(self, n_train: int) -> int:
+        """Memory bank rows fitting on ``n_train`` images gives (the references' patch tokens)."""
+        shots = n_train if self.shots == "all" else min(self.shots, n_train)
+        return shots * self.grid[0] * self.grid[1] * (len(ROTATIONS) if self.rotation else 1)
 
     def forward(self, x: Tensor) -> AnomalyOutput:
         tokens = self.tokens(x)  # (B, N, C)

@@ -8,13 +8,15 @@ input: no ``no_grad``, numpy or faiss on the gradient path.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from contextlib import AbstractContextManager
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+Precision = Literal["fp32", "bf16"]  # a detector's ``precision`` key
 
 
 class AnomalyOutput(NamedTuple):
@@ -34,6 +36,7 @@ class Detector(nn.Module, ABC):
     input_size: int = 224
     weights: str = "random"
     localization: bool = True  # False: ``map`` is the score broadcast; pixel metrics are n/a
+    precision: str = "fp32"  # bf16: the network runs under autocast; scores, maps and kNN distances stay fp32
     tiny: dict = {}  # constructor keys of a configuration that fits and scores in seconds on a CPU (as timm registers variants)
 
     def set_category(self, category: str) -> None:
@@ -47,6 +50,12 @@ class Detector(nn.Module, ABC):
         if isinstance(getattr(self, "backbone", None), nn.Module):
             self.backbone.eval()
         return self
+
+    def autocast(self, x: Tensor) -> AbstractContextManager:
+        """Where the network runs: under bfloat16 autocast with ``precision: bf16`` (on the
+        device of ``x``), else as is. Subclasses wrap their network calls in it and return
+        float32 features, so the kNN distances and scores are computed in float32."""
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     @abstractmethod
     def fit(self, normal_images: Tensor, *, seed: int) -> None:

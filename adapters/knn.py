@@ -1,8 +1,11 @@
-"""A memory bank searched with faiss for indices, with distances recomputed in torch.
+"""A memory bank searched exactly for indices, with distances recomputed in torch.
 
-faiss (or a no-grad torch search on CUDA without faiss-gpu) finds the nearest bank rows;
-the distances to those rows are then computed in torch, so values equal brute force and
-gradients w.r.t. the queries are exact almost everywhere (DESIGN §5).
+The search finds the nearest bank rows without gradient: faiss ``IndexFlatL2`` on the CPU
+(and on CUDA with faiss-gpu), else on CUDA a chunked torch GEMM (‖q‖² − 2 q·b + ‖b‖², the
+bank's norms computed once). Either is built once per bank and device and reused by every
+forward pass, so the k steps of an attack search but never rebuild. The distances to the
+found rows are then computed in float32 torch, so values equal brute force and gradients
+w.r.t. the queries are exact almost everywhere (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -25,21 +28,21 @@ class MemoryBank(nn.Module):
     def __init__(self):
         super().__init__()
         self.register_buffer("bank", torch.zeros(0, 0))
-        self._index = None
+        self._index = self._norms = None
 
     def set(self, bank: Tensor) -> None:
         self.bank = bank.detach().float().contiguous()
-        self._index = None
+        self._index = self._norms = None
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "bank"
         if key in state_dict:  # the fitted bank's size is only known from the checkpoint
             self.bank = torch.empty_like(state_dict[key], device=self.bank.device)
-            self._index = None
+            self._index = self._norms = None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
-        self._index = None  # device moves invalidate the index
+        self._index = self._norms = None  # device moves invalidate the index
         return super()._apply(fn, *args, **kwargs)
 
     def nearest(self, queries: Tensor, k: int = 1) -> Tensor:
@@ -47,7 +50,9 @@ class MemoryBank(nn.Module):
         assert self.bank.numel() > 0, "memory bank is empty: call fit() first"
         queries = queries.detach().float()
         if queries.is_cuda and not _has_faiss_gpu():
-            return _torch_search(queries, self.bank, k)
+            if self._norms is None:
+                self._norms = self.bank.pow(2).sum(1)  # the bank's squared norms, once
+            return _torch_search(queries, self.bank, k, self._norms)
         import faiss  # imported on use, like timm
         if self._index is None:
             index = faiss.IndexFlatL2(self.bank.shape[1])
@@ -60,18 +65,24 @@ class MemoryBank(nn.Module):
         return torch.from_numpy(indices).to(queries.device)
 
     def distances(self, queries: Tensor, k: int = 1) -> Tensor:
-        """L2 distances (N, k) to the k nearest rows, differentiable w.r.t. ``queries``."""
+        """L2 distances (N, k) to the k nearest rows, differentiable w.r.t. ``queries``; in
+        float32 whatever the caller's precision."""
+        queries = queries.float()
         indices = self.nearest(queries, k)  # (N, k)
         neighbours = self.bank[indices]  # (N, k, C)
         squared = (queries.unsqueeze(1) - neighbours).pow(2).sum(-1)
         return squared.clamp_min(1e-12).sqrt()  # clamp: finite gradient at distance 0
 
 
-def _torch_search(queries: Tensor, bank: Tensor, k: int, chunk: int = 4096) -> Tensor:
+def _torch_search(queries: Tensor, bank: Tensor, k: int, bank_norms: Tensor, budget: int = 1 << 27) -> Tensor:
+    """Exact k-NN indices by GEMM, in chunks of queries whose distance block stays within
+    ``budget`` elements (512 MiB of float32)."""
+    chunk = max(1, budget // max(1, bank.shape[0]))
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(queries.device.type, enabled=False):
         for start in range(0, queries.shape[0], chunk):
-            d = torch.cdist(queries[start : start + chunk], bank)
+            q = queries[start : start + chunk]
+            d = bank_norms.unsqueeze(0) - 2 * (q @ bank.T) + q.pow(2).sum(1, keepdim=True)
             out.append(d.topk(k, dim=1, largest=False).indices)
     return torch.cat(out)
 

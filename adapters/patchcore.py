@@ -24,7 +24,7 @@ from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.schema import NonNegative, PositiveInt
 
 from .backbones import backbone_problems, create_feature_backbone, layer_problem
-from .base import AnomalyOutput, Detector, Normalize
+from .base import AnomalyOutput, Detector, Normalize, Precision
 from .knn import MemoryBank, greedy_coreset
 from .maps import patch_map
 from .registry import register_detector
@@ -45,6 +45,7 @@ class PatchCore(Detector):
         coreset_ratio: float = 0.1,
         blur_sigma: NonNegative = 4.0,
         fit_batch_size: PositiveInt = 32,
+        precision: Precision = "fp32",
     ):
         super().__init__()
         for problem in self.check_config(
@@ -55,7 +56,7 @@ class PatchCore(Detector):
         self.input_size = input_size
         self.coreset_ratio = coreset_ratio
         self.blur_sigma = blur_sigma
-        self.fit_batch_size = fit_batch_size
+        self.fit_batch_size, self.precision = fit_batch_size, precision
         self.normalize = Normalize()
         self.backbone, self.weights = create_feature_backbone(backbone, self.layers, weights)
         self.backbone.requires_grad_(False)  # frozen: gradients flow to the input only
@@ -78,7 +79,8 @@ class PatchCore(Detector):
 
     def features(self, x: Tensor) -> Tensor:
         """Locally aware patch features (B, C, h, w) on the first layer's grid."""
-        feats = self.backbone(self.normalize(x))
+        with self.autocast(x):
+            feats = [f.float() for f in self.backbone(self.normalize(x))]
         size = feats[0].shape[-2:]
         pooled = [self.pool(f) for f in feats]
         pooled = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in pooled]
@@ -97,6 +99,13 @@ class PatchCore(Detector):
         n_keep = max(1, math.ceil(self.coreset_ratio * patches.shape[0]))
         keep = greedy_coreset(patches, n_keep, seed=seed)
         self.memory_bank.set(patches[keep])
+
+    def bank_rows(self, n_train: int) -> int:
+        """Memory bank rows fitting on ``n_train`` images gives (the coreset of their patches)."""
+        device = next(self.backbone.parameters()).device
+        with torch.no_grad():
+            h, w = self.features(torch.zeros(1, 3, self.input_size, self.input_size, device=device)).shape[-2:]
+        return max(1, math.ceil(self.coreset_ratio * n_train * h * w))
 
     def forward(self, x: Tensor) -> AnomalyOutput:
         f = self.features(x)  # (B, C, h, w)

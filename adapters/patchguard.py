@@ -36,7 +36,7 @@ from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.schema import NonNegative, NonNegativeInt, PositiveInt
 
 from .backbones import backbone_problems, create_backbone
-from .base import AnomalyOutput, Detector, Normalize
+from .base import AnomalyOutput, Detector, Normalize, Precision
 from .maps import patch_map
 from .pseudo_anomaly import foreground_saliency, pseudo_anomalies
 from .registry import register_detector
@@ -130,6 +130,7 @@ class PatchGuard(Detector):
         cam_weights: str = "random",
         k_soft: NonNegativeInt = 3,
         k_hard: PositiveInt = 2,
+        precision: Precision = "fp32",
     ):
         super().__init__()
         for problem in self.check_config(backbone=backbone, weights=weights, cam_backbone=cam_backbone, cam_weights=cam_weights,
@@ -140,7 +141,7 @@ class PatchGuard(Detector):
         self.epochs, self.batch_size, self.lr, self.weight_decay = epochs, batch_size, lr, weight_decay
         self.adversarial, self.train_eps, self.train_steps = adversarial, train_eps, train_steps
         self.saliency, self.cam_backbone, self.cam_weights = saliency, cam_backbone, cam_weights
-        self.k_soft, self.k_hard = k_soft, k_hard
+        self.k_soft, self.k_hard, self.precision = k_soft, k_hard, precision
         self.normalize = Normalize()
         self.vit, provenance = create_backbone(backbone, weights, num_classes=0, img_size=input_size)
         self.weights = "trained from random init" if provenance == "random" else f"trained from {provenance}"
@@ -183,7 +184,8 @@ class PatchGuard(Detector):
         return e.transpose(1, 2).reshape(e.shape[0], e.shape[2], *self.grid)  # (B, C, h, w)
 
     def patch_logits(self, x: Tensor) -> Tensor:
-        return self.discriminator(self.embed(x)[0])  # (B, N)
+        with self.autocast(x):
+            return self.discriminator(self.embed(x)[0]).float()  # (B, N)
 
     def forward(self, x: Tensor) -> AnomalyOutput:
         logits = self.patch_logits(x)
@@ -195,8 +197,10 @@ class PatchGuard(Detector):
 
     def loss(self, x: Tensor, labels: Tensor) -> Tensor:
         """Eq. 5 per image (B,): Σ_patches BCE(logit, label) + α·R."""
-        embeddings, attentions = self.embed(x, with_attention=self.reg_alpha > 0)
-        logits = self.discriminator(embeddings)
+        with self.autocast(x):  # training too runs in bf16 with precision: bf16 (the loss in fp32)
+            embeddings, attentions = self.embed(x, with_attention=self.reg_alpha > 0)
+            logits = self.discriminator(embeddings).float()
+        attentions = [a.float() for a in attentions]
         ce = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").sum(dim=1)
         if self.reg_alpha > 0:
             ce = ce + self.reg_alpha * attention_degree_penalty(attentions, self.delta)

@@ -24,7 +24,7 @@ from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.schema import PositiveInt
 
 from .backbones import backbone_problems, create_backbone
-from .base import AnomalyOutput, Detector, Normalize
+from .base import AnomalyOutput, Detector, Normalize, Precision
 from .knn import MemoryBank
 from .registry import register_detector
 
@@ -44,6 +44,7 @@ class ZARND(Detector):
         k: PositiveInt = 2,
         normalize_features: bool = False,
         fit_batch_size: PositiveInt = 64,
+        precision: Precision = "fp32",
     ):
         super().__init__()
         for problem in self.check_config(backbone=backbone, weights=weights, k=k, input_size=input_size):
@@ -51,7 +52,7 @@ class ZARND(Detector):
         self.input_size = input_size
         self.k = k
         self.normalize_features = normalize_features
-        self.fit_batch_size = fit_batch_size
+        self.fit_batch_size, self.precision = fit_batch_size, precision
         self.normalize = Normalize()
         # num_classes=0: the classifier is replaced by identity, leaving the pooled features
         self.backbone, self.weights = create_backbone(backbone, weights, num_classes=0)
@@ -70,7 +71,8 @@ class ZARND(Detector):
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate (global average pooled) features, (B, C)."""
-        f = self.backbone(self.normalize(x))
+        with self.autocast(x):
+            f = self.backbone(self.normalize(x)).float()
         return F.normalize(f, dim=1) if self.normalize_features else f
 
     @torch.no_grad()
@@ -84,6 +86,10 @@ class ZARND(Detector):
         if bank.shape[0] < self.k:
             raise UserError(f"zarnd needs at least k={self.k} normal train images, got {bank.shape[0]}", key="k")
         self.memory_bank.set(bank)
+
+    def bank_rows(self, n_train: int) -> int:
+        """Memory bank rows fitting on ``n_train`` images gives: one per image."""
+        return n_train
 
     def forward(self, x: Tensor) -> AnomalyOutput:
         score = self.memory_bank.distances(self.features(x), k=self.k).sum(dim=1)  # (B,)

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, default=1, help="parallel fit groups (processes)")
     run.add_argument("--only", help="run only cells whose id matches this glob (substring if no wildcard)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and stop")
+    run.add_argument("--estimate", action="store_true", help="with --dry-run: probe each detector on --device and print the "
+                                                             "projected time per detector and attack")
     run.add_argument("--force", action="store_true", help="recompute even cached cells")
     run.add_argument("--wait", action="store_true", help="if another run is writing into --out, queue behind it (default: exit 2)")
     run.add_argument("--append", action="store_true", help="write into an --out that holds another suite's results, keeping them")
@@ -92,7 +94,49 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("name", help="a registered dataset (robustad-bench list datasets)")
     chk.add_argument("--root", help="the dataset's folder (default $ROBUSTAD_DATA/<name>)")
     chk.add_argument("--categories", nargs="+", help="only these categories (default: all published ones)")
+    cache = sub.add_parser("cache", help="what the cache holds (info) and removing what is no longer used (prune)")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True)
+    info = cache_sub.add_parser("info", help="size by kind (fit, eval, data) and by suite")
+    info.add_argument("--cache", help=f"cache folder (default $ROBUSTAD_BENCH_CACHE or {default_cache()})")
+    prn = cache_sub.add_parser("prune", help="delete fit artifacts, evaluated cells and generated data no run used lately")
+    prn.add_argument("--cache", help=f"cache folder (default $ROBUSTAD_BENCH_CACHE or {default_cache()})")
+    prn.add_argument("--older-than", type=float, metavar="DAYS", help="only what no run has used for DAYS days")
+    prn.add_argument("--keep-suite", action="append", default=[], metavar="SUITE", help="keep everything this suite (its name) uses")
+    prn.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
     return p
+
+
+def cmd_cache(args) -> int:
+    from tabulate import tabulate
+
+    from .cache import cache_info, prune
+
+    root = Path(args.cache or default_cache()).expanduser()
+    if not root.is_dir():
+        raise UserError(f"no cache at {str(root)!r}", key="--cache")
+    if args.cache_command == "info":
+        by_kind, by_suite, total = cache_info(root)
+        print(f"cache {root}: {human(total)} in all")
+        print(tabulate([(k, n, human(b)) for k, (n, b) in sorted(by_kind.items())], headers=["kind", "items", "size"]))
+        print()
+        print(tabulate([(k, n, human(b)) for k, (n, b) in by_suite.items()], headers=["suite", "items", "size"]))
+        return 0
+    if args.older_than is None and not args.keep_suite:
+        raise UserError("say what to prune: --older-than DAYS and/or --keep-suite SUITE (to empty the cache, delete "
+                        f"{str(root)!r})", key="cache prune")
+    if args.older_than is not None and args.older_than < 0:
+        raise UserError(f"--older-than must be a number of days ≥ 0, got {args.older_than}", key="--older-than")
+    removed, freed = prune(root, older_than=args.older_than, keep_suites=args.keep_suite, dry_run=args.dry_run)
+    print(f"{'would remove' if args.dry_run else 'removed'} {removed} item(s), {human(freed)}")
+    return 0
+
+
+def human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
 
 
 def cmd_validate(args) -> int:
@@ -136,6 +180,17 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .complete import default_out, finished_rows, record
+
+    if not (args.dry_run or args.force or args.only or args.estimate):  # an unchanged, complete run: nothing to load
+        out = Path(args.out or default_out(Path(args.suite)))
+        rows = finished_rows(Path(args.suite), out)
+        if rows is not None:
+            print(f"{rows} rows in {out / 'results.jsonl'}: 0 computed, 0 from cache, {rows} already done "
+                  "(nothing changed since this run completed; --force recomputes)")
+            print(f"leaderboard: {out / 'leaderboard.md'}  site: {out / 'site' / 'index.html'}")
+            return 0
+
     from .backends import parse_options
     from .runner import dry_run, run_suite
     from .suite import load_suite
@@ -148,7 +203,18 @@ def cmd_run(args) -> int:
         fits = {json.dumps(c.fit_config(), sort_keys=True, default=str) for c in cells}
         fits |= {json.dumps({**c.fit_config(), "detector": c.source.config()}, sort_keys=True, default=str) for c in cells if c.source}
         print(f"{len(cells)} cells, {len(fits)} fit tasks")
+        if args.estimate:
+            from .estimate import estimate, report
+            from .runner import resolve_device
+            from .suite import deep_check
+
+            device = resolve_device(args.device)
+            deep_check(suite)  # the probe builds the detectors: their names must resolve
+            memo = Path(args.cache or default_cache()).expanduser() / "passes.json"  # pass counts, kept between runs
+            print(report(*estimate(cells, device, memo=memo), device))
         return 0
+    if args.estimate:
+        raise UserError("--estimate goes with --dry-run (it projects a run's time without running it)", key="--estimate")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     out = Path(args.out or Path("runs") / suite.name)
@@ -167,6 +233,8 @@ def cmd_run(args) -> int:
 
         md, site, _ = render(out)
         print(f"leaderboard: {md}  site: {site}")
+        if not (args.only or report.user_errors or report.failed):
+            record(Path(args.suite), out, len(report.rows))
     for line in report.user_errors + report.failed:
         print(f"FAILED {line}", file=sys.stderr)
     if report.user_errors:
@@ -292,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     root, before = logging.getLogger(), logging.getLogger().level
     root.setLevel(level)
     handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "render": cmd_render, "data": cmd_data, "submit": cmd_submit,
-               "check-detector": cmd_check_detector}[args.command]
+               "check-detector": cmd_check_detector, "cache": cmd_cache}[args.command]
     try:
         return run_command(handler, args)
     finally:

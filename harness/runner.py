@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .backends import BACKENDS, check_backend
 from .cache import Cache, file_sha256, remove_orphans
+from .complete import forget
 from .datacheck import check_suite_data
 from .datasets.base import Split, digest
 from .errors import UserError
@@ -233,13 +234,14 @@ def load_or_fit(entry: Entry, first: Cell, raw_split: Split, key: str, cache: Ca
     detector.set_category(first.category)
     resized = raw_split.resized(detector.input_size)
     detector.to(device).eval()
-    state = None if force else cache.load_fit(key)
+    state = None if force else cache.load_fit(key, first.suite)
     if state is not None and not restore_fit(detector, state):
         log.warning("fit artifact %s was made with other initial weights (torch/timm changed?): fitting again", key[:12])
         state = None
     if state is None:
         state = fit_state(detector, resized, seed=first.seed, batch_size=first.batch_size, device=device)
-        cache.save_fit(key, state)
+        cache.save_fit(key, state, {"suites": [first.suite], "detector": entry.label, "dataset": first.dataset.label,
+                                    "category": first.category, "seed": first.seed})
     return detector, resized, state
 
 
@@ -311,6 +313,7 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
         log.warning("%s", note)
     with OutputLock(Path(out_dir), wait=wait):
         claim_folder(Path(out_dir), suite.name, suite.file, append=append)
+        forget(Path(out_dir))  # this run writes here: a finished run's stamp no longer holds
         for folder in (Path(out_dir), Path(cache_dir).expanduser()):  # what killed runs left half-written
             remove_orphans(folder)
         return _run_locked(suite, run_backend, out_dir=out_dir, cache_dir=cache_dir, device=device, only=only,

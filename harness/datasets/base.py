@@ -44,6 +44,18 @@ class Split:
         return Split(images(self.train), images(self.test), self.labels, masks, self.names, held)
 
 
+@dataclass(frozen=True)
+class Counts:
+    """Images of one category: normal train, normal test, anomalous test."""
+
+    train: int
+    test_normal: int
+    test_anomalous: int
+
+    def __str__(self) -> str:
+        return f"{self.train} / {self.test_normal} / {self.test_anomalous}"
+
+
 class Dataset(ABC):
     """A registered dataset; constructor keyword arguments are its YAML keys."""
 
@@ -68,6 +80,11 @@ class Dataset(ABC):
     def reachable(self) -> bool:
         """Whether the data can be checked here (a user's root exists); generated data always can."""
         return True
+
+    def counts(self, category: str) -> Counts | None:
+        """How many images ``load`` gives, without loading them (a suite's projected cost);
+        None when unknown."""
+        return None
 
     def check(self, category: str):
         """The category's ``data check`` row (``layout.CheckRow``); None: nothing to check (generated data)."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..schema import PositiveInt
-from .base import Dataset, Split, check_categories, digest, register_dataset
+from .base import Counts, Dataset, Split, check_categories, digest, register_dataset
 
 CATEGORIES = [str(d) for d in range(10)]
 GENERATOR_VERSION = "1"
@@ -47,6 +47,9 @@ class Digits(Dataset):
         if kwargs.get("n_train", 100) + kwargs.get("n_test_normal", 50) > 170:
             problems.append("n_train + n_test_normal must be at most 170 (images per digit)")
         return problems
+
+    def counts(self, category: str) -> Counts:
+        return Counts(self.n_train, self.n_test_normal, self.n_test_anomalous)
 
     def fingerprint(self, category: str, *, seed: int) -> str:
         return digest({

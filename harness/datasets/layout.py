@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..schema import AtLeast
-from .base import Dataset, Split, digest, to_tensor
+from .base import Counts, Dataset, Split, digest, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +38,6 @@ class Sample:
     label: int  # 1 = anomalous
     name: str  # the id in rows and scores.npz, e.g. "scratch/003"
     masks: tuple[Path, ...] = ()  # merged with "any"; empty for normal images and AD-only sets
-
-
-@dataclass(frozen=True)
-class Counts:
-    train: int
-    test_normal: int
-    test_anomalous: int
-
-    def __str__(self) -> str:
-        return f"{self.train} / {self.test_normal} / {self.test_anomalous}"
 
 
 @dataclass
@@ -207,6 +197,10 @@ class FolderDataset(Dataset):
 
     def reachable(self) -> bool:
         return self.root.is_dir()
+
+    def counts(self, category: str) -> Counts | None:
+        """What the user's folder holds when it is there, else the published counts."""
+        return self.listing(category).counts() if self.reachable() else self.expected(category)
 
     @abstractmethod
     def index(self, category: str) -> Listing:

@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from ..cache import shareable, temp_name
 from ..schema import PositiveInt
-from .base import Dataset, Split, check_categories, digest, register_dataset
+from .base import Counts, Dataset, Split, check_categories, digest, register_dataset
 from .mvtec import MVTec
 
 CATEGORIES = ["brick", "grass", "gravel"]
@@ -177,6 +177,9 @@ class Textures(Dataset):
             "crop_size": self.crop_size, "n_train": self.n_train,
             "n_test_normal": self.n_test_normal, "n_test_anomalous": self.n_test_anomalous,
         }
+
+    def counts(self, category: str) -> Counts:
+        return Counts(self.n_train, self.n_test_normal, self.n_test_anomalous)
 
     def fingerprint(self, category: str, *, seed: int) -> str:
         return digest({"dataset": "textures", "category": category, **self._params(seed)})[:16]

@@ -24,7 +24,7 @@ def test_quick_suite_runs_and_attacks_bite(tmp_path):
 
     assert [p for row in rows for p in row_problems(row)] == []  # rows as docs/results.md and the schema say
     detectors = {r["detector"]: r["weights"] for r in rows}
-    assert detectors == {"patchcore-r18": "random", "anomalydino-vits14": "random", "zarnd-r18": "random",
+    assert detectors == {"patchcore-r18": "random", "anomalydino-vitt16": "random", "zarnd-r18": "random",
                          "patchguard-vitt16": "trained from random init"}
     for r in rows:
         metrics, attacked = r["metrics"], r["attack"] != "none"

@@ -152,3 +152,34 @@ def test_files_follow_the_umask_and_orphans_of_killed_writers_are_removed(tmp_pa
     mine.write_bytes(b"")
     assert remove_orphans(tmp_path) == 2
     assert not orphan.exists() and mine.exists() and (tmp_path / "a" / "x.json").exists()
+
+
+def test_cache_info_and_prune_by_age_and_suite(tmp_path, capsys):
+    from robustad_bench.harness.cli import main
+
+    cache, day = Cache(tmp_path), 86400
+    cache.save_fit("aa" * 32, {"state_dict": {}}, {"suites": ["quick"]})
+    cache.save_fit("bb" * 32, {"state_dict": {}}, {"suites": ["full"]})
+    cache.save_eval("cc" * 32, {"suite": "quick"}, {"scores": np.zeros(3)})
+    cache.save_eval("dd" * 32, {"suite": "full"}, {"scores": np.zeros(3)})
+    lock = cache.lock("bb" * 32)
+    with lock:
+        pass
+    now = os.path.getmtime(next(tmp_path.rglob("*.pt")))
+    for path in [*tmp_path.rglob("*.pt"), *tmp_path.rglob("row.json")]:
+        os.utime(path, (now - 10 * day, now - 10 * day))  # unused for ten days
+    cache.load_fit("aa" * 32, suite="quick")  # used now: loading touches it
+    assert main(["cache", "info", "--cache", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "fit" in out and "eval" in out and "quick" in out and "full" in out
+    assert main(["cache", "prune", "--cache", str(tmp_path)]) == 2  # nothing said: nothing deleted
+    assert main(["cache", "prune", "--cache", str(tmp_path), "--older-than", "5", "--keep-suite", "full", "--dry-run"]) == 0
+    assert "would remove 1 item(s)" in capsys.readouterr().out  # quick's cell: old and not kept
+    assert cache.load_eval("cc" * 32) is not None  # a dry run deletes nothing (and the load touched it)
+    assert main(["cache", "prune", "--cache", str(tmp_path), "--older-than", "5"]) == 0
+    assert "removed 2 item(s)" in capsys.readouterr().out  # full's fit and cell; quick's are recent
+    assert cache.load_fit("bb" * 32) is None and cache.load_eval("dd" * 32) is None
+    assert not (tmp_path / "locks" / f"{'bb' * 32}.lock").exists()
+    assert cache.load_fit("aa" * 32) is not None and cache.load_eval("cc" * 32) is not None
+    assert main(["cache", "prune", "--cache", str(tmp_path), "--keep-suite", "quick"]) == 0
+    assert cache.load_fit("aa" * 32) is not None  # kept by its suite, whatever its age

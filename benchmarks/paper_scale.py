@@ -1,0 +1,316 @@
+"""Paper-scale cost without the data: what the seeds' protocols take on this device.
+
+    python benchmarks/paper_scale.py            # paper settings (a GPU)
+    python benchmarks/paper_scale.py --tiny     # tiny configurations and data: CPU, a minute
+
+1. A synthetic stand-in with MVTec AD's shape — its 15 categories with their published
+   train / test-good / test-defective counts, 256 px random textures with blob defects and
+   exact masks — is written once under the cache in MVTec's layout and read back with the
+   ``mvtec`` loader (``--tiny``: 2 categories, 8 / 4 / 4 images, 64 px).
+2. Per detector at paper settings (PatchCore WRN-50-2 layer2+3 at 224 with the real 10 %
+   coreset; AnomalyDINO ViT-S/14 at 448, 1 shot; ZARND ResNet-18 at 224; PatchGuard
+   ViT-S/14 at 224), on the category with the most train images: fit time, forward and
+   forward+backward time per image (fp32 and bf16), PGD-k time per image and its overhead
+   (PGD-k ÷ (k × forward+backward)), the attack step against backbone forward+backward +
+   one bank GEMM, peak GPU memory. PatchGuard's training is timed per step at the seed's
+   code's setting (batch 16, PGD-10) in fp32 and bf16 and projected to 300 epochs.
+3. The projected wall time of ``suites/seeds/patchguard.yaml`` and ``suites/full.yaml`` on
+   this device: every cell's passes, counted (``harness/estimate.py``), times the costs
+   measured here, plus the fits.
+
+Weights are random (timing does not depend on them). All figures are this device's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PAPER = {  # the seeds' settings, random weights
+    "patchcore": {"backbone": "wide_resnet50_2", "layers": ["layer2", "layer3"], "input_size": 224, "coreset_ratio": 0.1},
+    "anomalydino": {"backbone": "vit_small_patch14_dinov2", "input_size": 448, "shots": 1},
+    "zarnd": {"backbone": "resnet18", "input_size": 224},
+    "patchguard": {"backbone": "vit_small_patch14_dinov2", "input_size": 224, "epochs": 300, "batch_size": 16, "train_steps": 10},
+}
+SUITES = ("suites/seeds/patchguard.yaml", "suites/full.yaml")
+
+
+# -- the stand-in data ---------------------------------------------------------------------------
+
+def texture(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    """(size, size, 3) smooth random texture in [0, 1]."""
+    noise = rng.normal(size=(size, size, 3))
+    smooth = ndimage.gaussian_filter(noise, sigma=(sigma, sigma, 0))
+    smooth = (smooth - smooth.min()) / (np.ptp(smooth) + 1e-8)
+    return 0.25 + 0.5 * smooth
+
+
+def blob(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random connected blob mask covering 1–5 % of the image."""
+    field = ndimage.gaussian_filter(rng.normal(size=(size, size)), sigma=size / 24)
+    centre = rng.integers(size // 4, 3 * size // 4, size=2)
+    yy, xx = np.mgrid[:size, :size]
+    radius = size * rng.uniform(0.06, 0.12)
+    return (np.hypot(yy - centre[0], xx - centre[1]) + 0.5 * radius * field / (field.std() + 1e-8)) < radius
+
+
+def save(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(array * 255, 0, 255).astype(np.uint8)).save(path)
+
+
+def write_category(root: Path, category: str, count, size: int, seed: int) -> None:
+    rng = np.random.default_rng([seed, sum(map(ord, category))])
+    sigma = rng.uniform(1.5, 6.0)
+    for i in range(count.train):
+        save(root / category / "train" / "good" / f"{i:03d}.png", texture(rng, size, sigma))
+    for i in range(count.test_normal):
+        save(root / category / "test" / "good" / f"{i:03d}.png", texture(rng, size, sigma))
+    for i in range(count.test_anomalous):
+        image, mask = texture(rng, size, sigma), blob(rng, size)
+        image[mask] = np.clip(image[mask] + rng.uniform(-0.4, 0.4, size=3), 0, 1)
+        save(root / category / "test" / "blob" / f"{i:03d}.png", image)
+        save(root / category / "ground_truth" / "blob" / f"{i:03d}_mask.png", mask.astype(np.float32))
+
+
+def write_stand_in(root: Path, counts: dict, size: int, seed: int = 0) -> Path:
+    """MVTec's layout under ``root`` with the given counts, one process per category
+    (written once: ``done.json`` marks it)."""
+    if (root / "done.json").is_file():
+        return root
+    with ProcessPoolExecutor(max_workers=min(len(counts), os.cpu_count() or 1)) as pool:
+        for future in [pool.submit(write_category, root, category, count, size, seed) for category, count in counts.items()]:
+            future.result()
+    (root / "done.json").write_text(json.dumps({name: [c.train, c.test_normal, c.test_anomalous] for name, c in counts.items()}))
+    return root
+
+
+# -- measurements --------------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int = 2) -> float:
+    fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def gradient_pass(module, x: torch.Tensor, output=lambda out: out.score) -> None:
+    x = x.clone().requires_grad_(True)
+    torch.autograd.grad(output(module(x)).sum(), x)
+
+
+@dataclass
+class Measured:
+    detector: str
+    fit: float  # s, on the measured category
+    n_train: int
+    forward: float  # s / image, fp32
+    gradient: float  # s / image, fp32
+    gradient_bf16: float
+    pgd: float  # s / image for PGD-k
+    steps: int
+    step_vs_parts: float | None  # attack step ÷ (backbone fwd+bwd + one bank GEMM)
+    peak_gib: float | None
+    batch: int
+
+    @property
+    def overhead(self) -> float:
+        return self.pgd / (self.steps * self.gradient)
+
+
+def backbone_and_gemm(detector, x: torch.Tensor, device: torch.device) -> float | None:
+    """Seconds per image of the frozen network's forward+backward plus one GEMM of the
+    queries against the bank: what one attack step cannot go below."""
+    from robustad_bench.adapters.knn import MemoryBank
+
+    banks = [m for m in detector.modules() if isinstance(m, MemoryBank)]
+    if not banks:
+        return None
+    net = timed(lambda: gradient_pass(detector.features, x, output=lambda f: f.float().pow(2)), device)
+    with torch.no_grad():
+        f = detector.features(x)
+    queries = (f.flatten(2).transpose(1, 2).reshape(-1, f.shape[1]) if f.dim() == 4 else f).float()
+    bank = banks[0].bank
+    gemm = timed(lambda: queries @ bank.T, device) if queries.shape[1] == bank.shape[1] else 0.0
+    return (net + gemm) / x.shape[0]
+
+
+def measure(name: str, config: dict, split, device: torch.device, batch: int, steps: int) -> Measured:
+    from robustad_bench.adapters import create_detector
+    from robustad_bench.harness.attacks import run_attack
+    from robustad_bench.harness.evaluate import seeded
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    fit_config = config | ({"epochs": 1} if name == "patchguard" else {})  # training: timed per step below
+    with seeded(0):
+        detector = create_detector(name, **fit_config).to(device).eval()
+    data = split.resized(detector.input_size)
+    train = data.train.to(device)
+    sync(device)
+    start = time.perf_counter()
+    detector.fit(train, seed=0)
+    sync(device)
+    fit = time.perf_counter() - start
+    if name == "patchguard":  # one epoch measured: the configured epochs
+        fit *= config.get("epochs", 300)
+    detector.eval()
+    x = data.test[:batch].to(device)
+    labels = torch.from_numpy(data.labels[:batch]).to(device)
+    forward = timed(lambda: detector(x), device) / x.shape[0]
+    gradient = timed(lambda: gradient_pass(detector, x), device) / x.shape[0]
+    with seeded(0):
+        bf16 = create_detector(name, **fit_config, precision="bf16").to(device).eval()
+    bf16.load_state_dict(detector.state_dict(), strict=False)
+    gradient_bf16 = timed(lambda: gradient_pass(bf16, x), device) / x.shape[0]
+    pgd = timed(partial(run_attack, "pgd", detector, x, labels, eps=8 / 255, steps=steps, threshold=0.0, pixel_threshold=0.0),
+                device, repeats=1) / x.shape[0]
+    parts = backbone_and_gemm(detector, x, device)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return Measured(name, fit, int(train.shape[0]), forward, gradient, gradient_bf16, pgd, steps,
+                    None if parts is None else (pgd / steps) / parts, peak, x.shape[0])
+
+
+def patchguard_training(config: dict, split, device: torch.device, steps: int = 2) -> dict[str, float]:
+    """Seconds per training step (batch 16 normal + 16 pseudo-anomalous, PGD-10 on both) in
+    fp32 and bf16, and the projected 300-epoch time per category."""
+    from robustad_bench.adapters import create_detector
+    from robustad_bench.harness.evaluate import seeded
+
+    out = {}
+    for precision in ("fp32", "bf16"):
+        with seeded(0):
+            detector = create_detector("patchguard", **config, precision=precision).to(device)
+        images = split.resized(detector.input_size).train.to(device)
+        batch = min(detector.batch_size, images.shape[0])
+        generator = torch.Generator().manual_seed(0)
+        saliency = torch.ones(images.shape[0], *images.shape[-2:], device=device)
+        detector.requires_grad_(True)
+        optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=detector.lr)
+        detector.train()
+        step = partial(detector._train_step, images[:batch], saliency[:batch], generator, optimizer)
+        out[precision] = timed(step, device, repeats=steps)
+        detector.eval()
+    steps_per_epoch = math.ceil(split.train.shape[0] / config.get("batch_size", 16))
+    epochs = config.get("epochs", 300)
+    out |= {f"{p}_300": out[p] * steps_per_epoch * epochs for p in ("fp32", "bf16")}
+    out["speedup"] = out["fp32"] / out["bf16"]
+    return out
+
+
+# -- projections ---------------------------------------------------------------------------------
+
+def project(suite_file: Path, measured: dict[str, Measured], device: torch.device, memo: Path) -> tuple[float, int, int, int]:
+    """(projected seconds, cells, cells of unknown size, cells of detectors not measured) of a
+    suite with the measured costs."""
+    from robustad_bench.harness.estimate import Cost, estimate
+    from robustad_bench.harness.grid import expand
+    from robustad_bench.harness.suite import load_suite
+
+    every = expand(load_suite(suite_file, deep=False))
+    cells = [c for c in every if c.detector.name in measured and (c.source is None or c.source.name in measured)]
+
+    def cost_of(entry, batch_size, n_train):
+        m = measured[entry.name]
+        return Cost(m.forward, m.gradient, m.fit / m.n_train, batch_size, None, None)
+
+    lines, _, fits = estimate(cells, device, cost_of=cost_of, memo=memo)
+    return sum(ln.seconds for ln in lines) + sum(fits.values()), len(every), sum(ln.unknown for ln in lines), len(every) - len(cells)
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def main() -> None:
+    from robustad_bench.adapters import DETECTORS
+    from robustad_bench.harness.cli import default_cache
+    from robustad_bench.harness.datasets import DATASETS
+    from robustad_bench.harness.datasets.base import Counts
+    from robustad_bench.harness.datasets.mvtec import MVTEC_AD
+    from robustad_bench.harness.estimate import device_name
+    from robustad_bench.harness.runner import resolve_device
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny configurations and data (CPU, about a minute)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache", help="where the stand-in data goes (default: the robustad-bench cache)")
+    parser.add_argument("--batch", type=int, default=32, help="images per timed batch (default 32; --tiny 4)")
+    parser.add_argument("--steps", type=int, default=10, help="PGD steps timed (projected linearly to 1000)")
+    parser.add_argument("--detectors", nargs="+", default=list(PAPER), choices=list(PAPER))
+    parser.add_argument("--suites", nargs="+", default=list(SUITES), help=f"suites to project (default: {' '.join(SUITES)})")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    size, counts = (64, {c: Counts(8, 4, 4) for c in ("bottle", "hazelnut")}) if args.tiny else (256, MVTEC_AD)
+    batch, steps = (4, 2) if args.tiny else (args.batch, args.steps)
+    cache = Path(args.cache).expanduser() if args.cache else default_cache()
+    root = cache / "data" / ("paper_scale_tiny" if args.tiny else "paper_scale")
+    start = time.perf_counter()
+    write_stand_in(root, counts, size)
+    print(f"stand-in: {len(counts)} categories in MVTec AD's layout, {size} px, "
+          f"{sum(c.train + c.test_normal + c.test_anomalous for c in counts.values())} images under {root} "
+          f"({time.perf_counter() - start:.0f} s)")
+    category = max(counts, key=lambda c: counts[c].train)
+    split = DATASETS.get("mvtec")(root=root, categories=[category], image_size=size).load(category, seed=0, data_dir=cache / "data")
+    configs = {name: (DETECTORS.get(name).tiny if args.tiny else PAPER[name]) for name in args.detectors}
+    print(f"device: {device} ({device_name(device)}); measured on '{category}' ({split.train.shape[0]} train, "
+          f"{split.test.shape[0]} test); {'TINY configurations' if args.tiny else 'paper settings'}, random weights\n")
+    measured = {}
+    for name, config in configs.items():
+        measured[name] = measure(name, config, split, device, batch, steps)
+        print(f"  measured {name}", file=sys.stderr)
+    header = (f"{'detector':<12} {'fit s':>8} {'fwd ms':>8} {'f+b ms':>8} {'f+b bf16':>9} {'bf16 ×':>7} "
+              f"{f'PGD-{steps} ms':>11} {'overhead':>9} {'step/parts':>11} {'peak GiB':>9} {'PGD-1000, MVTec':>16}")
+    print(header)
+    test_images = sum(c.test_normal + c.test_anomalous for c in counts.values())
+    for m in measured.values():
+        pgd1000 = m.pgd / m.steps * 1000 * test_images
+        print(f"{m.detector:<12} {m.fit:8.1f} {1000 * m.forward:8.2f} {1000 * m.gradient:8.2f} {1000 * m.gradient_bf16:9.2f} "
+              f"{m.gradient / m.gradient_bf16:7.2f} {1000 * m.pgd:11.1f} {m.overhead:9.3f} "
+              f"{'—' if m.step_vs_parts is None else f'{m.step_vs_parts:.2f}':>11} "
+              f"{'—' if m.peak_gib is None else f'{m.peak_gib:.1f}':>9} {hours(pgd1000):>16}")
+    print(f"\n(fit: on '{category}'; PatchGuard's: one epoch timed × epochs. overhead: PGD-{steps} ÷ ({steps} × fwd+bwd), "
+          "target ≤ 1.05; step/parts: one attack step ÷ (backbone fwd+bwd + one bank GEMM), target ≤ 1.3; "
+          f"PGD-1000, MVTec: per-image PGD time × 1000/{steps} × {test_images} test images)")
+    if "patchguard" in configs:
+        t = patchguard_training(configs["patchguard"], split, device, steps=1 if args.tiny else 2)
+        print(f"\nPatchGuard training step (batch {configs['patchguard'].get('batch_size', 16)}, PGD-"
+              f"{configs['patchguard'].get('train_steps', 10)} on normal and pseudo-anomalous): fp32 {t['fp32']:.2f} s, "
+              f"bf16 {t['bf16']:.2f} s ({t['speedup']:.2f}× faster); {configs['patchguard'].get('epochs', 300)} epochs on "
+              f"'{category}': fp32 {hours(t['fp32_300'])}, bf16 {hours(t['bf16_300'])}")
+    print()
+    for suite in args.suites:
+        seconds, cells, unknown, unmeasured = project(ROOT / suite, measured, device, cache / "passes.json")
+        note = f" ({unknown} cells of unknown size left out)" if unknown else ""
+        note += f" ({unmeasured} cells of detectors not measured here left out)" if unmeasured else ""
+        print(f"projected wall time of {suite}: {hours(seconds)} for {cells} cells on one {device_name(device)}{note}")
+    if args.tiny:
+        print("(tiny configurations: the projection shows the machinery, not the papers' sizes; run without --tiny on a GPU)")
+
+
+if __name__ == "__main__":
+    main()

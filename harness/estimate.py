@@ -1,0 +1,302 @@
+"""What a suite will cost on this device, before a user commits to it (``run --dry-run --estimate``).
+
+Projected time = Σ over cells of test images × (gradient passes × measured seconds per
+gradient pass + forward passes × seconds per forward pass), plus each fit group's fit and
+clean scoring:
+
+- passes per image are counted, not declared: each attack point runs once on a stand-in
+  detector (a one-layer network on 2 images of 16 px that no attack can fool, so attacks
+  that stop on success run to the end) — the count every attack really makes;
+- the seconds per image are measured by a short probe of each detector entry on the
+  device, at the suite's batch size, with its memory bank grown to the size fitting on the
+  category's train images gives (``bank_rows``); fitting is timed on 4 and 8 random images
+  (one epoch for a detector that trains in ``epochs``): a fixed part plus a per-image slope,
+  scaled to the category's train images (and epochs);
+- image counts come from the dataset (``counts``: the user's folder when there, else the
+  published counts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .attacks import CellData, Context
+from .cache import atomic_write_bytes
+from .datasets.base import digest
+from .evaluate import CountingDetector, seeded
+from .grid import Cell, build_dataset
+
+log = logging.getLogger(__name__)
+STAND_IN_SIZE = 16
+FIT_PROBE_IMAGES = 8
+
+
+class StandIn(nn.Module):
+    """A detector with the contract's shape and almost no cost: for counting passes."""
+
+    def __init__(self):
+        super().__init__()
+        with seeded(0):
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+    def forward(self, x: Tensor):
+        from robustad_bench.adapters import AnomalyOutput
+
+        maps = self.conv(x).pow(2).mean(1)
+        return AnomalyOutput(maps.flatten(1).mean(1), maps)
+
+
+@dataclass
+class Passes:
+    """Passes per image one attack point makes (through the target and a transfer source)."""
+
+    forward: float  # forward-only passes (no input gradient)
+    gradient: float  # forward + backward passes
+    source_forward: float = 0.0
+    source_gradient: float = 0.0
+    error: str | None = None  # the attack could not run on the stand-in
+
+
+def count_passes(cell: Cell, images: int = 2) -> Passes:
+    """Run ``cell``'s attack on the stand-in and count what it forwards, per image."""
+    spec, point = cell.spec, cell.attack.kwargs
+    if spec.kind == "none":
+        return Passes(0.0, 0.0)
+    x = torch.rand(images, 3, STAND_IN_SIZE, STAND_IN_SIZE, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(images, dtype=torch.long)  # normal images and an unreachable threshold: no early success
+    masks = torch.zeros(images, STAND_IN_SIZE, STAND_IN_SIZE)
+    masks[:, 4:8, 4:8] = 1
+    target, source = CountingDetector(StandIn()), CountingDetector(StandIn())
+    context = Context(threshold=1e9, pixel_threshold=1e9, seed=cell.seed, images=tuple(range(images)),
+                      source=source if spec.kind == "transfer" else None)
+    threat, options = spec.threat_model(point), spec.own(point)
+    try:
+        if spec.prepare is not None:
+            data = CellData(x, x, labels, images, torch.device("cpu"))
+            context = replace(context, state=spec.prepare(target, data, threat, context, **options))
+        objective = spec.objective(target, labels, masks, point)
+        spec.run(objective, x, threat, context, **options)
+    except Exception as err:  # noqa: BLE001 - an attack the stand-in cannot take is reported, not fatal
+        return Passes(0.0, 0.0, error=f"{err.__class__.__name__}: {err}")
+    return Passes((target.forward_passes - target.gradient_passes) / images, target.gradient_passes / images,
+                  (source.forward_passes - source.gradient_passes) / images, source.gradient_passes / images)
+
+
+def read_memo(path: Path | None) -> dict[str, Passes]:
+    try:
+        return {key: Passes(**value) for key, value in json.loads(path.read_text()).items()} if path else {}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def write_memo(path: Path | None, passes: dict[str, Passes]) -> None:
+    if path is not None:
+        atomic_write_bytes(path, json.dumps({key: asdict(p) for key, p in passes.items() if p.error is None}).encode())
+
+
+@dataclass
+class Cost:
+    """Measured seconds per image of one detector entry on one device."""
+
+    forward: float
+    gradient: float  # forward + backward w.r.t. the input
+    fit_per_image: float
+    batch_size: int
+    bank_rows: int | None
+    peak_memory: int | None  # bytes, CUDA only
+    fit_fixed: float = 0.0  # seconds per fit whatever the number of train images
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up (cuDNN autotuning, allocator, lazy init)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def grow_banks(detector: nn.Module, n_train: int) -> int | None:
+    """Give the detector's memory banks the rows fitting on ``n_train`` images would give
+    (its ``bank_rows``), random: the kNN cost at the real size."""
+    from robustad_bench.adapters.knn import MemoryBank
+
+    rows = detector.bank_rows(n_train) if hasattr(detector, "bank_rows") else None
+    if rows is None:
+        return None
+    for bank in (m for m in detector.modules() if isinstance(m, MemoryBank)):
+        generator = torch.Generator().manual_seed(0)
+        bank.set(torch.randn(rows, bank.bank.shape[1], generator=generator).to(bank.bank.device))
+    return rows
+
+
+def probe(entry, *, device: torch.device, batch_size: int, n_train: int, repeats: int = 2) -> Cost:
+    """Time one detector entry: fit on a few random images, then forward and forward+backward
+    passes at ``batch_size`` (halved until it fits in memory)."""
+    import inspect
+
+    from robustad_bench.adapters import DETECTORS, create_detector
+
+    kwargs = dict(entry.kwargs)
+    epochs = None
+    if "epochs" in inspect.signature(DETECTORS.get(entry.name)).parameters:
+        epochs = kwargs.get("epochs", inspect.signature(DETECTORS.get(entry.name)).parameters["epochs"].default)
+        kwargs["epochs"] = 1  # one epoch timed, scaled by the configured number
+    with seeded(0):
+        detector = create_detector(entry.name, **kwargs).to(device).eval()
+    size, generator = detector.input_size, torch.Generator().manual_seed(0)
+    small, large = max(1, min(FIT_PROBE_IMAGES // 2, n_train // 2)), max(2, min(FIT_PROBE_IMAGES, n_train))
+    times = {}
+    for n in (small, large):  # two sizes: the per-image slope without the fixed part (building, one-off setup)
+        train = torch.rand(n, 3, size, size, generator=generator).to(device)
+        _sync(device)
+        start = time.perf_counter()
+        detector.fit(train, seed=0)
+        _sync(device)
+        times[n] = time.perf_counter() - start
+    slope = max(0.0, (times[large] - times[small]) / (large - small)) if large > small else times[large] / large
+    fit_fixed = max(0.0, times[small] - slope * small)
+    fit_per_image = slope * (epochs or 1)
+    detector.eval()
+    rows = grow_banks(detector, n_train)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    while True:
+        x = torch.rand(batch_size, 3, size, size, generator=generator).to(device)
+        try:
+            forward = _timed(partial(_forward, detector, x), device, repeats) / batch_size
+            gradient = _timed(partial(_gradient, detector, x), device, repeats) / batch_size
+            break
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            torch.cuda.empty_cache()
+            batch_size //= 2
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return Cost(forward, gradient, fit_per_image, batch_size, rows, peak, fit_fixed)
+
+
+def _forward(detector: nn.Module, x: Tensor) -> None:
+    with torch.no_grad():
+        detector(x)
+
+
+def _gradient(detector: nn.Module, x: Tensor) -> None:
+    x = x.clone().requires_grad_(True)
+    torch.autograd.grad(detector(x).score.sum(), x)
+
+
+@dataclass
+class Line:
+    """One (detector, attack) row of the projection."""
+
+    detector: str
+    attack: str
+    cells: int = 0
+    images: int = 0
+    forward: float = 0.0  # passes per image (target + source)
+    gradient: float = 0.0
+    seconds: float = 0.0
+    unknown: int = 0  # cells without image counts (data not there and nothing published)
+    error: str | None = None
+
+
+def estimate(cells: list[Cell], device: torch.device, cost_of: Callable[..., Cost] | None = None,
+             memo: Path | None = None) -> tuple[list[Line], dict[str, Cost], dict[str, float]]:
+    """Per (detector, attack) projected seconds, the costs per detector label and the fit
+    seconds per detector label. ``cost_of(entry, batch_size, n_train)`` gives a detector
+    entry's cost (default: ``probe`` it on ``device``); ``memo`` (a JSON file) keeps the
+    pass counts between runs."""
+    cost_of = cost_of or partial(probe, device=device)
+    counts: dict[tuple, Any] = {}
+    passes = read_memo(memo)
+    costs: dict[str, Cost] = {}
+    lines: dict[tuple[str, str], Line] = {}
+    fits: dict[str, float] = defaultdict(float)
+    fitted = set()
+    for cell in cells:
+        group = (json.dumps(cell.dataset.config(), sort_keys=True, default=str), cell.category)
+        if group not in counts:
+            counts[group] = build_dataset(cell.dataset).counts(cell.category)
+        count = counts[group]
+        for entry in (cell.detector, cell.source) if cell.source is not None else (cell.detector,):
+            if entry.label not in costs:
+                n_train = count.train if count is not None else FIT_PROBE_IMAGES
+                log.info("probing %s on %s", entry.label, device)
+                costs[entry.label] = cost_of(entry, batch_size=cell.batch_size, n_train=n_train)
+        cost = costs[cell.detector.label]
+        key = digest({**cell.attack.config(), "eps": None, "version": __version__})  # passes do not depend on ε
+        if key not in passes:
+            passes[key] = count_passes(cell)
+            write_memo(memo, passes)
+        p = passes[key]
+        line = lines.setdefault((cell.detector.label, cell.attack.label), Line(cell.detector.label, cell.attack.label))
+        line.cells += 1
+        line.error = line.error or p.error
+        line.forward, line.gradient = p.forward + p.source_forward, p.gradient + p.source_gradient
+        if count is None:
+            line.unknown += 1
+            continue
+        n_test = count.test_normal + count.test_anomalous
+        source = costs[cell.source.label] if cell.source is not None else cost
+        scoring = n_test * cost.forward if cell.spec.kind != "none" else 0.0  # the adversarial images scored once more
+        line.images += n_test
+        line.seconds += n_test * (p.gradient * cost.gradient + p.forward * cost.forward
+                                  + p.source_gradient * source.gradient + p.source_forward * source.forward) + scoring
+        fit_group = (cell.detector.label, *group, cell.seed)
+        if fit_group not in fitted:
+            fitted.add(fit_group)
+            fits[cell.detector.label] += cost.fit_fixed + count.train * cost.fit_per_image + n_test * cost.forward
+    return list(lines.values()), costs, dict(fits)
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 360 else f"{seconds:.0f} s"
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+
+
+def report(lines: list[Line], costs: dict[str, Cost], fits: dict[str, float], device: torch.device) -> str:
+    from tabulate import tabulate
+
+    rows = [(label, c.batch_size, f"{1000 * c.forward:.2f}", f"{1000 * c.gradient:.2f}", f"{1000 * c.fit_per_image:.1f}",
+             c.bank_rows if c.bank_rows is not None else "—",
+             f"{c.peak_memory / 2**30:.1f}" if c.peak_memory is not None else "—", hours(fits.get(label, 0.0)))
+            for label, c in costs.items()]
+    out = [f"probe on {device} ({device_name(device)}): seconds per image measured now",
+           tabulate(rows, headers=["detector", "batch", "fwd ms/img", "fwd+bwd ms/img", "fit ms/train img", "bank rows",
+                                   "peak GiB", "fits"]), ""]
+    table = [(ln.detector, ln.attack, ln.cells, ln.images, f"{ln.gradient:g}", f"{ln.forward:g}",
+              ("n/a: " + ln.error[:60]) if ln.error else hours(ln.seconds) + (f" (+{ln.unknown} cells of unknown size)" if ln.unknown else ""))
+             for ln in lines]
+    out.append(tabulate(table, headers=["detector", "attack", "cells", "images", "grad passes/img", "fwd-only passes/img", "projected"]))
+    total = sum(ln.seconds for ln in lines) + sum(fits.values())
+    kind = "GPU" if device.type == "cuda" else "CPU"
+    out.append(f"\nprojected: {hours(total)} ({total / 3600:.2f} {kind}-hours on one {device_name(device)}); "
+               "attacks from counted passes × measured seconds, fits from a probe at two sizes")
+    if any(ln.unknown for ln in lines):
+        out.append("some cells have no image counts (the data is not there and nothing is published): not projected")
+    return "\n".join(out)
