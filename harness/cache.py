@@ -88,8 +88,11 @@ def remove_orphans(root: Path) -> int:
     return removed
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: all or nothing."""
+def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: all or nothing.
+    ``durable``: fsync before the rename, so even a machine crash leaves the old or the new
+    file; the cache passes False (a cache file a crash truncates is reported as corrupt and
+    computed again, and an fsync per small file costs more than a trivial cell)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix, suffix = temp_name(path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
@@ -97,8 +100,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         shareable(Path(tmp), 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -189,7 +193,7 @@ class Cache:
     def save_fit(self, key: str, artifact: dict[str, Any], about: dict[str, Any] | None = None) -> None:
         buffer = io.BytesIO()
         torch.save(artifact, buffer)
-        atomic_write_bytes(self._fit_path(key), buffer.getvalue())
+        atomic_write_bytes(self._fit_path(key), buffer.getvalue(), durable=False)
         if about is not None:
             atomic_write_bytes(self._fit_path(key).with_suffix(".json"), json.dumps(about, indent=1).encode())
 
@@ -220,8 +224,8 @@ class Cache:
 
     def save_eval(self, key: str, row: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         folder = self._eval_dir(key)
-        atomic_write_bytes(folder / "scores.npz", npz_bytes(arrays))
-        atomic_write_bytes(folder / "row.json", json.dumps(row, indent=1).encode())  # written last: marks complete
+        atomic_write_bytes(folder / "scores.npz", npz_bytes(arrays), durable=False)
+        atomic_write_bytes(folder / "row.json", json.dumps(row, indent=1).encode(), durable=False)  # written last: marks complete
 
 
 def touch(path: Path) -> None:

@@ -23,10 +23,12 @@ weighted by the bin's share of images.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from scipy.special import expit
 
-from .metrics import f1, gmean
+from .metrics import auroc, f1, gmean
 from .registry import Registry
 
 ECE_BINS = 15
@@ -89,7 +91,9 @@ class Isotonic:
         return self
 
     def predict(self, scores: np.ndarray) -> np.ndarray:
-        return self.model.predict(scores)
+        # what IsotonicRegression.predict computes (linear between its thresholds, clipped
+        # outside), without its per-call input checks
+        return np.interp(scores, self.model.X_thresholds_, self.model.y_thresholds_)
 
 
 def folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -106,16 +110,31 @@ def cross_fit(name: str, clean: np.ndarray, labels: np.ndarray, others: list[np.
               seed: int = 0) -> list[np.ndarray]:
     """Out-of-fold posteriors of ``clean`` and of each array in ``others`` (scores of the
     same images, e.g. attacked): image i always goes through the model fitted without i."""
-    fold = folds(labels, k, seed)
     outputs = [np.empty(len(clean)) for _ in range(1 + len(others))]
-    for f in range(k):
-        held = fold == f
-        if not held.any():
-            continue
-        model = CALIBRATORS.get(name)().fit(clean[~held], labels[~held])
+    for held, model in fold_models(name, clean, labels, k, seed):
         for out, scores in zip(outputs, [clean, *others]):
             out[held] = model.predict(scores[held])
     return outputs
+
+
+FOLD_MODELS: dict[str, list] = {}  # the fold models depend on the clean scores only: fitted once per group
+
+
+def fold_models(name: str, clean: np.ndarray, labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, object]]:
+    """(held-out mask, model fitted without it) per fold; every cell of a fit group shares the
+    clean scores, so the fits are kept (by content) for the group's other cells."""
+    key = hashlib.sha256(b"|".join([name.encode(), clean.astype(np.float64).tobytes(), labels.astype(np.int64).tobytes(),
+                                    f"{k}|{seed}".encode()])).hexdigest()
+    if key not in FOLD_MODELS:
+        fold, models = folds(labels, k, seed), []
+        for f in range(k):
+            held = fold == f
+            if held.any():
+                models.append((held, CALIBRATORS.get(name)().fit(clean[~held], labels[~held])))
+        if len(FOLD_MODELS) > 64:  # a handful of groups at a time: keep memory flat on long runs
+            FOLD_MODELS.clear()
+        FOLD_MODELS[key] = models
+    return FOLD_MODELS[key]
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -160,8 +179,6 @@ def columns() -> dict[str, str]:
 def calibration_metrics(labels: np.ndarray, clean: np.ndarray, scores: np.ndarray, *, perturbed: bool,
                         seed: int = 0) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
     """The calibration metrics of one cell, and the posteriors to save beside its scores."""
-    from sklearn.metrics import roc_auc_score
-
     metrics: dict[str, float | None] = {"ece_bins": ECE_BINS, "ece_raw": ece(minmax(scores, clean), labels)}
     none = ("entropy_clean", "entropy_adv", "flag_auroc", "f1_platt", "gmean_platt", *(f"{k}_{c}" for c in CALIBRATORS.names() for k in ("ece", "brier")))
     if not 0 < labels.sum() < len(labels) or min(labels.sum(), len(labels) - labels.sum()) < 2:
@@ -177,7 +194,7 @@ def calibration_metrics(labels: np.ndarray, clean: np.ndarray, scores: np.ndarra
             metrics["entropy_clean"] = float(h_clean.mean())
             metrics["entropy_adv"] = float(h.mean()) if perturbed else None
             flags = np.r_[np.zeros(len(h)), np.ones(len(h))]
-            metrics["flag_auroc"] = float(roc_auc_score(flags, np.r_[h_clean, h])) if perturbed else None
+            metrics["flag_auroc"] = auroc(flags, np.r_[h_clean, h]) if perturbed else None
             metrics["f1_platt"] = f1(labels, p, threshold=0.5)
             metrics["gmean_platt"] = gmean(labels, p, threshold=0.5)
     return metrics, arrays

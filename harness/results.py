@@ -93,7 +93,9 @@ class ResultStore:
             arrays = {k: v for k, v in arrays.items() if not k.startswith("example_")}
             if examples:
                 write_examples(self.out_dir / "cells" / row["cell_id"] / "examples", examples)
-            atomic_write_bytes(self.scores_path(row["cell_id"]), npz_bytes(arrays))
+            # no fsync: the row below is the durable mark, and ``done`` checks the scores file it
+            # points to (a crash that truncates it recomputes the cell)
+            atomic_write_bytes(self.scores_path(row["cell_id"]), npz_bytes(arrays), durable=False)
         self.rows[row["cell_id"]] = row
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # a row killed mid-write leaves no newline: start this one on a line of its own

@@ -77,13 +77,24 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _versions() -> dict[str, str]:
-    import faiss
-    import timm
-
+    """Versions of what computes the numbers, read from the installed distributions (importing
+    timm and faiss only to ask would cost seconds per run)."""
     return {
-        "robustad_bench": __version__, "torch": torch.__version__, "timm": timm.__version__,
-        "faiss": faiss.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        "robustad_bench": __version__, "torch": torch.__version__, "timm": distribution_version("timm"),
+        "faiss": distribution_version("faiss-cpu", "faiss-gpu", "faiss"), "numpy": np.__version__,
+        "python": platform.python_version(),
     }
+
+
+def distribution_version(*names: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in names:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "not installed"
 
 
 def weight_files(config: dict[str, Any], hashes: Path | None) -> dict[str, str]:

@@ -21,6 +21,7 @@ metadata; adding an attack is one new module and one import line.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Mapping
@@ -98,7 +99,7 @@ class AttackSpec:
 
     def options(self) -> dict[str, tuple[Any, Any]]:
         """The attack's own keyword arguments: name → (annotation, default)."""
-        return parameters(self.run, skip=VALUES)
+        return dict(own_parameters(self.run))
 
     def parameters(self) -> dict[str, tuple[Any, Any]]:
         """Every YAML key of this attack: name → (annotation, default)."""
@@ -150,6 +151,13 @@ class AttackSpec:
         weight = float(point.get("entropy_weight", 0.0))
         return Objective(detector, labels, masks, point.get("objective", "detection"),
                          calibrator if weight > 0 else None, weight)
+
+
+@functools.cache
+def own_parameters(run: Callable[..., Tensor]) -> tuple[tuple[str, tuple[Any, Any]], ...]:
+    """``run``'s keyword arguments beyond the values every attack receives, read once
+    (signature inspection costs a millisecond, asked for on every cell)."""
+    return tuple(parameters(run, skip=VALUES).items())
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack", "robustad_bench.attacks")

@@ -9,28 +9,43 @@ import pytest
 
 from robustad_bench.harness.cli import main
 
+TIMING = ("seconds", "fit_seconds")  # wall-clock fields: the only ones allowed to differ
 
-def rows(out: Path) -> list[tuple]:
-    return sorted((r["cell_id"], r["metrics"]["image_auroc"]) for r in map(json.loads, (out / "results.jsonl").read_text().splitlines()))
+
+def rows(out: Path) -> list[dict]:
+    """The results rows, timing fields aside, in cell order."""
+    found = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    return sorted(({k: v for k, v in r.items() if k not in TIMING} for r in found), key=lambda r: r["cell_id"])
 
 
 def run(suite, tmp_path, name, *extra) -> int:
     return main(["run", str(suite), "--out", str(tmp_path / name), "--cache", str(tmp_path / f"cache-{name}"), "--no-progress", "--only", "*brick*", *extra])
 
 
-def test_slurm_backend_through_submitit(tiny_suite, tmp_path):
+def test_slurm_backend_through_submitit_local_executor(tiny_suite, tmp_path):
     pytest.importorskip("submitit")
     assert run(tiny_suite, tmp_path, "local") == 0
-    # submitit's "debug" cluster runs the array jobs in this process: the same code path as Slurm
-    assert run(tiny_suite, tmp_path, "slurm", "--backend", "slurm", "--backend-option", "cluster=debug") == 0
+    # submitit's "local" cluster runs each array job in its own process, pickled and unpickled
+    # as on Slurm (the jobs' files go under the cache's jobs/slurm/)
+    assert run(tiny_suite, tmp_path, "slurm", "--backend", "slurm", "--backend-option", "cluster=local",
+               "--backend-option", "timeout_min=10") == 0
     assert rows(tmp_path / "slurm") == rows(tmp_path / "local")
+    assert list((tmp_path / "cache-slurm" / "jobs" / "slurm").rglob("*_result.pkl"))  # it did go through submitit
 
 
-def test_ray_backend(tiny_suite, tmp_path):
-    pytest.importorskip("ray")
+def test_ray_backend_on_a_local_instance_started_here(tiny_suite, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     assert run(tiny_suite, tmp_path, "local") == 0
-    assert run(tiny_suite, tmp_path, "ray", "--backend", "ray", "--backend-option", "num_cpus=1") == 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # the instance the run's tasks go to
+    try:
+        assert run(tiny_suite, tmp_path, "ray", "--backend", "ray", "--backend-option", "num_cpus=1") == 0
+        assert ray.cluster_resources().get("CPU") == 2  # the run used this instance, and left it running
+    finally:
+        ray.shutdown()
     assert rows(tmp_path / "ray") == rows(tmp_path / "local")
+
+
 
 
 def test_unknown_backend_and_bad_options(tiny_suite, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,13 +110,17 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_numbers(tiny_suite, t
     small.write_text(suite.replace("batch_size: 8", "batch_size: 2"))
     args = ["--no-progress", "--only", "*brick*"]
     assert main(["run", str(hungry), "--out", str(tmp_path / "a"), "--cache", str(tmp_path / "ca"), *args]) == 0
-    assert "out of memory on cpu at batch size 8; retrying at 4" in caplog.text
+    assert re.search(r"out of memory on \S+ at batch size 8; retrying at 4", caplog.text)
     assert main(["run", str(small), "--out", str(tmp_path / "b"), "--cache", str(tmp_path / "cb"), *args]) == 0
     a, b = rows(tmp_path / "a"), rows(tmp_path / "b")
     attacked = [r for r in a.values() if r["attack"] != "none"]
     assert attacked and all(r["status"] == "ok" and r["batch_size"] == 2 for r in attacked)
     by_name = {(r["attack_label"], r["category"]): r["metrics"] for r in b.values()}
-    assert all(r["metrics"] == by_name[(r["attack_label"], r["category"])] for r in a.values())
+    # on a CPU the numbers are equal to the bit; on CUDA the clean fit was scored at batch 8
+    # vs 2, and cuDNN's kernels for those differ in the last bits
+    tolerance = 1e-3 if torch.cuda.is_available() else 0
+    for r in a.values():
+        assert r["metrics"] == pytest.approx(by_name[(r["attack_label"], r["category"])], abs=tolerance, nan_ok=True)
     # a model that fits no batch at all fails its cells with a clear message, not a traceback
     never = tmp_path / "never.yaml"
     never.write_text(suite.replace("fits: 2", "fits: 0"))

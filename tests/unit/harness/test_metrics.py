@@ -34,6 +34,21 @@ def test_image_auroc_and_ap_match_sklearn(scored):
     assert image_ap(labels, scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
 
 
+def test_auroc_ap_and_best_threshold_match_sklearn_with_ties():
+    from sklearn.metrics import precision_recall_curve
+
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        labels = (rng.random(60) < 0.4).astype(int)
+        scores = np.round(rng.normal(size=60) + labels, 1)  # many ties
+        assert image_auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        assert image_ap(labels, scores) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+        precision, recall, thresholds = precision_recall_curve(labels, scores)
+        f1s = np.divide(2 * precision[:-1] * recall[:-1], precision[:-1] + recall[:-1],
+                        out=np.zeros(len(thresholds)), where=(precision[:-1] + recall[:-1]) > 0)
+        assert best_f1_threshold(labels, scores) == pytest.approx((f1s.max(), thresholds[np.argmax(f1s)]), abs=1e-12)
+
+
 def test_f1_max_is_best_over_every_threshold(scored):
     labels, scores = scored
     brute = max(f1_score(labels, scores >= t) for t in np.unique(scores))
