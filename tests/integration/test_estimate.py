@@ -1,0 +1,47 @@
+"""``run --dry-run --estimate`` and ``benchmarks/paper_scale.py --tiny`` print projected times;
+the passes they multiply are counted from the attacks themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from robustad_bench.harness.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dry_run_estimate_prints_a_projection(tiny_suite, tmp_path, capsys):
+    assert main(["run", str(tiny_suite), "--dry-run", "--estimate", "--device", "cpu", "--cache", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "8 cells, 3 fit tasks" in out and "projected:" in out and "CPU-hours" in out
+    line = next(ln for ln in out.splitlines() if ln.startswith("pc ") and " pgd " in ln)
+    assert line.split()[4] == "2"  # PGD-2: 2 gradient passes per image, counted
+    assert (tmp_path / "c" / "passes.json").is_file()  # kept for the next estimate
+    assert main(["run", str(tiny_suite), "--estimate"]) == 2  # --estimate goes with --dry-run
+    assert "--dry-run" in capsys.readouterr().err
+
+
+def test_counted_passes_follow_the_attack():
+    from robustad_bench.harness.estimate import count_passes
+    from robustad_bench.harness.grid import expand
+    from robustad_bench.harness.suite import parse_suite
+
+    suite = parse_suite({
+        "name": "p", "datasets": [{"name": "digits", "categories": ["0"]}], "detectors": [{"name": "zarnd"}],
+        "attacks": [{"name": "pgd", "eps": "8/255", "steps": 7, "restarts": 2}, {"name": "square", "eps": "8/255", "steps": 30},
+                    {"name": "fgsm", "eps": "8/255"}]}, file="p.yaml")
+    passes = {c.attack.name: count_passes(c) for c in expand(suite)}
+    assert (passes["pgd"].gradient, passes["fgsm"].gradient) == (14, 1)  # restarts × steps; one step
+    assert passes["square"].gradient == 0 and passes["square"].forward >= 30  # score-only: queries, no gradient
+
+
+def test_paper_scale_tiny_runs_on_cpu(tmp_path):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_scale.py"), "--tiny", "--device", "cpu",
+                           "--cache", str(tmp_path), "--detectors", "patchcore", "zarnd", "--suites", "suites/seeds/zarnd.yaml"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "PGD-2 ms" in done.stdout and "overhead" in done.stdout
+    assert "projected wall time of suites/seeds/zarnd.yaml" in done.stdout
+    assert (tmp_path / "data" / "paper_scale_tiny" / "hazelnut" / "ground_truth" / "blob").is_dir()  # MVTec layout
