@@ -39,6 +39,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from robustad_bench.harness.estimate import sync, timed
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PAPER = {  # the seeds' settings, random weights
@@ -101,21 +103,6 @@ def write_stand_in(root: Path, counts: dict, size: int, seed: int = 0) -> Path:
 
 
 # -- measurements --------------------------------------------------------------------------------
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int = 2) -> float:
-    fn()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
-
 
 def gradient_pass(module, x: torch.Tensor, output=lambda out: out.score) -> None:
     x = x.clone().requires_grad_(True)

@@ -122,18 +122,19 @@ class Cost:
     fit_fixed: float = 0.0  # seconds per fit whatever the number of train images
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _timed(fn, device: torch.device, repeats: int) -> float:
+def timed(fn, device: torch.device, repeats: int = 2) -> float:
+    """Seconds per call of ``fn`` on ``device`` after one warm-up call."""
     fn()  # warm-up (cuDNN autotuning, allocator, lazy init)
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         fn()
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - start) / repeats
 
 
@@ -170,10 +171,10 @@ def probe(entry, *, device: torch.device, batch_size: int, n_train: int, repeats
     times = {}
     for n in (small, large):  # two sizes: the per-image slope without the fixed part (building, one-off setup)
         train = torch.rand(n, 3, size, size, generator=generator).to(device)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         detector.fit(train, seed=0)
-        _sync(device)
+        sync(device)
         times[n] = time.perf_counter() - start
     slope = max(0.0, (times[large] - times[small]) / (large - small)) if large > small else times[large] / large
     fit_fixed = max(0.0, times[small] - slope * small)
@@ -185,8 +186,8 @@ def probe(entry, *, device: torch.device, batch_size: int, n_train: int, repeats
     while True:
         x = torch.rand(batch_size, 3, size, size, generator=generator).to(device)
         try:
-            forward = _timed(partial(_forward, detector, x), device, repeats) / batch_size
-            gradient = _timed(partial(_gradient, detector, x), device, repeats) / batch_size
+            forward = timed(partial(_forward, detector, x), device, repeats) / batch_size
+            gradient = timed(partial(_gradient, detector, x), device, repeats) / batch_size
             break
         except torch.OutOfMemoryError:
             if batch_size == 1:
