@@ -39,8 +39,20 @@ def _require(module: str, backend: str):
         raise UserError(f"--backend {backend} needs the {module!r} package: pip install {module}", key="--backend") from err
 
 
-def _worker_init(threads: int) -> None:
+WORKER_DEVICE: str | None = None  # in a local worker process: the device it was given
+
+
+def _worker_init(threads: int, devices) -> None:
+    """A local worker's start: its share of the CPU threads and its own device, taken from
+    the queue (one GPU per worker on CUDA)."""
+    global WORKER_DEVICE
     torch.set_num_threads(threads)
+    WORKER_DEVICE = devices.get()
+
+
+def _on_worker_device(run_group: Callable, group: list, **kwargs):
+    """``run_group`` on the device of the worker process that runs it."""
+    return run_group(group, device=WORKER_DEVICE, **kwargs)
 
 
 def _unexpected(backend: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:
@@ -52,7 +64,9 @@ def _unexpected(backend: str, options: dict[str, Any], allowed: tuple[str, ...])
 @register_backend("local")
 def local(run_group: Callable, groups: list, *, workers: int, record: Callable, device: str, options: dict[str, Any],
           folder: Path, progress: bool) -> None:
-    """In this process, or ``workers`` processes (one per GPU on CUDA) each taking whole groups."""
+    """In this process, or ``workers`` processes each taking whole groups; on CUDA each worker
+    holds one GPU (worker i gets ``cuda:i`` modulo the visible GPUs), so groups never share a
+    device by accident."""
     _unexpected("local", options, ())
     if workers <= 1 or len(groups) <= 1:
         for group in groups:
@@ -60,10 +74,13 @@ def local(run_group: Callable, groups: list, *, workers: int, record: Callable, 
         return
     threads = max(1, torch.get_num_threads() // workers)
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    devices = [f"cuda:{i % torch.cuda.device_count()}" if cuda else "cpu" for i in range(len(groups))]
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool:
-        futures = [pool.submit(run_group, group, device=d, progress=False) for group, d in zip(groups, devices)]
+    devices = context.Manager().Queue()
+    for i in range(workers):
+        devices.put(f"cuda:{i % torch.cuda.device_count()}" if cuda else "cpu")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                             initargs=(threads, devices)) as pool:
+        futures = [pool.submit(_on_worker_device, run_group, group, progress=False) for group in groups]
         for future in futures:
             for row, arrays in future.result():
                 record(row, arrays)

@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="local", help="local | slurm | ray (see robustad-bench list backends)")
     run.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                      help="passed to the backend, e.g. slurm_partition=gpu, timeout_min=600, num_gpus=1")
-    run.add_argument("--workers", type=int, default=1, help="parallel fit groups (processes)")
+    run.add_argument("--workers", type=int, help="parallel fit groups (processes; default: one per visible GPU on CUDA, else 1)")
     run.add_argument("--only", help="run only cells whose id matches this glob (substring if no wildcard)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and stop")
     run.add_argument("--estimate", action="store_true", help="with --dry-run: probe each detector on --device and print the "
@@ -179,6 +179,14 @@ def cmd_list(args) -> int:
     return 0
 
 
+def default_workers(device: str) -> int:
+    """One local worker per visible GPU when the run is on CUDA, else one."""
+    import torch
+
+    on_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return max(1, torch.cuda.device_count()) if on_cuda else 1
+
+
 def cmd_run(args) -> int:
     from .complete import default_out, finished_rows, record
 
@@ -215,7 +223,7 @@ def cmd_run(args) -> int:
         return 0
     if args.estimate:
         raise UserError("--estimate goes with --dry-run (it projects a run's time without running it)", key="--estimate")
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     out = Path(args.out or Path("runs") / suite.name)
     for flag, folder in (("--out", out), ("--cache", Path(args.cache or default_cache()).expanduser())):
@@ -223,7 +231,7 @@ def cmd_run(args) -> int:
             raise UserError(f"{str(folder)!r} is a file; {flag} must be a folder", key=flag)
     report = run_suite(
         suite, out_dir=out, cache_dir=args.cache or default_cache(), device=args.device, only=args.only,
-        force=args.force, workers=args.workers, progress=not args.no_progress,
+        force=args.force, workers=args.workers or default_workers(args.device), progress=not args.no_progress,
         backend=args.backend, backend_options=parse_options(args.backend_option), append=args.append, wait=args.wait,
     )
     print(f"{len(report.rows)} rows in {out / 'results.jsonl'}: {report.computed} computed, "

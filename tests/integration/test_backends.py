@@ -55,3 +55,25 @@ def test_unknown_backend_and_bad_options(tiny_suite, tmp_path, capsys):
     assert "KEY=VALUE" in capsys.readouterr().err
     assert run(tiny_suite, tmp_path, "z", "--backend-option", "partition=gpu") == 2
     assert "not understood by the local backend" in capsys.readouterr().err
+
+
+def test_local_runs_one_worker_per_visible_gpu(monkeypatch):
+    from robustad_bench.harness.cli import default_workers
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    assert default_workers("auto") == 4 and default_workers("cuda") == 4
+    assert default_workers("cpu") == 1  # on CPU: --workers N
+
+
+def test_each_local_worker_keeps_its_own_device(tmp_path):
+    from robustad_bench.harness.backends import local
+
+    seen = []
+    local(report_device, [[i] for i in range(4)], workers=2, record=lambda row, arrays: seen.append(row), device="cpu",
+          options={}, folder=tmp_path, progress=False)
+    assert sorted(r["group"] for r in seen) == [0, 1, 2, 3] and {r["device"] for r in seen} == {"cpu"}
+
+
+def report_device(group, *, device, progress, on_cell=None):
+    return [({"group": group[0], "device": device}, None)]
