@@ -66,14 +66,19 @@ def test_local_runs_one_worker_per_visible_gpu(monkeypatch):
     assert default_workers("cpu") == 1  # on CPU: --workers N
 
 
-def test_each_local_worker_keeps_its_own_device(tmp_path):
-    from robustad_bench.harness.backends import local
+def test_each_local_worker_keeps_its_own_device():
+    import queue
 
-    seen = []
-    local(report_device, [[i] for i in range(4)], workers=2, record=lambda row, arrays: seen.append(row), device="cpu",
-          options={}, folder=tmp_path, progress=False)
-    assert sorted(r["group"] for r in seen) == [0, 1, 2, 3] and {r["device"] for r in seen} == {"cpu"}
+    import torch
 
+    from robustad_bench.harness import backends
 
-def report_device(group, *, device, progress, on_cell=None):
-    return [({"group": group[0], "device": device}, None)]
+    devices, threads = queue.Queue(), torch.get_num_threads()
+    devices.put("cuda:1")  # what the local backend queues for the second worker on CUDA
+    backends._worker_init(1, devices)  # a worker's start: its device taken from the queue
+    try:
+        ran = backends._on_worker_device(lambda group, *, device, progress: [(group, device)], ["g"], progress=False)
+        assert ran == [(["g"], "cuda:1")]  # the group runs on the worker's device, whatever the run's
+    finally:
+        backends.WORKER_DEVICE = None
+        torch.set_num_threads(threads)
