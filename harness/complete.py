@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .errors import UserError
+from .paths import resolve_root
 
 STAMP = "complete.json"
 
@@ -46,13 +48,15 @@ def _tree(root: Path) -> str | None:
 
 
 def _roots(raw: dict[str, Any]) -> list[str]:
-    """Every dataset root the suite can read: given ones, else ``$ROBUSTAD_DATA/<name>``."""
+    """Every dataset root the suite can read, resolved as the loaders resolve it (a root
+    naming an unset variable is left out: the full path reports it)."""
     roots = []
     for entry in raw.get("datasets") or []:
         if isinstance(entry, dict) and "name" in entry:
-            root = entry.get("root")
-            roots.append(os.path.expanduser(os.path.expandvars(str(root))) if root is not None
-                         else str(Path(os.environ.get("ROBUSTAD_DATA", "$ROBUSTAD_DATA")).expanduser() / str(entry["name"])))
+            try:
+                roots.append(str(resolve_root(entry.get("root"), str(entry["name"]))))
+            except UserError:
+                continue
     return roots
 
 

@@ -12,7 +12,6 @@ neighbour, and must have their image's size: a stretched mask would move the def
 from __future__ import annotations
 
 import logging
-import os
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..errors import UserError
+from ..paths import resolve_root
 from ..schema import AtLeast
 from .base import Counts, Dataset, Split, digest, to_tensor
 
@@ -109,16 +109,6 @@ def listed(items: list, what: str) -> str:
     shown = ", ".join(str(i) for i in items[:MAX_LISTED])
     more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
     return f"{len(items)} {what}: {shown}{more}"
-
-
-def resolve_root(root: str | None, name: str) -> Path:
-    """``root`` with ``~`` and ``$VAR``/``${VAR}`` expanded; without one, ``$ROBUSTAD_DATA/<name>``."""
-    if root is None:  # unset: a path that does not exist, so the data check names the variable
-        return Path(os.environ.get("ROBUSTAD_DATA", "$ROBUSTAD_DATA")).expanduser() / name
-    expanded = os.path.expandvars(str(root))
-    if "$" in expanded:
-        raise UserError(f"root {root!r} names an environment variable that is not set", key="root")
-    return Path(expanded).expanduser()
 
 
 def read_rgb(path: Path, size: int) -> np.ndarray:
