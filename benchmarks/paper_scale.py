@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from robustad_bench.harness.estimate import sync, timed
+from robustad_bench.harness.estimate import one_epoch, sync, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +152,7 @@ def measure(name: str, config: dict, split, device: torch.device, batch: int, st
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    fit_config = config | ({"epochs": 1} if name == "patchguard" else {})  # training: timed per step below
+    fit_config, epochs = one_epoch(name, config)  # a detector that trains: one epoch timed, scaled by its epochs
     with seeded(0):
         detector = create_detector(name, **fit_config).to(device).eval()
     data = split.resized(detector.input_size)
@@ -162,8 +162,7 @@ def measure(name: str, config: dict, split, device: torch.device, batch: int, st
     detector.fit(train, seed=0)
     sync(device)
     fit = time.perf_counter() - start
-    if name == "patchguard":  # one epoch measured: the configured epochs
-        fit *= config.get("epochs", 300)
+    fit *= epochs
     detector.eval()
     x = data.test[:batch].to(device)
     labels = torch.from_numpy(data.labels[:batch]).to(device)

@@ -152,18 +152,25 @@ def grow_banks(detector: nn.Module, n_train: int) -> int | None:
     return rows
 
 
+def one_epoch(name: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """A detector that trains in ``epochs`` (a constructor key) is timed for one epoch:
+    (its keys with ``epochs: 1``, the configured epochs to scale by); others as they are, 1."""
+    import inspect
+
+    from robustad_bench.adapters import DETECTORS
+
+    parameters = inspect.signature(DETECTORS.get(name)).parameters
+    if "epochs" not in parameters:
+        return dict(kwargs), 1
+    return {**kwargs, "epochs": 1}, int(kwargs.get("epochs", parameters["epochs"].default))
+
+
 def probe(entry, *, device: torch.device, batch_size: int, n_train: int, repeats: int = 2) -> Cost:
     """Time one detector entry: fit on a few random images, then forward and forward+backward
     passes at ``batch_size`` (halved until it fits in memory)."""
-    import inspect
+    from robustad_bench.adapters import create_detector
 
-    from robustad_bench.adapters import DETECTORS, create_detector
-
-    kwargs = dict(entry.kwargs)
-    epochs = None
-    if "epochs" in inspect.signature(DETECTORS.get(entry.name)).parameters:
-        epochs = kwargs.get("epochs", inspect.signature(DETECTORS.get(entry.name)).parameters["epochs"].default)
-        kwargs["epochs"] = 1  # one epoch timed, scaled by the configured number
+    kwargs, epochs = one_epoch(entry.name, entry.kwargs)
     with seeded(0):
         detector = create_detector(entry.name, **kwargs).to(device).eval()
     size, generator = detector.input_size, torch.Generator().manual_seed(0)
@@ -178,7 +185,7 @@ def probe(entry, *, device: torch.device, batch_size: int, n_train: int, repeats
         times[n] = time.perf_counter() - start
     slope = max(0.0, (times[large] - times[small]) / (large - small)) if large > small else times[large] / large
     fit_fixed = max(0.0, times[small] - slope * small)
-    fit_per_image = slope * (epochs or 1)
+    fit_per_image = slope * epochs
     detector.eval()
     rows = grow_banks(detector, n_train)
     if device.type == "cuda":
