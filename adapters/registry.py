@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-from robustad_bench.harness.registry import Registry
+from robustad_bench.harness.registry import Registry, admit_subclass
 
 from .base import Detector
 
-DETECTORS: Registry[type[Detector]] = Registry("detector", "robustad_bench.detectors")
+DETECTORS: Registry[type[Detector]] = Registry("detector", "robustad_bench.detectors",
+                                                admit=partial(admit_subclass, Detector), expected="a Detector subclass")
 register_detector = DETECTORS.register
 
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from .attacks import CellData, Context
 from .calibration import attacker_calibrator, calibration_metrics
 from .datasets import Split
+from .datasets.base import resize_mask
 from .errors import UserError
 from .grid import Cell
 from .metrics import best_f1_threshold, compute_metrics
@@ -81,14 +82,8 @@ def evaluation_maps(maps: Tensor, size: int) -> np.ndarray:
 
 
 def evaluation_masks(masks: Tensor, size: int) -> np.ndarray:
-    """(B, H, W) binary masks at the evaluation resolution: a pixel is anomalous when any source
-    pixel it covers is (max-pooling), so no annotated defect vanishes; nearest when upsampling."""
-    masks = (masks.float() > 0).float()[:, None]
-    if masks.shape[-1] > size or masks.shape[-2] > size:
-        masks = F.adaptive_max_pool2d(masks, (size, size))
-    elif tuple(masks.shape[-2:]) != (size, size):
-        masks = F.interpolate(masks, size=(size, size), mode="nearest")
-    return masks[:, 0].to(torch.uint8).cpu().numpy()
+    """(B, H, W) binary masks at the evaluation resolution, by the any-pixel rule (``resize_mask``)."""
+    return resize_mask(masks, size).to(torch.uint8).cpu().numpy()
 
 
 @dataclass

@@ -8,6 +8,7 @@ is undefined (one class only, no masks), never a made-up number.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import numpy as np
@@ -16,7 +17,20 @@ from scipy import ndimage
 from .registry import Registry
 
 MetricFn = Callable[..., "float | None"]
-METRICS: Registry[MetricFn] = Registry("metric", "robustad_bench.metrics")
+METRIC_PARAMETERS = ("labels", "scores")  # a metric's first two parameters: ``fn(labels, scores, *, maps, masks, threshold)``
+
+
+def admit_metric(obj: object) -> MetricFn | None:
+    """A Python function whose first parameters are ``labels, scores`` (builtins such as
+    ``os.system`` are not metrics)."""
+    if not inspect.isfunction(obj):
+        return None
+    names = list(inspect.signature(obj).parameters)[:2]
+    return obj if tuple(names) == METRIC_PARAMETERS else None
+
+
+METRICS: Registry[MetricFn] = Registry("metric", "robustad_bench.metrics", admit=admit_metric,
+                                       expected="a metric function fn(labels, scores, *, maps, masks, threshold)")
 register_metric = METRICS.register
 
 

@@ -10,6 +10,12 @@ metric function) or, for attacks, the module whose ``register_attack`` call regi
 A plugin that fails to import gives a warning naming its package and the error and leaves
 every other name working; a plugin name that clashes with a built-in is an error naming
 both. A suite may also name an object by its import path, ``"mypkg.detectors:MyDetector"``.
+
+A suite or a model card is data, never code: whatever a name resolves to (an import path or
+a plugin's entry point) must be an object of the registry's kind — a ``Detector`` subclass, a
+``Dataset`` subclass, a registered attack, a metric function — checked by the registry's
+``admit`` before anything is called. ``"os:system"`` resolves to a function of the os
+module, is refused, and is never called.
 """
 
 from __future__ import annotations
@@ -32,10 +38,17 @@ def plugin_package(ep: EntryPoint) -> str:
     return ep.dist.name if getattr(ep, "dist", None) is not None else ep.value.split(":")[0].split(".")[0]
 
 
+def admit_any(obj: object) -> object:
+    return obj
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str, group: str | None = None):
+    def __init__(self, kind: str, group: str | None = None, *, admit: Callable[[object], T | None] = admit_any,
+                 expected: str = ""):
         self.kind = kind
         self.group = group  # the entry-point group plugins declare their names in
+        self.admit = admit  # what an imported object must be: returns the entry, or None to refuse it
+        self.expected = expected or f"a {kind}"  # what ``admit`` accepts, in words
         self._entries: dict[str, T | str | EntryPoint] = {}
         self._frozen = False
         self._plugins_loaded = group is None
@@ -98,7 +111,13 @@ class Registry(Generic[T]):
                 raise UserError(f"{self.kind} {name!r} comes from plugin package {plugin_package(entry)!r}, which failed "
                                 f"to load: {type(err).__name__}: {err}", file=file, key=key) from None
             current = self._entries[name]  # importing the plugin may have registered the name itself
-            self._entries[name] = loaded if current is entry else current
+            if current is entry:
+                admitted = self.admit(loaded)
+                if admitted is None:
+                    raise UserError(f"{self.kind} {name!r} from plugin package {plugin_package(entry)!r} ({entry.value}) "
+                                    f"is {describe(loaded)}, not {self.expected}", file=file, key=key)
+                current = admitted
+            self._entries[name] = current
         elif isinstance(entry, str):
             module, attr = entry.split(":")
             self._entries[name] = getattr(importlib.import_module(module), attr)
@@ -106,8 +125,11 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: object) -> str:
         if isinstance(name, str) and ":" in name:
-            return (f"cannot import {self.kind} {name!r} (module:object): {self._import_error(name)}; is its package "
-                    "installed in this environment?")
+            error = self._import_error(name)
+            if error is None:  # it imports, but is not of this kind
+                return (f"{self.kind} {name!r} resolves to {describe(self._resolve(name))}, which is not "
+                        f"{self.expected}; a suite names registered objects only, it never runs code")
+            return f"cannot import {self.kind} {name!r} (module:object): {error}; is its package installed in this environment?"
         close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         plugins = (f" If {name!r} comes from a plugin, its package is not installed in this environment "
@@ -125,12 +147,20 @@ class Registry(Generic[T]):
         return name in self._entries
 
     def _import_path(self, name: str) -> bool:
-        """A ``module:object`` name: imported and kept under that name when it resolves."""
+        """A ``module:object`` name: imported and kept under that name when it resolves to an
+        object of this kind (never called to find out)."""
         if self._import_error(name) is not None:
             return False
-        module, attr = name.split(":", 1)
-        self._entries[name] = getattr(importlib.import_module(module), attr)
+        admitted = self.admit(self._resolve(name))
+        if admitted is None:
+            return False
+        self._entries[name] = admitted
         return True
+
+    @staticmethod
+    def _resolve(name: str) -> object:
+        module, attr = name.split(":", 1)
+        return getattr(importlib.import_module(module), attr)
 
     @staticmethod
     def _import_error(name: str) -> str | None:
@@ -140,3 +170,19 @@ class Registry(Generic[T]):
         except Exception as err:
             return f"{type(err).__name__}: {err}"
         return None if hasattr(obj, attr) else f"module {module!r} has no {attr!r}"
+
+
+def describe(obj: object) -> str:
+    """What an object is, for an error message (never its repr: that could run code)."""
+    if isinstance(obj, type):
+        return f"the class {obj.__module__}.{obj.__qualname__}"
+    qualname = getattr(obj, "__qualname__", None)
+    if callable(obj) and isinstance(qualname, str):
+        return f"the {type(obj).__name__} {getattr(obj, '__module__', '?')}.{qualname}"
+    return f"a {type(obj).__name__} object"
+
+
+def admit_subclass(base: type, obj: object) -> type | None:
+    """An ``admit`` for registries of classes (with ``functools.partial``): ``obj`` when it is a
+    subclass of ``base``."""
+    return obj if isinstance(obj, type) and issubclass(obj, base) else None

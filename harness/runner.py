@@ -199,7 +199,7 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
         except Exception as err:  # the whole group fails; other groups still run
             group = err
         for cell in cells:
-            row, arrays = (_failed_row(cell, cell_key(cell, keys), group) if isinstance(group, Exception)
+            row, arrays = ((_failed_row(cell, cell_key(cell, keys), group), None) if isinstance(group, Exception)
                            else cell_result(cell, group, keys, cache, device, force, progress))
             results.append((row, arrays))
             if on_cell is not None:
@@ -214,7 +214,9 @@ def prepare_group(first: Cell, fit_key: str, cache: Cache, device: str, force: b
     detector, split, state = load_or_fit(first.detector, first, raw_split, fit_key, cache, device, force)
     # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
     size = first.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
-    masks = evaluation_masks(split.masks, size) if split.masks is not None else None
+    # from the masks as read (the file's resolution, or the dataset's image_size), so that the
+    # any-pixel rule runs once on the whole path and no thin defect is lost before it
+    masks = evaluation_masks(raw_split.masks, size) if raw_split.masks is not None else None
     held = state["holdout_scores"].numpy() if "holdout_scores" in state else None
     fitted = Fitted(detector, split, state["clean_scores"].numpy(), evaluation_maps(state["clean_maps"], size),
                     masks if detector.localization else None, float(state["fit_seconds"]), size, held)

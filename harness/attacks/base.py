@@ -160,7 +160,16 @@ def own_parameters(run: Callable[..., Tensor]) -> tuple[tuple[str, tuple[Any, An
     return tuple(parameters(run, skip=VALUES).items())
 
 
-ATTACKS: Registry[AttackSpec] = Registry("attack", "robustad_bench.attacks")
+def admit_attack(obj: object) -> AttackSpec | None:
+    """A registered attack: its ``AttackSpec``, or the function ``register_attack`` registered."""
+    if isinstance(obj, AttackSpec):
+        return obj
+    spec = getattr(obj, "attack_spec", None)
+    return spec if isinstance(spec, AttackSpec) else None
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack", "robustad_bench.attacks", admit=admit_attack,
+                                         expected="an attack registered with register_attack")
 
 
 def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, iterative: bool = False,
@@ -173,8 +182,9 @@ def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, ite
     assert set(threat or {}) <= set(THREAT_FIELDS), f"attack {name!r}: threat fields are {tuple(THREAT_FIELDS)}"
 
     def decorator(run: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        ATTACKS.register(name)(AttackSpec(name, run, kind, tuple(tasks), iterative, dict(threat or {}),
-                                          adaptive, prepare, check, title, note))
+        spec = AttackSpec(name, run, kind, tuple(tasks), iterative, dict(threat or {}), adaptive, prepare, check, title, note)
+        ATTACKS.register(name)(spec)
+        run.attack_spec = spec  # an import path naming the function resolves to its registration
         return run
 
     return decorator

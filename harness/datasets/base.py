@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..registry import Registry
+from ..registry import Registry, admit_subclass
 
-DATASETS: Registry[type[Dataset]] = Registry("dataset", "robustad_bench.datasets")
+DATASETS: Registry[type[Dataset]] = Registry("dataset", "robustad_bench.datasets", admit=lambda obj: admit_subclass(Dataset, obj),
+                                             expected="a Dataset subclass")
 register_dataset = DATASETS.register
 
 
@@ -29,7 +30,8 @@ class Split:
     holdout: Tensor | None = None  # normal train images set aside before fitting (threshold: normal-quantile)
 
     def resized(self, size: int) -> Split:
-        """Images resized (bilinear, antialiased) and masks (nearest) to ``size``×``size``."""
+        """Images resized (bilinear, antialiased) and masks to ``size``×``size`` by the any-pixel
+        rule (``resize_mask``): the localization attacks see every annotated defect."""
         if self.test.shape[-1] == size and self.test.shape[-2] == size:
             return self
 
@@ -39,9 +41,21 @@ class Split:
 
         masks = None
         if self.masks is not None:
-            masks = F.interpolate(self.masks[:, None], size=(size, size), mode="nearest")[:, 0]
+            masks = resize_mask(self.masks, size)
         held = None if self.holdout is None else images(self.holdout)
         return Split(images(self.train), images(self.test), self.labels, masks, self.names, held)
+
+
+def resize_mask(masks: Tensor, size: int) -> Tensor:
+    """(B, H, W) binary masks at ``size``×``size``: a pixel is anomalous when any source pixel
+    it covers is (max-pooling when shrinking), so no annotated defect vanishes, however thin;
+    nearest neighbour when enlarging. Float in {0, 1}."""
+    masks = (masks.float() > 0).float()[:, None]
+    if masks.shape[-1] > size or masks.shape[-2] > size:
+        masks = F.adaptive_max_pool2d(masks, (size, size))
+    if tuple(masks.shape[-2:]) != (size, size):
+        masks = F.interpolate(masks, size=(size, size), mode="nearest")
+    return masks[:, 0]
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ test images, each with its mask files. Reading, resizing, fingerprints, the layo
 ``robustad-bench data check`` prints, and the download instructions are shared here.
 
 Masks are binarised with ``> 0`` (MVTec's 0/255, VisA's 0/1 and LOCO's per-defect values
-all count), merged with "any" when a defect has several layers, resized with nearest
-neighbour, and must have their image's size: a stretched mask would move the defect.
+all count), merged with "any" when a defect has several layers, resized by the any-pixel
+rule (a pixel is anomalous when any file pixel it covers is), and must have their image's
+size: a stretched mask would move the defect. Images are scaled by their format's range
+(8-bit by 255, 16-bit by 65535).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from PIL import Image
 from ..errors import UserError
 from ..paths import resolve_root
 from ..schema import AtLeast
-from .base import Counts, Dataset, Split, digest, to_tensor
+from .base import Counts, Dataset, Split, digest, resize_mask, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +113,41 @@ def listed(items: list, what: str) -> str:
     return f"{len(items)} {what}: {shown}{more}"
 
 
-def read_rgb(path: Path, size: int) -> np.ndarray:
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what Pillow raises on a bad file
+WIDE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}  # 16-bit modes: their range
+
+
+def decode(path: Path) -> Image.Image:
+    """The image's pixels, decoded (a truncated, empty or non-image file fails here, a
+    decompression bomb by its header before any pixel is read); ``UserError`` naming the file."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
-    except OSError as err:
-        raise UserError(f"cannot read image {str(path)!r}: {err}") from err
+            im.load()
+            return im.copy() if im.mode in WIDE or im.mode == "F" else im.convert("RGB") if im.mode != "L" else im.copy()
+    except IMAGE_ERRORS as err:
+        raise UserError(f"cannot read image {str(path)!r}: {type(err).__name__}: {err}") from err
+
+
+def as_unit_float(im: Image.Image) -> np.ndarray:
+    """(H, W) or (H, W, 3) float32 in [0, 1], scaled by the format's range: 255 for 8-bit
+    images, 65535 for 16-bit ones (medical sets ship 16-bit PNG and TIFF), none for float."""
+    array = np.asarray(im)
+    if im.mode in WIDE:
+        return (array.astype(np.float64) / WIDE[im.mode]).clip(0, 1).astype(np.float32)
+    if im.mode == "F":
+        return array.astype(np.float32).clip(0, 1)
+    return array.astype(np.float32) / 255
+
+
+def read_rgb(path: Path, size: int) -> np.ndarray:
+    """(size, size, 3) uint8: 8-bit images resized bilinearly as they are; 16-bit and float
+    ones scaled to [0, 1] by their range first, then resized and quantised."""
+    im = decode(path)
+    if im.mode in ("RGB", "L"):
+        return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+    gray = Image.fromarray(as_unit_float(im), mode="F").resize((size, size), Image.BILINEAR)
+    value = (np.asarray(gray).clip(0, 1) * 255).round().astype(np.uint8)
+    return np.repeat(value[..., None], 3, axis=2)
 
 
 def image_size_of(path: Path) -> tuple[int, int]:
@@ -124,27 +155,38 @@ def image_size_of(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size
-    except OSError as err:
-        raise UserError(f"cannot read {str(path)!r}: {err}") from err
+    except IMAGE_ERRORS as err:
+        raise UserError(f"cannot read {str(path)!r}: {type(err).__name__}: {err}") from err
 
 
 def read_mask(sample: Sample, size: int) -> np.ndarray:
-    """The sample's mask layers, each binarised with > 0, merged with "any", resized (nearest)."""
-    merged = np.zeros((size, size), dtype=bool)
+    """The sample's mask layers, each binarised with > 0 at the file's resolution, merged with
+    "any", then resized by the any-pixel rule (``resize_mask``): a one-pixel scratch survives."""
     reference = image_size_of(sample.image)
+    merged = np.zeros(reference[::-1], dtype=bool)
     for path in sample.masks:
+        im = decode(path)
+        if im.size != reference:
+            raise UserError(f"mask {str(path)!r} is {im.size[0]}×{im.size[1]} but its image {str(sample.image)!r} is "
+                            f"{reference[0]}×{reference[1]}; masks must match their images")
+        array = np.asarray(im)
+        merged |= (array.max(axis=2) if array.ndim == 3 else array) > 0
+    resized = resize_mask(torch.from_numpy(merged)[None], size)[0].numpy() > 0
+    if sample.masks and not resized.any():
+        log.warning("%s of an anomalous image is empty (%s): its pixels count as normal",
+                    ", ".join(str(p) for p in sample.masks), sample.image)
+    return resized
+
+
+def decode_problems(listing: Listing) -> list[str]:
+    """Every file of the listing that does not decode (header and pixels), named."""
+    problems = []
+    for path in listing.files():
         try:
-            with Image.open(path) as im:
-                if im.size != reference:
-                    raise UserError(f"mask {str(path)!r} is {im.size[0]}×{im.size[1]} but its image {str(sample.image)!r} is "
-                                    f"{reference[0]}×{reference[1]}; masks must match their images")
-                merged |= np.asarray(im.convert("L").resize((size, size), Image.NEAREST)) > 0
-        except OSError as err:
-            raise UserError(f"cannot read mask {str(path)!r}: {err}") from err
-    if sample.masks and not merged.any():
-        log.warning("%s of an anomalous image is empty at %d px (%s): its pixels count as normal",
-                    ", ".join(str(p) for p in sample.masks), size, sample.image)
-    return merged
+            decode(path)
+        except UserError as err:
+            problems.append(str(err))
+    return problems
 
 
 def size_problems(listing: Listing) -> list[str]:
@@ -230,7 +272,7 @@ class FolderDataset(Dataset):
             row.problems.append(str(err).removeprefix("root: "))
             return row
         row.found = listing.counts()
-        row.problems += listing.problems + size_problems(listing)
+        row.problems += listing.problems + size_problems(listing) + decode_problems(listing)
         if row.published is None:
             row.warnings.append("no published counts on record for this category")
         elif row.found != row.published:
