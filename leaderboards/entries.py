@@ -146,6 +146,7 @@ def entry_pages(out_dir: Path, site: Path, rows: list[dict], robust: list[dict],
             "entry": detector, "weights": mine[0].get("weights"), "budget": budget_text(mine[0].get("detector_config")),
             "detector_config": mine[0].get("detector_config"), "status": "measured here", "per_category": summary,
             "config_hashes": sorted({r.get("config_hash") for r in mine if r.get("config_hash")}),
+            "robust": [r for r in robust if r["detector"] == detector],  # with the map each image took
         }, indent=1, default=str) + "\n")
         pages[detector] = f"entries/{name}.html"
     return pages

@@ -7,6 +7,7 @@ Metric fractions are shown as percentages; ε as k/255 where it is a multiple of
 from __future__ import annotations
 
 import html
+import json
 import shutil
 from pathlib import Path
 
@@ -239,6 +240,8 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     submitted = read_entries(entry_folders(entries))
     merge(tables, submitted)
     write_board(out_dir / "board.json", tables)
+    with (out_dir / "robust.jsonl").open("w") as f:  # every robust value, and which map each image took
+        f.writelines(json.dumps(r, default=str) + "\n" for r in robust_records)
     changes = []
     if compare_to is not None:
         changes = compare(values(tables), previous_values(Path(compare_to)), tolerance)
@@ -271,7 +274,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     for entry in submitted:  # the merged entries' files, linked from their rows
         (site / "submitted").mkdir(exist_ok=True)
         shutil.copyfile(entry["file"], site / "submitted" / entry["file"].name)
-    for name in ("results.jsonl", "leaderboard.md", "changes.md", "board.json"):  # the page links them: the site stands alone
+    for name in ("results.jsonl", "robust.jsonl", "leaderboard.md", "changes.md", "board.json"):  # the page links them: the site stands alone
         if (out_dir / name).is_file() and (out_dir / name).resolve() != (site / name).resolve():
             shutil.copyfile(out_dir / name, site / name)
     return md_path, site / "index.html", changes

@@ -1,12 +1,20 @@
-"""Robust AUROC: the AUROC of the per-image worst case over every attack at one threat model.
+"""Robust metrics at one threat model, each one an attacker can reach with one perturbation per image.
 
-For each test image the attacked score most harmful to it is kept — the highest for a
-normal image, the lowest for an anomalous one — over the clean score (the identity is in
-every threat model) and every attack at that (norm, ε), whatever its objective or
-knowledge. This is AutoAttack's per-sample worst case read for AUROC: it is at most the
-minimum over attacks of their AUROCs, and lower when different attacks win on different
-images. Pixel AUROC and AUPRO take the same worst case per pixel (the highest value on a
-normal pixel, the lowest on an anomalous one) from the saved maps.
+Image AUROC: for each test image the attacked score most harmful to it is kept — the highest
+for a normal image, the lowest for an anomalous one — over the clean score (the identity is
+in every threat model) and every attack at that (norm, ε), whatever its objective or
+knowledge. Each image is perturbed on its own, so the per-image worst case is realizable:
+AutoAttack's per-sample worst case read for AUROC.
+
+Pixel AUROC and AUPRO pool the pixels of every image, so a per-pixel worst case would mix
+pixels of different adversarial images — a map no single perturbation produces. Instead each
+image contributes ONE candidate map, its clean map or one attack's (``select_maps``):
+starting from the strongest single candidate, every image in turn takes the candidate that
+lowers the pooled pixel AUROC most given the other images' current maps (its pixel pairs
+with every other image's pixels, and its own), and the rounds repeat while the pooled value
+falls. The published value of each metric is the lowest of that selection and of every
+single candidate, so it never exceeds the strongest single attack; the record names the
+candidate each image took.
 
 Everything is computed from the saved per-image arrays (``cells/<id>/scores.npz``).
 """
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,24 +68,120 @@ def robust_metrics(out_dir: Path, rows: list[dict]) -> list[dict]:
         if clean is None:
             continue
         for threat, attacked_rows in sorted(group["threats"].items()):
-            arrays = [a for a in (load_scores(out_dir / "cells" / r["cell_id"] / "scores.npz") for r in attacked_rows)
-                      if a is not None and len(a["scores"]) == len(clean["scores"])]
+            loaded = [a if a is not None and len(a["scores"]) == len(clean["scores"]) else None
+                      for a in (load_scores(out_dir / "cells" / r["cell_id"] / "scores.npz") for r in attacked_rows)]
+            arrays = [a for a in loaded if a is not None]
             if not arrays:
                 continue
-            records.append({**dict(zip(GROUP, key)), "norm": threat[0], "eps": threat[1],
-                            "attacks": sorted({r.get("attack_label") or r["attack"] for r in attacked_rows}),
-                            **worst_case_metrics(clean, arrays)})
+            names = [r.get("attack_label") or r["attack"] for r, a in zip(attacked_rows, loaded) if a is not None]
+            records.append({**dict(zip(GROUP, key)), "norm": threat[0], "eps": threat[1], "attacks": sorted(set(names)),
+                            **worst_case_metrics(clean, arrays, names)})
     return records
 
 
-def worst_case_metrics(clean: dict[str, np.ndarray], attacked: list[dict[str, np.ndarray]]) -> dict[str, float | None]:
+def worst_case_metrics(clean: dict[str, np.ndarray], attacked: list[dict[str, np.ndarray]],
+                       names: list[str] | None = None) -> dict[str, Any]:
+    """Robust image AUROC (per-image worst case), pixel AUROC and AUPRO (one candidate map per
+    image), and for the pixel metrics the candidate each image took (``names``: the attacks',
+    in ``attacked`` order; the clean map is ``"none"``)."""
     labels = clean["labels"]
     scores = worst_case(labels, clean["scores"], [a["scores"] for a in attacked])
     out = {"robust_image_auroc": METRICS.get("image_auroc")(labels, scores), "robust_pixel_auroc": None, "robust_aupro": None}
-    with_maps = [a["maps"] for a in attacked if "maps" in a]
+    with_maps = [(name, a["maps"]) for name, a in zip(names or [str(i) for i in range(len(attacked))], attacked) if "maps" in a]
     if "maps" in clean and "masks" in clean and with_maps:
         masks = clean["masks"]
-        maps = worst_case(masks, clean["maps"], with_maps).astype(np.float32)
-        out["robust_pixel_auroc"] = METRICS.get("pixel_auroc")(labels, scores, maps=maps, masks=masks)
-        out["robust_aupro"] = METRICS.get("aupro")(labels, scores, maps=maps, masks=masks)
+        candidates = [("none", clean["maps"]), *with_maps]
+        stack = np.stack([m for _, m in candidates]).astype(np.float32)  # (K, N, h, w)
+        out |= realizable_pixel_metrics(labels, scores, stack, masks, [n for n, _ in candidates])
     return out
+
+
+def realizable_pixel_metrics(labels: np.ndarray, scores: np.ndarray, stack: np.ndarray, masks: np.ndarray,
+                             names: list[str]) -> dict[str, Any]:
+    """Pixel AUROC and AUPRO, each the lowest over the greedy selection and every single
+    candidate, with the per-image choice that gives it."""
+    options = {f"all {name}": np.full(stack.shape[1], k) for k, name in enumerate(names)}
+    options["per-image selection"] = select_maps(stack, masks)
+    out = {}
+    for metric, key in (("pixel_auroc", "robust_pixel_auroc"), ("aupro", "robust_aupro")):
+        values = {how: METRICS.get(metric)(labels, scores, maps=chosen_maps(stack, pick), masks=masks)
+                  for how, pick in options.items()}
+        values = {how: v for how, v in values.items() if v is not None}
+        if not values:
+            out |= {key: None, f"{key}_choice": None}
+            continue
+        how = min(values, key=lambda h: (values[h], h != "per-image selection"))
+        out |= {key: values[how], f"{key}_choice": {"rule": how, "images": [names[k] for k in options[how]]}}
+    return out
+
+
+def chosen_maps(stack: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    """(N, h, w): image i's map from candidate ``pick[i]`` of ``stack`` (K, N, h, w)."""
+    return stack[pick, np.arange(stack.shape[1])]
+
+
+SELECTION_ROUNDS = 10
+
+
+def select_maps(stack: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Per image, the index of ONE candidate map of ``stack`` (K, N, h, w): coordinate descent
+    on the pooled pixel AUROC (module docstring) from each single candidate in turn, keeping
+    the lowest. Every accepted change lowers the pooled AUROC, so the result is never above
+    the strongest single candidate."""
+    truth = masks.reshape(masks.shape[0], -1) > 0
+    flat = stack.reshape(stack.shape[0], stack.shape[1], -1)
+    if truth.all() or not truth.any():
+        return np.zeros(stack.shape[1], int)
+    best, best_value = None, np.inf
+    for start in range(len(flat)):
+        pick = descend(flat, truth, np.full(stack.shape[1], start))
+        value = correct_pairs(flat[pick, np.arange(len(pick))], truth)
+        if value < best_value:
+            best, best_value = pick, value
+    return best
+
+
+def half_ranks(pooled: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per value, how many of ``pooled`` (sorted) lie below it, ties counting half."""
+    return (np.searchsorted(pooled, values, "left") + np.searchsorted(pooled, values, "right")) / 2
+
+
+def correct_pairs(maps: np.ndarray, truth: np.ndarray) -> float:
+    """(anomalous, normal) pixel pairs ranked correctly, ties counting half: pixel AUROC × pairs."""
+    return float(half_ranks(np.sort(maps[~truth]), maps[truth]).sum())
+
+
+def descend(flat: np.ndarray, truth: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    """Image by image, the candidate with the fewest correctly ranked pairs of its own pixels —
+    against every other image's current pixels, and among themselves — taken at once (the
+    pooled pixels updated), in rounds until no image changes."""
+    pick = pick.copy()
+    negative_all = np.sort(flat[pick, np.arange(len(pick))][~truth])
+    positive_all = np.sort(flat[pick, np.arange(len(pick))][truth])
+    for _ in range(SELECTION_ROUNDS):
+        changed = False
+        for i in range(len(pick)):
+            own_negative, own_positive = np.sort(flat[pick[i], i][~truth[i]]), np.sort(flat[pick[i], i][truth[i]])
+            others_positive = len(positive_all) - len(own_positive)
+            costs = []
+            for candidate in flat[:, i]:
+                positive, negative = candidate[truth[i]], candidate[~truth[i]]
+                # its anomalous pixels above the others' normal ones, its normal pixels below the others' anomalous ones
+                against_others = (half_ranks(negative_all, positive) - half_ranks(own_negative, positive)).sum() + \
+                    (others_positive - half_ranks(positive_all, negative) + half_ranks(own_positive, negative)).sum()
+                costs.append(against_others + half_ranks(np.sort(negative), positive).sum())
+            k = int(np.argmin(costs))
+            if costs[k] < costs[pick[i]]:
+                negative_all = replace_sorted(negative_all, own_negative, np.sort(flat[k, i][~truth[i]]))
+                positive_all = replace_sorted(positive_all, own_positive, np.sort(flat[k, i][truth[i]]))
+                pick[i], changed = k, True
+        if not changed:
+            break
+    return pick
+
+
+def replace_sorted(pooled: np.ndarray, old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``pooled`` (sorted) without the values ``old`` (sorted, all in it) and with ``new`` (sorted)."""
+    at = np.searchsorted(pooled, old, "left") + (np.arange(len(old)) - np.searchsorted(old, old, "left"))
+    kept = np.delete(pooled, at)
+    return np.insert(kept, np.searchsorted(kept, new), new)

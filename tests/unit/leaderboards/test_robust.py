@@ -68,14 +68,17 @@ def test_robust_metrics_from_saved_scores_and_the_ranking(tmp_path):
     assert (site.parent / "howto.html").is_file() and (site.parent / "results.jsonl").is_file()
 
 
-def test_pixel_worst_case_is_per_pixel(tmp_path):
+def test_pixel_worst_case_is_one_map_per_image_and_never_above_a_single_attack(tmp_path):
     rows = write_run(tmp_path, "a", {"pgd-a": ATTACK_A, "pgd-b": ATTACK_B}, maps=True)
     (record,) = robust_metrics(tmp_path, rows)
     masks = np.zeros((4, 2, 2), np.uint8)
     masks[2:, 0, 0] = 1
     stack = np.stack([s[:, None, None] * np.ones((4, 2, 2)) for s in (CLEAN, ATTACK_A, ATTACK_B)]).astype(np.float16)
-    expected = np.where(masks == 1, stack.min(0), stack.max(0))
-    assert record["robust_pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), expected.ravel()))
+    singles = [roc_auc_score(masks.ravel(), m.ravel()) for m in stack]
+    assert record["robust_pixel_auroc"] <= min(singles)
+    names = record["robust_pixel_auroc_choice"]["images"]
+    chosen = np.stack([stack[["none", "pgd-a", "pgd-b"].index(n), i] for i, n in enumerate(names)])
+    assert record["robust_pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), chosen.ravel()))
 
 
 def test_seeds_give_mean_and_std(tmp_path):
@@ -198,3 +201,61 @@ def test_a_card_that_breaks_the_schema_exits_2_naming_the_key(tmp_path, capsys):
     assert main(["submit", str(run), "--card", str(card), "--out", str(tmp_path / "e")]) == 2
     err = capsys.readouterr().err
     assert "paper" in err and "'authors' is a required property" in err and str(card) in err
+
+
+def pixel_run(tmp_path, maps: dict[str, np.ndarray], masks: np.ndarray):
+    """A run whose cells hold the given maps (name → (N, h, w)), detection scores irrelevant."""
+    labels = (masks.reshape(len(masks), -1).max(1) > 0).astype(int)
+    rows = []
+    for name, m in maps.items():
+        (tmp_path / "cells" / name).mkdir(parents=True)
+        np.savez(tmp_path / "cells" / name / "scores.npz", labels=labels, scores=labels.astype(np.float32),
+                 maps=m.astype(np.float16), masks=masks)
+        rows.append({"cell_id": name, "detector": "a", "dataset": "toy", "category": "c", "seed": 0, "weights": "random",
+                     "attack": "none" if name == "none" else "pgd", "attack_label": name, "status": "ok",
+                     "norm": None if name == "none" else "linf", "eps": 0.0 if name == "none" else 8 / 255})
+    return rows
+
+
+def test_robust_pixel_metrics_use_one_whole_map_per_image(tmp_path):
+    """Two images, two attacks, each hurting one half of every image: the per-pixel mix is
+    lower than anything one perturbation per image reaches; the published value is the best
+    realizable one (found by checking every per-image choice) and never above the strongest
+    single attack."""
+    masks = np.zeros((2, 2, 4), np.uint8)
+    masks[:, :, 0] = 1  # the anomalous column of both images
+    clean = np.tile(np.array([0.9, 0.5, 0.5, 0.5]), (2, 2, 1))
+    left, right = clean.copy(), clean.copy()
+    left[:, :, 0] = 0.7  # lowers the anomalous pixels, still above the clean normal ones
+    right[:, :, 1:] = 0.8  # raises the normal ones, still below the clean anomalous ones
+    maps = {"none": clean, "left": left, "right": right}
+    (record,) = robust_metrics(tmp_path, pixel_run(tmp_path, maps, masks))
+    stack = np.stack(list(maps.values()))
+    mix = roc_auc_score(masks.ravel(), np.where(masks == 1, stack.min(0), stack.max(0)).ravel())
+    choices = {(a, b): roc_auc_score(masks.ravel(), np.stack([stack[a, 0], stack[b, 1]]).ravel())
+               for a in range(3) for b in range(3)}
+    singles = [roc_auc_score(masks.ravel(), m.ravel()) for m in stack[1:]]
+    assert mix < min(choices.values())
+    assert record["robust_pixel_auroc"] == pytest.approx(min(choices.values()))
+    assert record["robust_pixel_auroc"] <= min(singles)
+    picked = record["robust_pixel_auroc_choice"]["images"]
+    assert len(picked) == 2 and set(picked) <= set(maps)
+    chosen = np.stack([maps[name][i] for i, name in enumerate(picked)])
+    assert roc_auc_score(masks.ravel(), chosen.ravel()) == pytest.approx(record["robust_pixel_auroc"])
+
+
+def test_robust_pixel_auroc_is_the_exhaustive_optimum_on_random_candidates(tmp_path):
+    """Five images, three candidates: the greedy selection finds the lowest pooled AUROC over
+    all 3⁵ per-image choices (and so is never above a single attack)."""
+    import itertools
+
+    rng = np.random.default_rng(0)
+    masks = (rng.random((5, 3, 3)) < 0.3).astype(np.uint8)
+    masks[0] = 0
+    maps = {"none": rng.random((5, 3, 3)), "a": rng.random((5, 3, 3)), "b": rng.random((5, 3, 3))}
+    (record,) = robust_metrics(tmp_path, pixel_run(tmp_path, maps, masks))
+    stack = np.stack(list(maps.values())).astype(np.float16).astype(np.float32)
+    best = min(roc_auc_score(masks.ravel(), stack[list(pick), np.arange(5)].ravel())
+               for pick in itertools.product(range(3), repeat=5))
+    assert record["robust_pixel_auroc"] == pytest.approx(best)
+    assert record["robust_pixel_auroc"] <= min(roc_auc_score(masks.ravel(), m.ravel()) for m in stack) + 1e-12
