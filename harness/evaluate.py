@@ -290,7 +290,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         for model in models:
             ensure_eval(model, cell.attack.name)
         delta = (x_adv - x).detach().flatten(1)
-        linf[sl], l2[sl] = delta.abs().amax(1).cpu().numpy(), delta.norm(dim=1).cpu().numpy()
+        linf[sl], l2[sl] = delta.abs().amax(1).cpu().numpy(), delta.double().norm(dim=1).cpu().numpy()
         with torch.no_grad():
             out = fitted.detector(x_adv.detach())
         scores[sl] = out.score.float().cpu().numpy()

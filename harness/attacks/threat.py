@@ -14,6 +14,7 @@ import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from torch import Tensor
 
 from ..schema import NonNegative, PositiveInt
@@ -80,14 +81,34 @@ def ascent_direction(grad: Tensor, norm: str) -> Tensor:
     return grad.sign() if norm == "linf" else grad / per_image_norm(grad)
 
 
+L2_SHRINK = 1 - 1e-6  # the margin an L2 projection keeps inside the ball when it must shrink again
+L2_ROUNDS = 4  # shrinking rounds; fp32 rounding of x + δ leaves at most a few ulp to remove
+
+
 def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
-    """Project onto the ε-ball around ``x`` intersected with the [0,1] box."""
+    """Project onto the ε-ball around ``x`` intersected with the [0,1] box.
+
+    L2: the scale is computed in float64, and the perturbation that is returned — ``x_adv − x``
+    after fp32 rounding and clipping — is measured again and shrunk where it still exceeds ε,
+    so the saved image is inside the ball by construction (Square's large stripes drifted
+    2e-5 outside with an fp32 norm)."""
     delta = x_adv - x
     if norm == "linf":
-        delta = delta.clamp(-eps, eps)
-    else:
-        delta = delta * (eps / per_image_norm(delta)).clamp(max=1.0)
-    return (x + delta).clamp(0.0, 1.0)
+        return (x + delta.clamp(-eps, eps)).clamp(0.0, 1.0)
+    scale = (eps / exact_norm(delta)).clamp(max=1.0)
+    out = (x + delta * scale.to(delta.dtype)).clamp(0.0, 1.0)
+    for _ in range(L2_ROUNDS):
+        length = exact_norm(out - x)
+        if not bool((length > eps).any()):
+            break
+        shrink = torch.where(length > eps, eps / length * L2_SHRINK, torch.ones_like(length))
+        out = (x + (out - x) * shrink.to(x.dtype)).clamp(0.0, 1.0)
+    return out
+
+
+def exact_norm(v: Tensor) -> Tensor:
+    """Per-image L2 norm in float64, shaped to broadcast against ``v``."""
+    return v.double().flatten(1).norm(dim=1).clamp_min(1e-300).view(-1, *([1] * (v.dim() - 1)))
 
 
 def random_perturbation(x: Tensor, eps: float, norm: str, rng: ImageRandom, *, uniform_radius: bool) -> Tensor:

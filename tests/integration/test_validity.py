@@ -106,3 +106,23 @@ def test_an_attack_from_a_test_file_runs_through_validate_a_cell_and_the_checks(
     assert sorted(r["steps"] for r in toy) == [2, 10]  # validity: true added its 5× steps point
     assert all(r["attack_kind"] == "gradient" and r["knowledge"] == "label" and r["threat"]["eps"] == 8 / 255 for r in toy)
     assert all("noise-as-strong" in r["flags"] for r in toy)  # no better than noise, and flagged so
+
+
+def test_l2_square_rows_stay_inside_the_ball(tmp_path):
+    """Square's L2 stripes at ε = 0.5, 2 and 4 on 64-px textures: every row's l2_max ≤ ε
+    (an fp32 norm in the projection left 4.0000219 at ε = 4)."""
+    import json
+
+    from robustad_bench.harness.cli import main
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: l2square\ndatasets:\n  - {name: textures, categories: [brick], image_size: 64, crop_size: 96, n_train: 4, "
+                     "n_test_normal: 4, n_test_anomalous: 4}\ndetectors:\n  - {name: patchcore, backbone: resnet18, input_size: 64}\n"
+                     "attacks:\n  - {name: none}\n  - {name: square, norm: l2, eps: [0.5, 2, 4], steps: 30}\n")
+    assert main(["run", str(suite), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    attacked = [r for r in rows if r["attack"] == "square"]
+    assert len(attacked) == 3
+    for row in attacked:
+        assert row["perturbation"]["l2_max"] <= row["eps"], row["perturbation"]
+        assert row["perturbation"]["l2_max"] > 0.9 * row["eps"]  # the stripes use the budget

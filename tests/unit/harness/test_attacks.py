@@ -94,8 +94,8 @@ def test_attacks_stay_in_the_ball_and_the_box(name, norm):
         kwargs = {**FEW_STEPS.get(name, {}), "seed": trial}
         adv = run_attack(name, Linear(seed=trial), x, labels, masks, eps=eps, norm=norm, **kwargs)
         delta = (adv - x).flatten(1)
-        size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
-        assert (size <= eps + 1e-5).all()
+        size = delta.abs().amax(1) if norm == "linf" else delta.double().norm(dim=1)
+        assert (size <= eps + (1e-6 if norm == "linf" else 0)).all(), (size.max().item(), eps)  # L2: inside by construction
         assert adv.min() >= 0 and adv.max() <= 1
 
 
