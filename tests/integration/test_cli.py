@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -305,8 +306,16 @@ def test_python_dash_m_and_version_from_a_non_editable_install(tmp_path):
     """The wheel as users get it: ``python -m robustad_bench`` and the templates and schemas it ships."""
     root = Path(__file__).resolve().parents[2]
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # the dependencies (torch, ...) from the environment running the tests — a virtual
+    # environment's own site-packages, which ``--system-site-packages`` would not give (it
+    # exposes the base interpreter's) — as plain path entries: their editable-install hooks
+    # stay inactive, so the package can only come from the install below
+    inner = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    outer = dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib"))
+    (Path(inner) / "_outer_environment.pth").write_text("".join(f"{p}\n" for p in outer))
     build = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(root)],
                            capture_output=True, text=True)
     if build.returncode != 0:
