@@ -15,7 +15,13 @@ references with 8 rotations (their "agnostic" mode).
 
 Unlike the authors' code (inference mode, faiss on numpy), ``forward`` is differentiable:
 faiss finds the neighbour, torch recomputes the distance. The foreground mask is a
-discrete selection computed without gradient, as a thresholded mask is a.e. constant.
+discrete selection whose exact gradient is zero almost everywhere, which hides the score's
+dependence on the mask from every gradient attack (unbounded PGD left image AUROC at 0.50).
+An attack run with ``bpda: true`` (Athalye et al. 2018) sets ``straight_through``: the
+forward pass still uses the exact hard mask, and the backward pass differentiates a soft
+mask instead — a sigmoid of the same principal component around the same threshold, put
+through the same dilation and closing — so the attacker learns how moving the mask moves
+the score.
 """
 
 from __future__ import annotations
@@ -64,18 +70,53 @@ def first_component(tokens: Tensor) -> Tensor:
     return (centred.float() @ (axis * sign).unsqueeze(-1)).squeeze(-1)
 
 
+def foreground_flip(pc: Tensor, threshold: float, border: float = 0.2) -> Tensor:
+    """(B,) whether the foreground is the component's negative side: the centre crop of the
+    positive side is mostly background."""
+    h, w = pc.shape[-2:]
+    centre = (pc > threshold)[:, int(h * border) : int(h * (1 - border)), int(w * border) : int(w * (1 - border))]
+    return centre.flatten(1).float().sum(1) <= 0.35 * centre[0].numel()
+
+
 def foreground_mask(tokens: Tensor, grid: tuple[int, int], threshold: float, border: float = 0.2) -> Tensor:
     """The authors' zero-shot foreground mask (B, h, w) from raw patch tokens (B, h*w, C)."""
     h, w = grid
     pc = first_component(tokens).view(-1, h, w)
-    mask = pc > threshold
-    centre = mask[:, int(h * border) : int(h * (1 - border)), int(w * border) : int(w * (1 - border))]
-    flip = centre.flatten(1).float().sum(1) <= 0.35 * centre[0].numel()  # centre mostly background
-    mask = torch.where(flip[:, None, None], -pc > threshold, mask).float().unsqueeze(1)
+    mask = torch.where(foreground_flip(pc, threshold, border)[:, None, None], -pc > threshold, pc > threshold)
+    mask = mask.float().unsqueeze(1)
     mask = F.max_pool2d(mask, 3, stride=1, padding=1)  # dilate
     mask = F.max_pool2d(mask, 3, stride=1, padding=1)  # close = dilate ...
     mask = -F.max_pool2d(-mask, 3, stride=1, padding=1)  # ... then erode
     return mask.squeeze(1) > 0.5
+
+
+SOFT_TEMPERATURE = 1.0  # the soft mask's sigmoid width, in standard deviations of the component (0.1 saturated: AUROC 0.20, not 0)
+
+
+def soft_foreground_mask(tokens: Tensor, grid: tuple[int, int], threshold: float, flip: Tensor) -> Tensor:
+    """A differentiable stand-in (B, h, w) for ``foreground_mask``: the same component, side
+    (``flip``) and threshold through a sigmoid, then the same dilation and closing."""
+    h, w = grid
+    pc = first_component(tokens).view(-1, h, w)
+    side = torch.where(flip[:, None, None], -pc, pc)
+    width = pc.detach().flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None] * SOFT_TEMPERATURE
+    mask = torch.sigmoid((side - threshold) / width).unsqueeze(1)
+    mask = F.max_pool2d(mask, 3, stride=1, padding=1)
+    mask = F.max_pool2d(mask, 3, stride=1, padding=1)
+    mask = -F.max_pool2d(-mask, 3, stride=1, padding=1)
+    return mask.squeeze(1)
+
+
+class StraightThrough(torch.autograd.Function):
+    """Forward: ``hard`` exactly. Backward: the gradient goes to ``soft`` (BPDA)."""
+
+    @staticmethod
+    def forward(ctx, hard: Tensor, soft: Tensor) -> Tensor:
+        return hard.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, Tensor]:
+        return None, grad
 
 
 def mean_top_fraction(values: Tensor, fraction: float) -> Tensor:
@@ -115,6 +156,7 @@ class AnomalyDINO(Detector):
         self.top_fraction, self.blur_sigma = top_fraction, blur_sigma
         self.fit_batch_size, self.precision = fit_batch_size, precision
         self.mask_foreground = masking is True
+        self.straight_through = False  # set by an attack's bpda: true for its gradient passes
         self.normalize = Normalize()
         self.backbone, self.weights = create_backbone(backbone, weights, num_classes=0, img_size=input_size)
         self.backbone.requires_grad_(False)  # frozen: gradients flow to the input only
@@ -192,7 +234,12 @@ class AnomalyDINO(Detector):
         dist = (l2.pow(2).mean(dim=1) / 2).view(b, n)  # cosine distance 1 - cos
         if self.mask_foreground:
             with torch.no_grad():
-                keep = foreground_mask(tokens.detach(), self.grid, self.mask_threshold).view(b, n)
+                keep = foreground_mask(tokens.detach(), self.grid, self.mask_threshold).view(b, n).float()
+            if self.straight_through and torch.is_grad_enabled() and tokens.requires_grad:  # an attack's bpda: true
+                with torch.no_grad():
+                    flip = foreground_flip(first_component(tokens.detach()).view(b, *self.grid), self.mask_threshold)
+                soft = soft_foreground_mask(tokens, self.grid, self.mask_threshold, flip).view(b, n)
+                keep = StraightThrough.apply(keep, soft)
             dist = dist * keep
         score = mean_top_fraction(dist, self.top_fraction)
         maps = patch_map(dist.view(b, *self.grid), x.shape[-2:], self.blur_sigma)

@@ -38,6 +38,12 @@ class Column:
 BADGES = {"gradient": "white-box", "score-only": "score-only", "surrogate": "surrogate", "transfer": "transfer", "noise": "noise"}
 
 
+WARNINGS = {  # flags that put an entry's robust numbers in doubt: shown beside its name and above its table
+    "unbounded-not-broken": "an unbounded attack (L∞ ε = 1) does not break it, so a gradient is masked and its robust "
+                            "numbers are likely overstated (run the gradient attacks with bpda: true)",
+}
+
+
 def badge(row: dict) -> str:
     kind = row.get("attack_kind") or "gradient"
     text = BADGES.get(kind, kind)
@@ -158,7 +164,8 @@ def build_table(dataset, task, metric, robust_metric, title, clean_rows, task_ro
         if chosen is not None:
             values["gap"] = gap(cells[entry]["clean"], cells[entry][f"robust@{chosen}"])
         table.rows.append({"detector": entry[0], "weights": "random init" if entry[1] == "random" else entry[1],
-                           "budget": budget, "values": values, "flags": sorted(flags[entry]), "source": "measured here"})
+                           "budget": budget, "values": values, "flags": sorted(flags[entry]), "source": "measured here",
+                           "warnings": [WARNINGS[f] for f in sorted(flags[entry]) if f in WARNINGS]})
     return rank(table)
 
 

@@ -126,7 +126,9 @@ def main_markdown(tables: list[Table]) -> list[str]:
         if t.headline:
             parts += [f"Ranked by robust {t.title} at {threat_text(t.headline)}.", ""]
         headers = ["#", "Entry", "Source", "Weights", "Budget", *(md_text(c.heading) for c in t.columns), "Flags"]
-        lines = [[i + 1, md_text(r["detector"]), r.get("source", ""), md_text(r["weights"]), md_text(r["budget"]),
+        parts += [f"> ⚠ **{md_text(r['detector'])}**: {md_text('; '.join(r['warnings']))}." for r in t.rows if r.get("warnings")]
+        parts += [""] if any(r.get("warnings") for r in t.rows) else []
+        lines = [[i + 1, md_text(r["detector"]) + (" ⚠" if r.get("warnings") else ""), r.get("source", ""), md_text(r["weights"]), md_text(r["budget"]),
                   *(r["values"][c.key].text() for c in t.columns), md_text(", ".join(r["flags"]))] for i, r in enumerate(t.rows)]
         parts += [tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True), ""]
     return parts

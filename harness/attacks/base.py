@@ -40,6 +40,7 @@ from .threat import THREAT_FIELDS, ThreatModel
 
 Kind = Literal["none", "gradient", "score-only", "transfer", "surrogate", "noise"]
 KINDS: tuple[str, ...] = typing.get_args(Kind)
+GRADIENT_KINDS = ("gradient", "transfer", "surrogate")  # attacks that differentiate an objective: ``bpda`` applies
 KNOWLEDGE = {"detection": "label", "localization": "mask"}  # what a white-box attacker of a task knows
 THREAT_HINTS = typing.get_type_hints(ThreatModel, include_extras=True)
 VALUES = ("objective", "x", "threat", "context")  # the positional values every attack receives
@@ -109,6 +110,8 @@ class AttackSpec:
             params["knowledge"] = (str | None, None)
         if self.adaptive:
             params["entropy_weight"] = (NonNegative, 0.0)
+        if self.kind in GRADIENT_KINDS:
+            params["bpda"] = (bool, False)
         return params | self.options()
 
     def knowledge(self, task: str) -> str:
@@ -150,7 +153,7 @@ class AttackSpec:
                   calibrator: Callable | None = None) -> Objective:
         weight = float(point.get("entropy_weight", 0.0))
         return Objective(detector, labels, masks, point.get("objective", "detection"),
-                         calibrator if weight > 0 else None, weight)
+                         calibrator if weight > 0 else None, weight, bool(point.get("bpda", False)))
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,6 +48,23 @@ def localization_objective(maps: Tensor, masks: Tensor, weights: Tensor | None =
     return normal_mean - anomalous_mean
 
 
+@contextmanager
+def straight_through(detector: nn.Module, on: bool):
+    """BPDA (Athalye et al. 2018) while ``on``: every module of ``detector`` that declares a
+    ``straight_through`` switch (a non-differentiable stage with a differentiable stand-in,
+    e.g. AnomalyDINO's foreground mask) keeps its exact forward values and differentiates the
+    stand-in. Restored afterwards, whatever happens."""
+    modules = [m for m in detector.modules() if hasattr(m, "straight_through")] if on else []
+    before = [m.straight_through for m in modules]
+    for module in modules:
+        module.straight_through = True
+    try:
+        yield
+    finally:
+        for module, value in zip(modules, before):
+            module.straight_through = value
+
+
 @dataclass(frozen=True)
 class Objective:
     """What the attacker maximises on one batch; call it for the per-image loss (B,)."""
@@ -57,6 +75,7 @@ class Objective:
     task: Task = "detection"
     calibrator: Callable[[Tensor], Tensor] | None = None  # score → P(anomalous), the defender's
     entropy_weight: float = 0.0
+    bpda: bool = False  # differentiate the detector's straight-through surrogates (``straight_through``)
 
     def __post_init__(self):
         if self.task == "localization" and self.masks is None:
@@ -74,7 +93,8 @@ class Objective:
         """(B,) loss, differentiable when autograd is on. With ``entropy_weight`` w > 0 the
         attacker also subtracts w · H(P): adversarial images should stay confidently scored,
         so that the entropy flag (seed 000) does not fire on them."""
-        out = self.detector(x)
+        with straight_through(self.detector, self.bpda):
+            out = self.detector(x)
         if self.task == "detection":
             loss = self.sign.to(out.score) * out.score
         else:

@@ -44,6 +44,11 @@ def test_masked_gradients_are_flagged_and_patchcore_is_not(tmp_path, masked_dete
     assert not pc & {"unbounded-not-broken", "blackbox-stronger"}, pc
     board = (out / "leaderboard.md").read_text()
     assert "| Flags" in board
+    # the unbroken unbounded attack is a warning beside the entry and above its table, not only a flag
+    assert "unbounded-not-broken" in masked
+    html = (out / "site" / "index.html").read_text()
+    assert "> ⚠ **masked**: an unbounded attack" in board and "| masked ⚠" in board and "⚠ pc" not in board
+    assert '<p class="warning">⚠ <strong>masked</strong>' in html and "⚠ unverified" in html
     # the AD ensemble is named for what it is, and the page says why it is not standard AutoAttack
     assert "AutoAttack-AD (APGD-CE, FAB, Square, PGD for DLR)" in board and "third logit" in board
     assert "third logit" in (out / "site" / "index.html").read_text()

@@ -96,3 +96,49 @@ def test_masked_patches_score_zero(data):
 def test_input_size_must_fit_the_patch_grid():
     with pytest.raises(UserError, match="multiple of the patch size 14.*224 or 238"):
         create_detector("anomalydino", input_size=230)
+
+
+def test_bpda_keeps_the_exact_forward_and_gives_the_mask_a_gradient(data):
+    """With ``straight_through`` the scores are the exact ones, and an image whose patches the
+    mask removes gets a gradient (the exact one is zero there: nothing moves the mask)."""
+    train, test = data
+    det = make(shots=2, masking=True, mask_threshold=-1e9)  # every patch kept ...
+    det.fit(train, seed=0)
+    det.mask_threshold = 1e9  # ... then every patch masked out: the score is 0 whatever the image
+    x = test.clone().requires_grad_(True)
+    exact = det(x).score
+    (grad,) = torch.autograd.grad(exact.sum(), x)
+    assert torch.all(exact == 0) and torch.all(grad == 0)
+    det.mask_threshold = 0.0
+    plain = det(x).score
+    (grad,) = torch.autograd.grad(plain.sum(), x)
+    det.straight_through = True
+    through = det(x).score
+    (bpda_grad,) = torch.autograd.grad(through.sum(), x)
+    assert torch.equal(plain, through)  # the defender's forward is untouched
+    assert not torch.allclose(grad, bpda_grad)  # the mask's stand-in adds its part
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("category", ["brick", "grass"])
+def test_masking_hides_the_gradient_and_bpda_breaks_the_unbounded_attack(category, data_dir):
+    """AnomalyDINO with masking (tiny, embedded textures): unbounded PGD (ε = 1, 20 steps)
+    stays at image AUROC 0.50 on the exact gradient — the mask cuts it — and reaches ≤ 0.05
+    with ``bpda: true``, which restores the switch afterwards."""
+    from sklearn.metrics import roc_auc_score
+
+    from robustad_bench.harness.attacks import run_attack
+    from robustad_bench.harness.datasets import DATASETS
+
+    split = DATASETS.get("textures")(image_size=SIZE, crop_size=96, n_train=8, n_test_normal=8, n_test_anomalous=8).load(
+        category, seed=0, data_dir=data_dir)
+    det = make(backbone="vit_small_patch14_dinov2", shots=2, masking=True)
+    det.fit(split.train, seed=0)
+    labels = torch.from_numpy(split.labels)
+    results = {}
+    for bpda in (False, True):
+        adv = run_attack("pgd", det, split.test, labels, eps=1.0, steps=20, bpda=bpda)
+        with torch.no_grad():
+            results[bpda] = roc_auc_score(split.labels, det(adv).score.numpy())
+        assert det.straight_through is False
+    assert results[False] >= 0.4 and results[True] <= 0.05, results
