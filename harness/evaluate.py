@@ -322,11 +322,13 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         "threshold_rule": thresholds.rule,
         "attack_thresholds": {"image": thresholds.image, "pixel": thresholds.pixel},
         "pixel_evaluation": {"resolution": fitted.map_size, "mask_rule": MASK_RULE} if fitted.masks is not None else None,
-        "threat": threat.record() if spec.kind != "none" else None,
+        "threat": spec.record(threat, options) if spec.kind != "none" else None,
         "seconds": round(seconds, 3),
         "passes": {"forward": counting.forward_passes, "gradient": counting.gradient_passes}
         | ({"source_forward": source_counting.forward_passes, "source_gradient": source_counting.gradient_passes}
            if source_counting is not None else {}),
         "perturbation": {"linf_max": float(linf.max()), "l2_max": float(l2.max())},
     }
+    if fields["threat"] is not None and "steps" in fields["threat"]:  # what ran (a composite attack: its stages' sum)
+        fields["steps"] = int(fields["threat"]["steps"])
     return fields, arrays

@@ -79,7 +79,13 @@ def check_budget(steps: int = 20, adi_steps: int = 7, **_) -> list[tuple[str, st
     return []
 
 
-@register_attack("a3", kind="gradient", iterative=True, check=check_budget,
+def schedule(threat: ThreatModel, *, adi_steps: int = 7, **_) -> dict:
+    return {"random_start": True, "alpha": None, "adi_steps": adi_steps,
+            "step_rule": f"{adi_steps} ADI steps of size ε, then PGD with a cosine-annealed step from ε to "
+                         f"{'0.1' if threat.steps - adi_steps <= 10 else '0.001'}ε; a random start per restart"}
+
+
+@register_attack("a3", kind="gradient", iterative=True, check=check_budget, schedule=schedule,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 20, "restarts": 5})
 def a3(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
        adi_steps: NonNegativeInt = 7, discard_tol: float = 0.01) -> Tensor:

@@ -88,7 +88,13 @@ def single_run(objective: Objective, x: Tensor, threat: ThreatModel, start: Tens
     return best, best_loss
 
 
-@register_attack("apgd", kind="gradient", iterative=True, adaptive=True, check=official_check,
+def schedule(threat: ThreatModel, **_) -> dict:
+    return {"random_start": True, "alpha": None,
+            "step_rule": f"adaptive: η = 2ε at the start, halved per image at checkpoints {sorted(checkpoints(threat.steps))}; "
+                         f"momentum {MOMENTUM}"}
+
+
+@register_attack("apgd", kind="gradient", iterative=True, adaptive=True, check=official_check, schedule=schedule,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 100, "restarts": 1})
 def apgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
          eot: PositiveInt = 1, impl: Literal["ours", "official"] = "ours") -> Tensor:

@@ -93,6 +93,18 @@ class AttackSpec:
     check: Callable[..., list[tuple[str, str]]] | None = None  # check(**point) → (key, problem) pairs
     title: str = ""  # how the leaderboard names it (default: the registered name)
     note: str = ""  # what the leaderboard says about it (e.g. how it departs from the original)
+    schedule: Callable[..., dict[str, Any]] | None = None  # schedule(threat, **options) → what it runs beyond the threat fields
+
+    def record(self, threat: ThreatModel, options: Mapping[str, Any]) -> dict[str, Any]:
+        """What a row records of the attack's run: the threat fields it reads (with α where it
+        takes a step size), then its own schedule (APGD's adaptive η, A³'s cosine steps, a
+        composite attack's stages), which overrides them where it runs otherwise."""
+        record = {key: getattr(threat, key) for key in ("norm", "eps", *self.threat) if key in THREAT_FIELDS}
+        if "step_size" in self.threat:
+            record["alpha"] = threat.alpha
+        if self.schedule is not None:
+            record |= self.schedule(threat, **options)
+        return record
 
     @property
     def uses_objective(self) -> bool:
@@ -178,14 +190,15 @@ ATTACKS: Registry[AttackSpec] = Registry("attack", "robustad_bench.attacks", adm
 def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, iterative: bool = False,
                     threat: Mapping[str, Any] | None = None, adaptive: bool = False,
                     prepare: Callable | None = None, check: Callable | None = None,
-                    title: str = "", note: str = "") -> Callable:
+                    title: str = "", note: str = "", schedule: Callable | None = None) -> Callable:
     """Register ``run`` under ``name`` with its metadata; returns ``run`` unchanged."""
     assert kind in KINDS, f"attack {name!r}: kind must be one of {KINDS}, got {kind!r}"
     assert set(tasks) <= set(TASKS), f"attack {name!r}: tasks must be among {TASKS}, got {tasks}"
     assert set(threat or {}) <= set(THREAT_FIELDS), f"attack {name!r}: threat fields are {tuple(THREAT_FIELDS)}"
 
     def decorator(run: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        spec = AttackSpec(name, run, kind, tuple(tasks), iterative, dict(threat or {}), adaptive, prepare, check, title, note)
+        spec = AttackSpec(name, run, kind, tuple(tasks), iterative, dict(threat or {}), adaptive, prepare, check, title, note,
+                          schedule)
         ATTACKS.register(name)(spec)
         run.attack_spec = spec  # an import path naming the function resolves to its registration
         return run

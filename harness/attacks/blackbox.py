@@ -48,7 +48,12 @@ def window_masks(rng: ImageRandom, side: int, h: int, w: int) -> Tensor:
     return inside[:, None]
 
 
-@register_attack("square", kind="score-only", iterative=True, adaptive=True, check=official_check,
+def square_schedule(threat: ThreatModel, *, p_init: float = 0.8, **_) -> dict:
+    return {"queries": threat.steps, "p_init": p_init, "random_start": True,
+            "step_rule": "random search: vertical-stripe start, square windows shrinking from p_init"}
+
+
+@register_attack("square", kind="score-only", iterative=True, adaptive=True, check=official_check, schedule=square_schedule,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 1000})
 def square(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
            p_init: float = 0.8, impl: Literal["ours", "official"] = "ours") -> Tensor:

@@ -64,7 +64,15 @@ def check_policy(policy: str = "paper", norm: str = "linf", objective: str = "de
     return []
 
 
-@register_attack("caa", kind="gradient", check=check_policy, threat={"norm": "linf", "eps": REQUIRED},
+def schedule(threat: ThreatModel, *, policy: str = "paper", **_) -> dict:
+    stages = []
+    for name, steps in stages_of(policy, threat.norm):
+        spec = ATTACKS.get(name)
+        stages.append({"attack": name, **spec.record(spec.threat_model({"norm": threat.norm, "eps": threat.eps, "steps": steps}), {})})
+    return {"steps": sum(stage["steps"] for stage in stages), "stages": stages}
+
+
+@register_attack("caa", kind="gradient", check=check_policy, threat={"norm": "linf", "eps": REQUIRED}, schedule=schedule,
                  title="CAA", note="Composite Adversarial Attack (Mao et al. 2021): the paper's best L∞/L2 "
                  "policy (policy: paper) with each stage mapped to the two-class attack it reduces to, or the suite's own.")
 def caa(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *, policy: str = "paper") -> Tensor:

@@ -64,7 +64,18 @@ def check_parts(parts: str = "+".join(PARTS), objective: str = "detection", **_)
     return []
 
 
-@register_attack("autoattack", kind="gradient", iterative=True, check=check_parts,
+def schedule(threat: ThreatModel, *, queries: int = 1000, parts: str = "apgd+fab+square+pgd", **_) -> dict:
+    return {"parts": {part: ATTACKS.get(part).record(part_threat(part, threat, queries), {}) for part in parts.split("+")}}
+
+
+def part_threat(part: str, threat: ThreatModel, queries: int) -> ThreatModel:
+    """A part's threat model: ``queries`` for a score-only part, the ensemble's steps otherwise."""
+    spec = ATTACKS.get(part)
+    steps = queries if spec.kind == "score-only" else threat.steps
+    return spec.threat_model({"norm": threat.norm, "eps": threat.eps, "steps": steps})
+
+
+@register_attack("autoattack", kind="gradient", iterative=True, check=check_parts, schedule=schedule,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 100}, title=TITLE, note=NOTE)
 def autoattack(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
                queries: PositiveInt = 1000, parts: str = "apgd+fab+square+pgd") -> Tensor:
@@ -72,9 +83,6 @@ def autoattack(objective: Objective, x: Tensor, threat: ThreatModel, context: Co
     ``parts`` picks a subset, e.g. ``apgd+square+pgd`` (the localization objective: FAB is image-level)."""
     best, best_loss = x.detach(), None
     for part in parts.split("+"):
-        spec = ATTACKS.get(part)
-        steps = queries if spec.kind == "score-only" else threat.steps
-        part_threat = spec.threat_model({"norm": threat.norm, "eps": threat.eps, "steps": steps})
-        x_adv = spec.run(objective, x, part_threat, context)
+        x_adv = ATTACKS.get(part).run(objective, x, part_threat(part, threat, queries), context)
         best, best_loss = keep_best(best, best_loss, x_adv, objective(x_adv))
     return best

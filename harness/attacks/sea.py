@@ -92,7 +92,12 @@ def check_losses(losses: str = "+".join(LOSSES), steps: int = 300, **_) -> list[
     return problems
 
 
-@register_attack("sea", kind="gradient", tasks=("localization",), iterative=True, check=check_losses,
+def schedule(threat: ThreatModel, *, losses: str = "+".join(LOSSES), **_) -> dict:
+    return {"alpha": None, "losses": losses.split("+"),
+            "step_rule": "APGD per loss (adaptive η from 2ε), radius " + " → ".join(f"{m:g}ε" for m, _ in RADII)}
+
+
+@register_attack("sea", kind="gradient", tasks=("localization",), iterative=True, check=check_losses, schedule=schedule,
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 300})
 def sea(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
         losses: str = "+".join(LOSSES)) -> Tensor:

@@ -416,3 +416,23 @@ def test_a3_step_sizes_follow_the_cosine_schedule():
     steps = cosine_steps(0.1, 10)
     assert steps[0] == pytest.approx(0.1) and steps[-1] > 0.01 and all(a >= b for a, b in zip(steps, steps[1:]))
     assert min(cosine_steps(0.1, 50)) > 0.1 * 0.001 and cosine_steps(0.1, 50)[-1] < 0.01
+
+
+def test_rows_record_what_each_attack_runs_not_the_generic_threat_model():
+    """APGD starts randomly with an adaptive η (no α); A³ restarts randomly on a cosine
+    schedule; CAA runs its stages' steps; an attack records only the threat fields it reads."""
+    def record(name, **given):
+        spec = ATTACKS.get(name)
+        point = spec.resolve({"eps": 8 / 255, **given})
+        return spec.record(spec.threat_model(point), spec.own(point))
+
+    apgd = record("apgd", steps=50)
+    assert apgd["random_start"] is True and apgd["alpha"] is None and "2ε" in apgd["step_rule"]
+    a3 = record("a3", steps=20, adi_steps=7)
+    assert a3["random_start"] is True and a3["alpha"] is None and "cosine" in a3["step_rule"]
+    caa = record("caa")
+    assert caa["steps"] == 50 + 25 + 125 and [s["attack"] for s in caa["stages"]] == ["apgd", "apgd", "apgd"]
+    pgd = record("pgd", steps=4)
+    assert pgd["alpha"] == pytest.approx(2.5 * 8 / 255 / 4) and pgd["random_start"] is True
+    assert set(record("fgsm")) == {"norm", "eps"}  # one step of ε: no α, no start, no restarts to record
+    assert set(record("autoattack", parts="apgd+square")["parts"]) == {"apgd", "square"}
