@@ -141,15 +141,14 @@ def human(size: int) -> str:
 
 def cmd_validate(args) -> int:
     from .datacheck import check_suite_data
-    from .grid import expand
+    from .grid import NO_CELLS, expand
     from .suite import load_suite
 
     suite = load_suite(args.suite)
     notes = check_suite_data(suite, defer_unreachable=True)
     cells = expand(suite)
     if not cells:
-        raise UserError("the suite resolves to 0 cells (e.g. only localization attacks on data without masks)",
-                        file=args.suite, key="attacks")
+        raise UserError(NO_CELLS, file=args.suite, key="attacks")
     for note in notes:
         print(f"note: {note}")
     print(f"{args.suite}: ok ({len(cells)} cells)")

@@ -20,6 +20,8 @@ from .suite import Entry, Suite, expand_attack
 from .validity import validity_points
 
 log = logging.getLogger(__name__)
+NO_CELLS = ("the suite resolves to 0 cells (e.g. only localization attacks on data without masks or on detectors "
+            "without an anomaly map)")
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ def expand(suite: Suite) -> list[Cell]:
         extra = [resolve_attack(Entry(name, label), kw) for name, label, kw in validity_points([(a.name, a.label, a.kwargs) for a in attacks])]
         attacks += [a for a in extra if a.config() not in known]
     by_label = {d.label: d for d in suite.detectors}
+    skipped: dict[str, set[str]] = {}  # detector without a map → the localization attacks it cannot serve
     for seed in suite.seeds:
         for det in suite.detectors:
             for ds_entry in suite.datasets:
@@ -110,12 +113,25 @@ def expand(suite: Suite) -> list[Cell]:
                         if attack.kwargs.get("objective") == "localization" and not dataset.has_masks:
                             log.info("skipping %s on %s: localization needs masks", attack.label, ds_entry.label)
                             continue
+                        if attack.kwargs.get("objective") == "localization" and not localizes(det):
+                            skipped.setdefault(det.label, set()).add(attack.label)  # its objective would be 0: no row
+                            continue
                         source = by_label[attack.kwargs["source"]] if ATTACKS.get(attack.name).kind == "transfer" else None
                         if source is det:  # crafting on the target itself is the white-box attack
                             continue
                         cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size, source,
                                           threshold=suite.threshold, holdout=suite.holdout, examples=suite.examples))
+    for label, names in sorted(skipped.items()):
+        log.warning("%s: detector %r has no anomaly map, so no localization cell is run for it (skipped: %s)",
+                    suite.file or suite.name, label, ", ".join(sorted(names)))
     return cells
+
+
+def localizes(entry: Entry) -> bool:
+    """Whether the entry's detector returns a real anomaly map (``Detector.localization``)."""
+    from robustad_bench.adapters import DETECTORS
+
+    return bool(getattr(DETECTORS.get(entry.name), "localization", True))
 
 
 def select(cells: list[Cell], only: str | None) -> list[Cell]:

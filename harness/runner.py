@@ -48,7 +48,7 @@ from .evaluate import (
     restore_fit,
     seeded,
 )
-from .grid import Cell, build_dataset, expand, select
+from .grid import NO_CELLS, Cell, build_dataset, expand, select
 from .results import OutputLock, ResultStore, claim_folder, package_commit, write_run_info
 from .suite import Entry, Suite, deep_check, threshold_quantile
 
@@ -339,7 +339,7 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
     cells = select(plan, only)
     if not cells:  # nothing to do is a mistake, not a success with an empty results file
         raise UserError(f"--only {only!r} matches none of the suite's {len(plan)} cells (robustad-bench run --dry-run lists them)"
-                        if plan else "the suite resolves to 0 cells (e.g. only localization attacks on data without masks)",
+                        if plan else NO_CELLS,
                         file=suite.file, key="--only" if plan else "attacks")
     store, cache, report = ResultStore(out_dir), Cache(cache_dir), RunReport()
     fit_keys = group_keys(cells, cache.root / "file-hashes.json")

@@ -128,3 +128,18 @@ def test_thin_scratches_keep_every_column_from_the_file_to_the_saved_mask(tmp_pa
         for (_, first, last), m in zip(scratches, masks[labels == 1]):
             columns = (last + 1) // 4 - first // 4
             assert m.sum() >= columns, (m.sum(), columns)
+
+
+def test_a_localization_attack_on_a_detector_without_a_map_is_skipped_with_a_note(tmp_path, caplog):
+    """ZARND has no anomaly map: SegPGD's objective would be 0 on it, yet its cell lowered
+    detection AUROC and entered the robust AUROC. Now there is no such cell, and a note says so."""
+    path = tmp_path / "s.yaml"
+    path.write_text("name: nomap\ndatasets:\n  - {name: textures, categories: [brick], image_size: 64, crop_size: 96, n_train: 4, "
+                    "n_test_normal: 2, n_test_anomalous: 2}\ndetectors:\n  - {name: zarnd, backbone: resnet18, input_size: 64}\n"
+                    "  - {name: patchcore, backbone: resnet18, input_size: 64}\n"
+                    "attacks:\n  - {name: none}\n  - {name: segpgd, eps: 8/255, steps: 2}\n")
+    assert main(["validate", str(path)]) == 0
+    assert "'zarnd' has no anomaly map" in caplog.text and "segpgd" in caplog.text, caplog.text
+    assert main(["run", str(path), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"), "--no-progress"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["detector"], r["attack"]) for r in rows) == [("patchcore", "none"), ("patchcore", "segpgd"), ("zarnd", "none")]
