@@ -9,6 +9,7 @@ with a ``fit(normal_images, *, seed=...)`` method is fitted on the normal train 
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,31 @@ from .suite import parse_suite
 
 
 def state_digest(module: nn.Module) -> str:
-    """The module's class and every tensor of its state: what its numbers depend on."""
+    """The module's class, every tensor of its state and every plain attribute of it and its
+    submodules (a threshold, a top-k, a flag): what its numbers depend on."""
     import hashlib
 
     h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
     for key, value in sorted(module.state_dict().items()):
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps(plain_attributes(module), sort_keys=True).encode())
     return h.hexdigest()[:16]
+
+
+def plain_attributes(module: nn.Module) -> dict[str, Any]:
+    """``submodule.attribute`` → value for every JSON-representable public attribute that is
+    not the module machinery (parameters, buffers and submodules are in the state)."""
+    found = {}
+    for prefix, sub in module.named_modules():
+        for key, value in vars(sub).items():
+            if key.startswith("_") or key == "training":
+                continue
+            try:
+                found[f"{prefix}.{key}"] = json.loads(json.dumps(value))
+            except (TypeError, ValueError):
+                continue  # tensors, modules, callables: not plain values
+    return found
 
 
 class ModuleDetector(Detector):
@@ -43,9 +61,19 @@ class ModuleDetector(Detector):
     version = "1"
     weights = "user module"
 
-    def __init__(self, module: nn.Module, input_size: int, localization: bool):
+    def __init__(self, module: nn.Module, input_size: int):
         super().__init__()
-        self.module, self.input_size, self.localization = module, input_size, localization
+        self.module, self.input_size = module, input_size
+        self.returns_map: bool | None = None  # known from the first output, which comes after fitting
+
+    @property
+    def localization(self) -> bool:
+        """Whether the module returns a map; asked after fitting (or restoring a fit)."""
+        if self.returns_map is None:
+            device = next((t.device for t in self.module.state_dict().values()), torch.device("cpu"))
+            with torch.no_grad():
+                self(torch.zeros(1, 3, self.input_size, self.input_size, device=device))
+        return bool(self.returns_map)
 
     def fit(self, normal_images: Tensor, *, seed: int) -> None:
         if hasattr(self.module, "fit"):
@@ -53,14 +81,22 @@ class ModuleDetector(Detector):
 
     def forward(self, x: Tensor) -> AnomalyOutput:
         out = self.module(x)
+        self.returns_map = not isinstance(out, Tensor)
         if isinstance(out, AnomalyOutput):
             return out
-        if isinstance(out, (tuple, list)):
+        if isinstance(out, (tuple, list)) and len(out) == 2:
             return AnomalyOutput(out[0], out[1])
+        if not isinstance(out, Tensor) or out.shape != (x.shape[0],):
+            raise UserError(f"{type(self.module).__name__} returned {describe_output(out)} for {x.shape[0]} images; "
+                            "allowed: a score tensor (B,), a (score, map) pair or an AnomalyOutput", key="detector")
         return AnomalyOutput(out, out[:, None, None].expand(-1, x.shape[-2], x.shape[-1]))
 
     def features(self, x: Tensor) -> Tensor:
         return self.module.features(x) if hasattr(self.module, "features") else x
+
+
+def describe_output(out: Any) -> str:
+    return f"a tensor of shape {tuple(out.shape)}" if isinstance(out, Tensor) else f"a {type(out).__name__}"
 
 
 class TensorData(Dataset):
@@ -94,13 +130,58 @@ def prebuilt(obj: Any) -> type:
                                                        "has_masks": getattr(obj, "has_masks", True)})
 
 
+def as_tensor(value: Any, key: str) -> Tensor:
+    """A torch tensor from a tensor, a numpy array or a list of numbers."""
+    if isinstance(value, (list, tuple)):
+        value = np.asarray(value)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise UserError(f"holds {value.dtype} values; allowed: numbers", key=f"data.{key}")
+        value = torch.from_numpy(value)
+    if not isinstance(value, Tensor):
+        raise UserError(f"is a {type(value).__name__}; allowed: a torch tensor, a numpy array or a list of numbers",
+                        key=f"data.{key}")
+    return value
+
+
+def check_images(images: Any, key: str) -> Tensor:
+    """(N, 3, H, W) float images in [0, 1], finite — or a ``UserError`` saying what they are."""
+    images = as_tensor(images, key)
+    if images.dim() != 4 or images.shape[1] != 3 or images.shape[0] == 0:
+        raise UserError(f"has shape {tuple(images.shape)}; allowed: (N, 3, H, W) with N ≥ 1 (a gray image: repeat it "
+                        "to 3 channels)", key=f"data.{key}")
+    if not images.is_floating_point():
+        raise UserError(f"is {images.dtype}; allowed: float images in [0, 1] (uint8: divide by 255)", key=f"data.{key}")
+    if not bool(torch.isfinite(images).all()):
+        raise UserError("holds NaN or infinite values; allowed: finite values in [0, 1]", key=f"data.{key}")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        raise UserError(f"ranges over [{low:g}, {high:g}]; allowed: [0, 1] (0..255 images: divide by 255)", key=f"data.{key}")
+    return images.float()
+
+
 def as_split(data: tuple) -> Split:
+    """(train, test, labels[, masks]) checked: images in [0, 1], labels 0/1 for every test
+    image, masks (M, H, W) of the test images' size with values in {0, 1}."""
     if len(data) not in (3, 4):
         raise UserError("data as tensors is (train, test, labels) or (train, test, labels, masks)", key="data")
     train, test, labels, *masks = data
-    labels = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).astype(int)
-    return Split(train.float(), test.float(), labels, masks[0].float() if masks else None,
-                 [f"{'bad' if y else 'good'}/{i:05d}" for i, y in enumerate(labels)])
+    train, test = check_images(train, "train"), check_images(test, "test")
+    if train.shape[-2:] != test.shape[-2:]:
+        raise UserError(f"train images are {tuple(train.shape[-2:])} but test images {tuple(test.shape[-2:])}; give one size",
+                        key="data")
+    labels = as_tensor(labels, "labels")
+    if labels.shape != (test.shape[0],) or labels.is_complex() or not bool(((labels == 0) | (labels == 1)).all()):
+        raise UserError(f"has shape {tuple(labels.shape)} with values {sorted(set(labels.flatten().tolist()))[:5]}; allowed: "
+                        f"({test.shape[0]},) values 0 (normal) or 1 (anomalous), one per test image", key="data.labels")
+    labels = labels.cpu().numpy().astype(int)
+    mask = None
+    if masks:
+        mask = as_tensor(masks[0], "masks").float()
+        if mask.shape != (test.shape[0], *test.shape[-2:]) or not bool(((mask == 0) | (mask == 1)).all()):
+            raise UserError(f"has shape {tuple(mask.shape)}; allowed: {(test.shape[0], *test.shape[-2:])} with values 0 or 1",
+                            key="data.masks")
+    return Split(train, test, labels, mask, [f"{'bad' if y else 'good'}/{i:05d}" for i, y in enumerate(labels)])
 
 
 def evaluate(detector: nn.Module, data: dict | tuple, attacks: list[dict], *, out: str | Path | None = None,
@@ -118,10 +199,10 @@ def evaluate(detector: nn.Module, data: dict | tuple, attacks: list[dict], *, ou
     size = input_size or getattr(detector, "input_size", None) or (split.test.shape[-1] if split is not None else None)
     if size is None:
         raise UserError("give input_size= (the module has no input_size attribute)", key="input_size")
-    with torch.no_grad():
-        probe = detector.eval()(torch.zeros(1, 3, size, size))
-    localization = isinstance(probe, (tuple, list, AnomalyOutput))
-    wrapped = ModuleDetector(detector, size, localization) if not isinstance(detector, Detector) else detector
+    if not isinstance(detector, nn.Module):
+        raise UserError(f"is a {type(detector).__name__}; allowed: a torch.nn.Module", key="detector")
+    # not called before it is fitted (a memory bank is empty until then): its outputs are checked as the run scores them
+    wrapped = ModuleDetector(detector, size) if not isinstance(detector, Detector) else detector
     det_name = f"api-{state_digest(detector)}"
     names = {DETECTORS: det_name}
     dataset_entry = dict(data) if isinstance(data, dict) else {"name": "api-tensors"}
@@ -143,4 +224,7 @@ def evaluate(detector: nn.Module, data: dict | tuple, attacks: list[dict], *, ou
     finally:
         for registry, name in names.items():
             registry.unregister(name)
+    if failed := [r for r in rows if r.get("status") != "ok"]:
+        raise UserError(f"{len(failed)} of {len(rows)} cells failed; the first: {failed[0].get('cell_id')}: {failed[0].get('error')}",
+                        key="detector")
     return pd.DataFrame([{k: v for k, v in r.items() if k != "metrics"} | (r.get("metrics") or {}) for r in rows])

@@ -114,6 +114,14 @@ def score_images(detector: nn.Module, images: Tensor, *, batch_size: int, device
     return torch.cat(scores).numpy(), torch.cat(maps)
 
 
+def require_finite(scores: np.ndarray, what: str) -> None:
+    """A detector that scores NaN or ±inf gives no number that means anything: the cell fails."""
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:
+        raise UserError(f"the detector returned non-finite scores (NaN or inf) for {bad} of {len(scores)} {what}; every "
+                        "metric would be meaningless", key="detector")
+
+
 def tensors_sha256(state: dict[str, Tensor], keys: list[str]) -> str:
     """sha256 of the named tensors' bytes (and dtypes and shapes), in ``keys`` order."""
     h = hashlib.sha256()
@@ -138,6 +146,7 @@ def fit_state(detector: nn.Module, split: Split, *, seed: int, batch_size: int, 
     detector.eval()  # training (PatchGuard's) must not leave dropout on for scoring and attacks
     fit_seconds = time.perf_counter() - start
     scores, maps = score_images(detector, split.test, batch_size=batch_size, device=device)
+    require_finite(scores, "clean test images")
     state = detector.state_dict()
     unchanged = [k for k, v in state.items() if k in initial and initial[k].shape == v.shape and torch.equal(initial[k], v)]
     del initial
@@ -299,6 +308,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
             adversarial[int(i)] = x_adv[i - sl.start].detach().cpu()
     seconds = time.perf_counter() - start
     bar.close()
+    require_finite(scores, "attacked test images")
     arrays = {"labels": split.labels.astype(np.int64), "scores": scores.astype(np.float32)}
     if fitted.masks is not None:  # float16 maps: what the metrics below were computed from
         arrays |= {"maps": maps.astype(np.float16), "masks": fitted.masks.astype(np.uint8)}

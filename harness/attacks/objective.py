@@ -118,6 +118,10 @@ class Objective:
             x_in = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 loss = self.loss(x_in)
+                if not loss.requires_grad:
+                    raise UserError("the detector's output has no gradient with respect to its input (torch.no_grad, "
+                                    ".detach(), .item() or numpy in forward?); gradient attacks need a differentiable "
+                                    "forward, score-only attacks (square, simba) do not", key="detector")
                 (grad,) = torch.autograd.grad(loss.sum(), x_in)
             if total_loss is None:
                 total_loss, total_grad = loss.detach(), grad
