@@ -213,14 +213,22 @@ class Cache:
         row_path, scores_path = folder / "row.json", folder / "scores.npz"
         if not (row_path.is_file() and scores_path.is_file()):
             return None
+        from .results import arrays_match, row_problem
+
         try:
             row = json.loads(row_path.read_text())
             arrays = read_npz(scores_path)
-            touch(row_path)
-            return row, arrays
         except (OSError, ValueError, UserError) as err:
             log.warning("corrupt cache file in %r (%s): computing it again", str(folder), err)
             return None
+        problem = row_problem(row) or (None if row.get("status") == "ok" else "not a finished cell")
+        if problem is None and not arrays_match(row, arrays):
+            problem = "scores.npz is not its row's (scores_sha256 differs)"
+        if problem is not None:
+            log.warning("corrupt cache entry in %r (row.json %s): computing it again", str(folder), problem)
+            return None
+        touch(row_path)
+        return row, arrays
 
     def save_eval(self, key: str, row: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         folder = self._eval_dir(key)

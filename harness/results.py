@@ -12,9 +12,12 @@ wrote it (``suites.json``): another suite's run into it is an error unless it ap
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -29,8 +32,36 @@ from .validity import validity_flags
 log = logging.getLogger(__name__)
 
 
+CELL_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")  # what a grid makes: never a path outside cells/
+
+
+def row_problem(row: Any) -> str | None:
+    """Why ``row`` cannot be a results row (a cheap check of the fields every reader relies on,
+    run on every row read: the full schema is ``row_problems``); None when it can."""
+    if not isinstance(row, dict):
+        return f"is a JSON {type(row).__name__}, not an object"
+    cell_id = row.get("cell_id")
+    if not isinstance(cell_id, str) or not CELL_ID.fullmatch(cell_id) or cell_id.strip(".") == "":
+        return f"cell_id {cell_id!r} is not a cell id (letters, digits, '_', '-', '.'; no '/')"
+    if row.get("status") not in ("ok", "failed"):
+        return f"status {row.get('status')!r}; allowed: 'ok', 'failed'"
+    if row["status"] == "failed":
+        return None
+    for key in ("suite", "detector", "dataset", "category", "attack"):
+        if not isinstance(row.get(key), str):
+            return f"{key} {row.get(key)!r} is not a string"
+    eps, metrics = row.get("eps"), row.get("metrics")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        return f"eps {eps!r} is not a number ≥ 0"
+    if not isinstance(metrics, dict) or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
+                                            for v in metrics.values()):
+        return f"metrics {str(metrics)[:60]!r} is not an object of numbers"
+    return None
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The readable rows of a results file; damaged lines are skipped with a warning."""
+    """The readable rows of a results file; damaged lines and rows without the fields every
+    reader relies on (``row_problem``) are skipped with a warning naming the line."""
     rows = []
     if not path.is_file():
         return rows
@@ -39,13 +70,44 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            row = None
-        if not isinstance(row, dict) or not isinstance(row.get("cell_id"), str):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             log.warning("%s:%d: skipping a damaged row (an interrupted write?)", path, n)
+            continue
+        if problem := row_problem(row):
+            log.warning("%s:%d: skipping a row that is not a results row: %s", path, n, problem)
             continue
         rows.append(row)
     return rows
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of a cell's ``labels`` and ``scores`` (dtype, shape, bytes): the row records it,
+    so arrays that are not the row's (another cell's file put in their place) are refused."""
+    h = hashlib.sha256()
+    for key in ("labels", "scores"):
+        value = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def arrays_match(row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> bool:
+    """Whether ``arrays`` are the row's own (rows written before the digest existed: trusted)."""
+    if arrays is None or "labels" not in arrays or "scores" not in arrays:
+        return False
+    expected = row.get("scores_sha256")
+    return expected is None or expected == arrays_sha256(arrays)
+
+
+def cell_scores(out_dir: Path, row: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The arrays of ``row``'s cell under ``out_dir`` when they load and are the row's own;
+    None with a warning naming the file otherwise."""
+    path = out_dir / "cells" / row["cell_id"] / "scores.npz"
+    arrays = load_scores(path)
+    if arrays is not None and not arrays_match(row, arrays):
+        log.warning("%s: not the arrays of its row (scores_sha256 differs); cell %s is left out", path, row["cell_id"])
+        return None
+    return arrays
 
 
 def load_scores(path: Path) -> dict[str, np.ndarray] | None:
@@ -57,12 +119,12 @@ def load_scores(path: Path) -> dict[str, np.ndarray] | None:
         return None
 
 
-def scores_count(path: Path) -> int | None:
-    """How many scores a cell's ``scores.npz`` holds (only that member is read: a rerun of a
-    finished suite stays cheap), or None when the file is missing or does not load."""
+def scores_only(path: Path) -> dict[str, np.ndarray] | None:
+    """A cell's ``labels`` and ``scores`` (only those members are read: a rerun of a finished
+    suite stays cheap), or None when the file is missing or does not load."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return len(data["scores"])
+            return {"labels": data["labels"], "scores": data["scores"]}
     except Exception:  # missing, truncated, not a zip, no scores: recompute the cell
         return None
 
@@ -81,9 +143,11 @@ class ResultStore:
         row = self.rows.get(cell_id)
         if row is None or row.get("status") != "ok" or row.get("config_hash") != config_hash:
             return False
+        arrays = scores_only(self.scores_path(cell_id))
         expected = row.get("n_normal", 0) + row.get("n_anomalous", 0)
-        if scores_count(self.scores_path(cell_id)) != expected:
-            log.warning("%s: missing, unreadable or incomplete; cell %s is computed again", self.scores_path(cell_id), cell_id)
+        if not arrays_match(row, arrays) or len(arrays["scores"]) != expected:
+            log.warning("%s: missing, unreadable, incomplete or not its row's; cell %s is computed again",
+                        self.scores_path(cell_id), cell_id)
             return False
         return True
 

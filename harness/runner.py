@@ -49,7 +49,14 @@ from .evaluate import (
     seeded,
 )
 from .grid import NO_CELLS, Cell, build_dataset, expand, select
-from .results import OutputLock, ResultStore, claim_folder, package_commit, write_run_info
+from .results import (
+    OutputLock,
+    ResultStore,
+    arrays_sha256,
+    claim_folder,
+    package_commit,
+    write_run_info,
+)
 from .suite import Entry, Suite, deep_check, threshold_quantile
 
 log = logging.getLogger(__name__)
@@ -288,7 +295,7 @@ def cell_result(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, de
         fields, arrays = evaluate_halving(cell, group, device, progress, source)
     except Exception as err:
         return _failed_row(cell, key, err), None
-    row = {**identity(cell), "status": "ok", "config_hash": key, **group.base, **fields}
+    row = {**identity(cell), "status": "ok", "config_hash": key, **group.base, **fields, "scores_sha256": arrays_sha256(arrays)}
     cache.save_eval(key, row, arrays)
     return row, arrays
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustad_bench.harness.results import EXAMPLE_KINDS, load_scores
+from robustad_bench.harness.results import EXAMPLE_KINDS, cell_scores
 
 from .board import budget_text, main_tables, threat_of, threat_text
 
@@ -86,7 +86,7 @@ def examples(out_dir: Path, rows: list[dict], site_folder: Path, base: Path) -> 
         strongest = min((r for r in attacked if r["category"] == category), key=lambda r: r["metrics"]["image_auroc"])
         source = out_dir / "cells" / strongest["cell_id"] / "examples"
         clean = clean_of.get(category)
-        arrays = load_scores(out_dir / "cells" / clean["cell_id"] / "scores.npz") if clean else None
+        arrays = cell_scores(out_dir, clean) if clean else None
         target = site_folder / slug(strongest["cell_id"])
         target.mkdir(parents=True, exist_ok=True)
         images = []

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from robustad_bench.harness.metrics import METRICS
-from robustad_bench.harness.results import load_scores
+from robustad_bench.harness.results import cell_scores
 
 GROUP = ("detector", "weights", "dataset", "category", "seed")  # one fitted detector on one test set
 
@@ -64,12 +64,12 @@ def robust_metrics(out_dir: Path, rows: list[dict]) -> list[dict]:
     for key, group in groups.items():
         if group["clean"] is None:
             continue  # no clean row: no worst case that includes the unperturbed image
-        clean = load_scores(out_dir / "cells" / group["clean"]["cell_id"] / "scores.npz")
+        clean = cell_scores(out_dir, group["clean"])
         if clean is None:
             continue
         for threat, attacked_rows in sorted(group["threats"].items()):
             loaded = [a if a is not None and len(a["scores"]) == len(clean["scores"]) else None
-                      for a in (load_scores(out_dir / "cells" / r["cell_id"] / "scores.npz") for r in attacked_rows)]
+                      for a in (cell_scores(out_dir, r) for r in attacked_rows)]
             arrays = [a for a in loaded if a is not None]
             if not arrays:
                 continue

@@ -11,17 +11,45 @@ import pytest
 
 from robustad_bench.harness.cache import Cache, read_npz
 from robustad_bench.harness.errors import UserError
-from robustad_bench.harness.results import OutputLock, ResultStore, claim_folder, read_rows
+from robustad_bench.harness.results import (
+    OutputLock,
+    ResultStore,
+    arrays_sha256,
+    claim_folder,
+    read_rows,
+)
 
 
 def test_eval_round_trip(tmp_path):
     cache = Cache(tmp_path)
     arrays = {"labels": np.array([0, 1]), "scores": np.array([0.1, 0.9], np.float32)}
-    cache.save_eval("ab" * 32, {"cell_id": "x"}, arrays)
+    cache.save_eval("ab" * 32, ROW | {"scores_sha256": arrays_sha256(arrays)}, arrays)
     row, loaded = cache.load_eval("ab" * 32)
-    assert row == {"cell_id": "x"} and np.array_equal(loaded["scores"], arrays["scores"])
+    assert row["cell_id"] == "x" and np.array_equal(loaded["scores"], arrays["scores"])
     assert cache.load_eval("cd" * 32) is None
     assert not list(tmp_path.rglob(".*.npz.*"))  # no temporary files left
+
+
+ROW = {"cell_id": "x", "status": "ok", "suite": "s", "detector": "d", "dataset": "t", "category": "c", "attack": "none",
+       "eps": 0.0, "metrics": {"image_auroc": 1.0}}
+
+
+@pytest.mark.parametrize("damage", ["empty-object", "list", "another-cells-arrays"])
+def test_a_cached_cell_that_is_not_a_whole_row_with_its_own_arrays_is_computed_again(damage, tmp_path, caplog):
+    cache = Cache(tmp_path)
+    arrays = {"labels": np.array([0, 1]), "scores": np.array([0.1, 0.9], np.float32)}
+    cache.save_eval("ab" * 32, ROW | {"scores_sha256": arrays_sha256(arrays)}, arrays)
+    folder = next(p.parent for p in tmp_path.rglob("row.json"))
+    if damage == "empty-object":
+        (folder / "row.json").write_text("{}")
+    elif damage == "list":
+        (folder / "row.json").write_text("[]")
+    else:  # a valid scores file, but another cell's
+        other = {"labels": np.array([0, 1]), "scores": np.array([0.9, 0.1], np.float32)}
+        cache.save_eval("cd" * 32, ROW, other)
+        (folder / "scores.npz").write_bytes(next(p for p in tmp_path.rglob("scores.npz") if p.parent != folder).read_bytes())
+    assert cache.load_eval("ab" * 32) is None
+    assert "computing it again" in caplog.text
 
 
 def test_a_corrupt_cache_file_is_named_and_computed_again(tmp_path, caplog):
@@ -31,7 +59,7 @@ def test_a_corrupt_cache_file_is_named_and_computed_again(tmp_path, caplog):
     path.write_bytes(b"not a checkpoint")
     assert cache.load_fit("ef" * 32) is None  # a miss, not a stop: the run computes it again
     assert str(path) in caplog.text
-    cache.save_eval("ab" * 32, {"cell_id": "x"}, {"scores": np.zeros(2)})
+    cache.save_eval("ab" * 32, ROW, {"labels": np.zeros(2, int), "scores": np.zeros(2)})
     next(tmp_path.rglob("scores.npz")).write_bytes(b"garbage")
     assert cache.load_eval("ab" * 32) is None and "scores.npz" in caplog.text
 
@@ -44,12 +72,13 @@ def test_corrupt_npz_names_the_file(tmp_path):
 
 
 def ok_row(cell_id, n=2, suite="s"):
-    return {"cell_id": cell_id, "status": "ok", "config_hash": "h", "n_normal": n - 1, "n_anomalous": 1, "suite": suite}
+    return {"cell_id": cell_id, "status": "ok", "config_hash": "h", "n_normal": n - 1, "n_anomalous": 1, "suite": suite,
+            "detector": "d", "dataset": "t", "category": "c", "attack": "none", "eps": 0.0, "metrics": {}}
 
 
 def test_truncated_last_line_is_skipped_and_finalize_rewrites(tmp_path):
     store = ResultStore(tmp_path)
-    store.add(ok_row("a"), {"scores": np.zeros(2)})
+    store.add(ok_row("a"), {"labels": np.zeros(2, int), "scores": np.zeros(2)})
     with open(store.path, "a") as f:
         f.write('{"cell_id": "b", "sta')  # a kill in the middle of a write
     again = ResultStore(tmp_path)
@@ -72,9 +101,9 @@ def test_a_row_after_a_torn_one_starts_on_a_fresh_line(tmp_path, caplog):
 
 def test_a_row_is_done_only_when_its_scores_load_and_hold_every_image(tmp_path, caplog):
     store = ResultStore(tmp_path)
-    store.add(ok_row("a", n=3), {"scores": np.zeros(3)})
-    store.add(ok_row("b", n=3), {"scores": np.zeros(2)})  # a short file
-    store.add(ok_row("c", n=3), {"scores": np.zeros(3)})
+    store.add(ok_row("a", n=3), {"labels": np.zeros(3, int), "scores": np.zeros(3)})
+    store.add(ok_row("b", n=3), {"labels": np.zeros(2, int), "scores": np.zeros(2)})  # a short file
+    store.add(ok_row("c", n=3), {"labels": np.zeros(3, int), "scores": np.zeros(3)})
     store.scores_path("c").write_bytes(b"garbage")
     assert store.done("a", "h") and not store.done("b", "h") and not store.done("c", "h")
     assert str(store.scores_path("c")) in caplog.text
@@ -160,8 +189,8 @@ def test_cache_info_and_prune_by_age_and_suite(tmp_path, capsys):
     cache, day = Cache(tmp_path), 86400
     cache.save_fit("aa" * 32, {"state_dict": {}}, {"suites": ["quick"]})
     cache.save_fit("bb" * 32, {"state_dict": {}}, {"suites": ["full"]})
-    cache.save_eval("cc" * 32, {"suite": "quick"}, {"scores": np.zeros(3)})
-    cache.save_eval("dd" * 32, {"suite": "full"}, {"scores": np.zeros(3)})
+    cache.save_eval("cc" * 32, ROW | {"suite": "quick"}, {"labels": np.zeros(3, int), "scores": np.zeros(3)})
+    cache.save_eval("dd" * 32, ROW | {"suite": "full"}, {"labels": np.zeros(3, int), "scores": np.zeros(3)})
     lock = cache.lock("bb" * 32)
     with lock:
         pass
