@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +28,28 @@ EXIT_CODES = """exit codes:
   2  bad input: the message names the file, the key and the allowed values
   3  render --compare found regressions
   130 interrupted (finished cells are kept; run again to resume)"""
+
+
+def finite_number(text: str) -> float:
+    """An argparse type: a finite float (``nan`` and ``inf`` are refused, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number") from None
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}") from None
+    return value
 
 
 def default_cache() -> Path:
@@ -53,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", default="local", help="local | slurm | ray (see robustad-bench list backends)")
     run.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                      help="passed to the backend, e.g. slurm_partition=gpu, timeout_min=600, num_gpus=1")
-    run.add_argument("--workers", type=int, help="parallel fit groups (processes; default: one per visible GPU on CUDA, else 1)")
+    run.add_argument("--workers", type=positive_int, help="parallel fit groups (processes; default: one per visible GPU on CUDA, else 1)")
     run.add_argument("--only", help="run only cells whose id matches this glob (substring if no wildcard)")
     run.add_argument("--dry-run", action="store_true", help="print the cells and stop")
     run.add_argument("--estimate", action="store_true", help="with --dry-run: probe each detector on --device and print the "
@@ -70,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     ren.add_argument("dir", help="a run folder (holds results.jsonl)")
     ren.add_argument("--site", help="site folder (default DIR/site)")
     ren.add_argument("--compare", metavar="PREV_DIR", help="a previous run folder: write changes.md and exit 3 on regressions")
-    ren.add_argument("--tolerance", type=float, default=0.01, help="AUROC change (fraction) below which nothing is reported (default 0.01)")
+    ren.add_argument("--tolerance", type=finite_number, default=0.01, help="AUROC change (fraction) below which nothing is reported (default 0.01)")
     ren.add_argument("--entries", action="append", default=[], metavar="DIR",
                      help="a folder of submitted entry files to merge (leaderboards/entries/ is read when present)")
     chd = sub.add_parser("check-detector", help="the admission check: does a detector keep the contract the attacks rely on?")
@@ -100,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--cache", help=f"cache folder (default $ROBUSTAD_BENCH_CACHE or {default_cache()})")
     prn = cache_sub.add_parser("prune", help="delete fit artifacts, evaluated cells and generated data no run used lately")
     prn.add_argument("--cache", help=f"cache folder (default $ROBUSTAD_BENCH_CACHE or {default_cache()})")
-    prn.add_argument("--older-than", type=float, metavar="DAYS", help="only what no run has used for DAYS days")
+    prn.add_argument("--older-than", type=finite_number, metavar="DAYS", help="only what no run has used for DAYS days")
     prn.add_argument("--keep-suite", action="append", default=[], metavar="SUITE", help="keep everything this suite (its name) uses")
     prn.add_argument("--dry-run", action="store_true", help="say what would go, delete nothing")
     return p
@@ -186,10 +210,27 @@ def default_workers(device: str) -> int:
     return max(1, torch.cuda.device_count()) if on_cuda else 1
 
 
+def check_run_arguments(args) -> None:
+    """What the arguments alone can be checked for, before the completion fast path skips the rest."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        raise UserError(f"--device {args.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N", key="--device")
+    if args.backend not in ("local", "slurm", "ray"):  # the built-in backends; a plugin's is checked on the full path
+        from .backends import BACKENDS
+
+        BACKENDS.get(args.backend, key="--backend")
+    for flag, folder in (("--out", args.out), ("--cache", args.cache)):
+        if folder is not None and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
+            raise UserError(f"{folder!r} is a file; {flag} must be a folder", key=flag)
+
+
 def cmd_run(args) -> int:
     from .complete import default_out, finished_rows, record
 
-    if not (args.dry_run or args.force or args.only or args.estimate):  # an unchanged, complete run: nothing to load
+    check_run_arguments(args)
+    # an unchanged, complete run: nothing to load — on the default device and backend only (another device or
+    # backend is checked on the full path, which then finds every cell done)
+    if not (args.dry_run or args.force or args.only or args.estimate or args.device not in ("auto", "cpu")
+            or args.backend != "local" or args.backend_option or args.workers is not None):
         out = Path(args.out or default_out(Path(args.suite)))
         rows = finished_rows(Path(args.suite), out)
         if rows is not None:

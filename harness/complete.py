@@ -109,13 +109,30 @@ def _read(out: Path) -> dict[str, Any]:
         return {}
 
 
+def scores_files(out: Path) -> dict[str, list[int] | None]:
+    """Size and mtime of every finished row's ``scores.npz`` (relative path → [size, mtime_ns])."""
+    found = {}
+    for line in (out / "results.jsonl").read_bytes().split(b"\n") if (out / "results.jsonl").is_file() else ():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("status") == "ok" and isinstance(row.get("cell_id"), str):
+            relative = f"cells/{row['cell_id']}/scores.npz"
+            found[relative] = _file(out / relative)
+    return found
+
+
 def finished_rows(suite_file: Path, out: Path) -> int | None:
-    """The number of rows when ``out`` holds this suite's complete, rendered run unchanged; else None."""
+    """The number of rows when ``out`` holds this suite's complete, rendered run unchanged —
+    every row's arrays still there as written (a stat per file) — else None."""
     recorded = _read(out).get(str(suite_file.resolve()))
     if not recorded or not (out / "leaderboard.md").is_file() or not (out / "site" / "index.html").is_file():
         return None
-    if stamp(suite_file, out) != recorded["stamp"]:
+    if stamp(suite_file, out) != recorded["stamp"] or not isinstance(recorded.get("scores"), dict):
         return None
+    if any(state is None or _file(out / relative) != state for relative, state in recorded["scores"].items()):
+        return None  # deleted, replaced or damaged arrays: the full path checks and recomputes them
     return int(recorded["rows"])
 
 
@@ -126,7 +143,7 @@ def record(suite_file: Path, out: Path, rows: int) -> None:
     current = stamp(suite_file, out)
     if current is None:
         return
-    stamps = _read(out) | {str(suite_file.resolve()): {"stamp": current, "rows": rows}}
+    stamps = _read(out) | {str(suite_file.resolve()): {"stamp": current, "rows": rows, "scores": scores_files(out)}}
     atomic_write_bytes(out / STAMP, json.dumps(stamps, indent=1).encode())
 
 

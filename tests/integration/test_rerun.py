@@ -3,9 +3,13 @@ what the cells depend on takes the full path again."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 from robustad_bench.harness.cli import main
 
@@ -34,9 +38,16 @@ def test_an_unchanged_complete_run_is_not_loaded_again(tiny_suite, tmp_path):
     assert "nothing changed" in fast and "TORCH_NOT_LOADED" in fast and "8 already done" in fast
     assert "TORCH_LOADED" in rerun(tiny_suite, out, cache, "--force")
     assert "TORCH_NOT_LOADED" in rerun(tiny_suite, out, cache)  # --force recomputed and stamped again
-    for change in ("suite", "results", "site"):
+    for change in ("suite", "results", "site", "scores-deleted", "scores-garbage", "cells-deleted"):
+        victim = next((out / "cells").glob("*/scores.npz"))
         if change == "suite":
             tiny_suite.write_text(suite + "\n# a comment changes the file\n")
+        elif change == "scores-deleted":
+            victim.unlink()
+        elif change == "scores-garbage":
+            victim.write_bytes(b"garbage")
+        elif change == "cells-deleted":
+            shutil.rmtree(out / "cells")
         elif change == "results":
             with open(out / "results.jsonl", "a") as f:
                 f.write("")
@@ -46,6 +57,30 @@ def test_an_unchanged_complete_run_is_not_loaded_again(tiny_suite, tmp_path):
         slow = rerun(tiny_suite, out, cache)
         assert "TORCH_LOADED" in slow and "nothing changed" not in slow, change
         assert "TORCH_NOT_LOADED" in rerun(tiny_suite, out, cache), change  # the full path stamped it again
+        assert all(np.load(f)["scores"].size for f in (out / "cells").glob("*/scores.npz")), change  # restored
+        assert len(list((out / "cells").glob("*/scores.npz"))) == 8, change
+
+
+def test_arguments_are_checked_before_the_completion_fast_path(tiny_suite, tmp_path, capsys):
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert main(["run", str(tiny_suite), "--out", str(out), "--cache", str(cache), "--no-progress", "--only", "*digits*"]) == 0
+    (tmp_path / "a-file").write_text("x")
+    from robustad_bench.harness.complete import record
+
+    record(tiny_suite, out, 3)  # as if the whole suite had completed: the fast path would answer
+    cases = [("--device", "tpu", "not a device"), ("--backend", "nope", "unknown backend"), ("--cache", str(tmp_path / "a-file"), "is a file")]
+    if not __import__("torch").cuda.is_available():
+        cases.append(("--device", "cuda", "CUDA is not available"))
+    for flag, value, phrase in cases:
+        argv = ["run", str(tiny_suite), "--out", str(out), "--cache", str(cache), "--no-progress", flag, value]
+        if flag == "--cache":
+            argv = ["run", str(tiny_suite), "--out", str(out), "--no-progress", flag, value]
+        assert main(argv) == 2, (flag, value)
+        err = capsys.readouterr().err
+        assert phrase in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", str(tiny_suite), "--out", str(out), "--workers", "0"])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
 
 
 def test_a_change_in_a_dataset_root_takes_the_full_path(tmp_path):
