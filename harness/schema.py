@@ -44,10 +44,12 @@ def parse_float(value: Any) -> float:
             raise BadValue(f"expected a finite number, got {value!r}")
         return float(value)
     if isinstance(value, str) and (m := FRACTION.match(value)):
-        denominator = float(m.group(2))
+        numerator, denominator = float(m.group(1)), float(m.group(2))
         if denominator == 0:
             raise BadValue(f"division by zero in {value!r}")
-        return float(m.group(1)) / denominator
+        if not (math.isfinite(numerator) and math.isfinite(denominator) and math.isfinite(numerator / denominator)):
+            raise BadValue(f"expected a finite number, got {value!r}")  # 1e400/1 is inf
+        return numerator / denominator
     raise BadValue(f"expected a number or a fraction like 8/255, got {value!r}")
 
 

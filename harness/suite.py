@@ -45,6 +45,7 @@ TOP_LEVEL = {
 
 MAX_YAML_NODES = 100_000  # a suite is a few hundred nodes; aliases must not expand beyond this
 MAX_CELLS = 1_000_000  # default cap on a grid (top-level ``max_cells`` raises it)
+MAX_MAP_SIZE = 4096  # px; a larger evaluation resolution holds more pixels than any published benchmark image
 SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -111,6 +112,10 @@ def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, 
     target = registry.get(name)
     params = target.parameters() if section == "attacks" else parameters(target)
     label = raw.get("label", name)
+    if isinstance(label, bool) or not isinstance(label, (str, int, float)) or not str(label).strip():
+        problems.append(UserError(f"'label' names the entry on the leaderboard: a non-empty string, got {label!r}",
+                                  file=file, key=f"{path}.label"))
+        return None
     reserved = ("name", "label", "detectors") if section == "datasets" else ("name", "label")
     kwargs, bad = {}, False
     only = raw.get("detectors", []) if section == "datasets" else []
@@ -199,6 +204,17 @@ def parse_headline(raw: Any, file: str, problems: list) -> tuple[str, float] | N
     return raw["norm"], eps
 
 
+def has_threat(attacks: tuple[Entry, ...], threat: tuple[str, float]) -> bool:
+    """Whether an attack point of ``attacks`` runs at the threat model (norm, ε)."""
+    for entry in attacks:
+        spec = ATTACKS.get(entry.name)
+        for point in expand_attack(entry):
+            resolved = spec.resolve(point)
+            if resolved.get("norm", "linf") == threat[0] and math.isclose(float(resolved.get("eps", 0.0)), threat[1], rel_tol=1e-9):
+                return True
+    return False
+
+
 def threshold_quantile(rule: Any) -> float | None:
     """Q of ``normal-quantile:Q`` (0 < Q < 1); None for ``oracle`` or anything malformed."""
     if not isinstance(rule, str) or not rule.startswith("normal-quantile:"):
@@ -282,6 +298,8 @@ def read_yaml(path: Path) -> Any:
         return yaml.load(text, Loader=StrictLoader)
     except yaml.YAMLError as err:
         raise UserError(f"not valid YAML: {err}", file=file) from None
+    except RecursionError:
+        raise UserError("nests lists or mappings too deeply to read (a suite is a few levels deep)", file=file) from None
 
 
 def load_suite(path: str | Path, *, deep: bool = True) -> Suite:
@@ -315,14 +333,17 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         problems.append(UserError(f"must be a positive integer, got {max_cells!r}", file=file, key="max_cells"))
         max_cells = MAX_CELLS
     scalars = {}
-    for key, default, least in (("batch_size", 16, 1), ("map_size", None, 1), ("examples", 2, 0)):
+    for key, default, least, most in (("batch_size", 16, 1, None), ("map_size", None, 1, MAX_MAP_SIZE), ("examples", 2, 0, None)):
         value = raw.get(key, default)
         if value is None and key == "map_size":
             scalars[key] = None
             continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            problems.append(UserError(f"must be an integer ≥ {least}, got {value!r}", file=file, key=key))
+        if not isinstance(value, int) or isinstance(value, bool) or value < least or (most is not None and value > most):
+            bounds = f"≥ {least}" if most is None else f"in [{least}, {most}]"
+            problems.append(UserError(f"must be an integer {bounds}, got {value!r}", file=file, key=key))
         scalars[key] = value
+    if not isinstance(raw.get("description", ""), str):
+        problems.append(UserError(f"must be a string (free text), got {raw['description']!r}", file=file, key="description"))
     threshold = raw.get("threshold", "oracle")
     quantile = threshold_quantile(threshold)
     if quantile is None and threshold != "oracle":
@@ -352,6 +373,9 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
     if len(sections) == 3 and (size := grid_size(seeds, sections)) > max_cells:
         problems.append(UserError(f"the grid has at least {size:,} cells, more than max_cells = {max_cells:,}; "
                                   "split the suite or raise max_cells", file=file, key="attacks"))
+    if headline is not None and "attacks" in sections and not has_threat(sections["attacks"], headline):
+        problems.append(UserError(f"no attack of the suite runs at {headline[0]} ε = {headline[1]:g}: the leaderboard would rank "
+                                  "by an empty column; give a threat model an attack runs at", file=file, key="headline"))
     detector_labels = [d.label for d in sections.get("detectors", ())]
     for dataset in sections.get("datasets", ()):
         if unknown := [d for d in dataset.detectors if d not in detector_labels]:

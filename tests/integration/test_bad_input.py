@@ -79,6 +79,15 @@ SUITES = [
      "share the label"),
     ("batch-size-zero", "batch_size: 0\n" + BASE, "must be an integer ≥ 1"),
     ("unknown-norm", attack("{name: pgd, eps: 8/255, norm: l1}"), "allowed: 'linf', 'l2'"),
+    ("detector-is-os-system", swap("{name: patchcore,", '{name: "os:system",'), "never runs code"),
+    ("eps-overflows-to-inf", attack("{name: pgd, eps: 1e400/1}"), "finite"),
+    ("step-size-overflows-to-inf", attack("{name: pgd, eps: 8/255, step_size: 1.0e400}"), "expected float"),
+    ("map-size-huge", "map_size: 1000000\n" + BASE, "in [1, 4096]"),
+    ("headline-not-in-suite", "headline: {norm: l2, eps: 0.5}\n" + BASE, "no attack of the suite runs at l2"),
+    ("label-empty", swap("{name: patchcore,", "{name: patchcore, label: '',"), "non-empty string"),
+    ("label-mapping", swap("{name: patchcore,", "{name: patchcore, label: {a: 1},"), "non-empty string"),
+    ("description-list", "description: [a, b]\n" + BASE, "must be a string"),
+    ("deeply-nested-list", "description: " + "[" * 20000 + "]" * 20000 + "\n" + BASE.removeprefix("name: probe\n"), "too deeply"),
 ]
 
 
@@ -125,13 +134,25 @@ COMMANDS = [
     ("check-mvtec-wrong-layout", "data check mvtec --root {tmp}/empty", "no category in MVTec layout"),
     ("prepare-unknown-dataset", "data prepare mvtek --root {tmp}/empty", "Did you mean"),
     ("render-nothing", "render {tmp}/empty", "no results"),
+    ("render-tolerance-nan", "render {tmp}/empty --tolerance nan", "not a finite number"),
+    ("render-tolerance-inf", "render {tmp}/empty --tolerance inf", "not a finite number"),
+    ("prune-older-than-nan", "cache prune --cache {tmp}/empty --older-than nan", "not a finite number"),
+    ("run-workers-text", "run {tmp}/suite.yaml --workers many", "not an integer"),
 ]
+
+
+def exit_code(argv: list[str]) -> int:
+    """``main``'s exit code, whether it returns it or argparse exits (a refused option value)."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
 
 
 @pytest.mark.parametrize("argv, phrase", [c[1:] for c in COMMANDS], ids=[c[0] for c in COMMANDS])
 def test_bad_commands_are_exit_2_with_a_message(argv, phrase, tmp_path, capsys):
     files(tmp_path)
-    assert main([*argv.format(tmp=tmp_path).split(), *(["--no-progress"] if argv.startswith("run") else [])]) == 2
+    assert exit_code([*argv.format(tmp=tmp_path).split(), *(["--no-progress"] if argv.startswith("run") else [])]) == 2
     err = capsys.readouterr().err
     assert phrase in err and "Traceback" not in err, err
 
