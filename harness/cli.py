@@ -295,6 +295,8 @@ def cmd_render(args) -> int:
 
     if args.tolerance < 0:
         raise UserError(f"--tolerance must be at least 0, got {args.tolerance}", key="--tolerance")
+    if args.site is not None and Path(args.site).exists() and not Path(args.site).is_dir():
+        raise UserError(f"{args.site!r} is a file; --site must be a folder", key="--site")
     md, site, changes = render(args.dir, args.site, compare_to=args.compare, tolerance=args.tolerance, entries=args.entries)
     print(f"leaderboard: {md}  site: {site}")
     if args.compare:

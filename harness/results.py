@@ -190,6 +190,22 @@ def _last_byte(path: Path) -> bytes:
         return f.read(1)
 
 
+def refuse_links(*folders: Path, key: str = "--out") -> None:
+    """A symbolic link anywhere in an output folder is an error naming it: results, tables and
+    the site are written in place, and a link (``results.jsonl`` → a file elsewhere) would
+    append to or overwrite a file outside the folder."""
+    for folder in folders:
+        if folder.is_symlink():
+            raise UserError(f"{str(folder)!r} is a symbolic link; give the real folder", key=key)
+        for parent, dirs, files in os.walk(folder):  # never into linked folders: they are reported instead
+            for name in dirs + files:
+                path = Path(parent) / name
+                if path.is_symlink():
+                    raise UserError(f"{str(path)!r} is a symbolic link; robustad-bench writes its output files in place, never "
+                                    "through links (one could overwrite a file outside the run folder): remove it",
+                                    key=key)
+
+
 def claim_folder(out_dir: Path, name: str, file: str, *, append: bool) -> None:
     """Record that suite ``name`` (from ``file``) writes into ``out_dir``; a folder that holds
     another suite's results is refused (exit 2) unless ``append``."""

@@ -55,6 +55,7 @@ from .results import (
     arrays_sha256,
     claim_folder,
     package_commit,
+    refuse_links,
     write_run_info,
 )
 from .suite import Entry, Suite, deep_check, threshold_quantile
@@ -331,6 +332,7 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
     check_backend(backend, backend_options or {})  # before any work, not when there is work
     for note in check_suite_data(suite, defer_unreachable=False):  # raises on a layout problem, before any compute
         log.warning("%s", note)
+    refuse_links(Path(out_dir))
     with OutputLock(Path(out_dir), wait=wait):
         claim_folder(Path(out_dir), suite.name, suite.file, append=append)
         forget(Path(out_dir))  # this run writes here: a finished run's stamp no longer holds

@@ -16,7 +16,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tabulate import tabulate
 
 from robustad_bench.harness.errors import UserError
-from robustad_bench.harness.results import read_rows, read_run_info
+from robustad_bench.harness.results import read_rows, read_run_info, refuse_links
 
 from .board import Table, main_tables, threat_text
 from .compare import Change, changes_markdown, compare, read_board, values, write_board
@@ -234,6 +234,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     """Write ``leaderboard.md`` into ``out_dir`` and the static site into ``site_dir``; with
     ``compare_to`` (a previous run folder) also ``changes.md``, and return its changes."""
     out_dir = Path(out_dir)
+    refuse_links(out_dir, *([Path(site_dir)] if site_dir else []), key="DIR")
     frame = load_frame(out_dir)
     rows = read_rows(out_dir / "results.jsonl")
     suites = read_run_info(out_dir)

@@ -78,8 +78,20 @@ def submit(run_dir: str | Path, card_path: str | Path, out: str | Path) -> Path:
         raise UserError(f"{str(run_dir)!r} holds no results.jsonl; give a run folder", key="RUN_DIR")
     card = read_card(card_path)
     entry = entry_file(run_dir, card, str(card_path))
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{str(out)!r} is a file; --out must be a folder of entry files", key="--out")
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{slug(card['name'])}.json"
+    if path.is_symlink():
+        raise UserError(f"{str(path)!r} is a symbolic link; an entry file is written in place, never through a link", key="--out")
+    if path.is_file():  # a resubmission of the same entry replaces it; another entry whose name maps here does not
+        try:
+            previous = json.loads(path.read_text()).get("card", {}).get("name")
+        except (OSError, ValueError, AttributeError):
+            previous = None
+        if previous != card["name"]:
+            raise UserError(f"{str(path)!r} holds the entry {previous!r}, and the card's name {card['name']!r} maps to the same "
+                            "file; give the card a distinct name", file=str(card_path), key="name")
     path.write_text(json.dumps(entry, indent=1, sort_keys=True, default=str) + "\n")
     return path
 
@@ -93,12 +105,20 @@ def read_entries(folders: list[Path]) -> list[dict]:
                 entry = json.loads(path.read_text())
             except (OSError, ValueError) as err:
                 raise UserError(f"cannot read submitted entry {str(path)!r}: {err}") from None
-            if not isinstance(entry, dict) or entry.get("format") != FORMAT or "card" not in entry:
-                raise UserError(f"{str(path)!r} is not a robustad-bench entry file (format {FORMAT}); write it with robustad-bench submit")
+            if not isinstance(entry, dict) or entry.get("format") != FORMAT or "card" not in entry or \
+                    not isinstance(entry.get("tables"), list) or not all(entry_table(t) for t in entry["tables"]):
+                raise UserError(f"{str(path)!r} is not a robustad-bench entry file (format {FORMAT}: card, and tables of "
+                                "dataset, task, metric and values); write it with robustad-bench submit")
             if problems := card_problems(entry["card"], str(path)):
                 raise SuiteErrors(problems)
             entries.append({**entry, "file": path})
     return entries
+
+
+def entry_table(table: object) -> bool:
+    """Whether one of an entry file's ``tables`` has the fields ``merge`` reads."""
+    return isinstance(table, dict) and all(isinstance(table.get(k), str) for k in ("dataset", "task", "metric")) and \
+        isinstance(table.get("values"), dict)
 
 
 def merge(tables: list[Table], entries: list[dict]) -> None:

@@ -3,6 +3,8 @@ that names what is wrong — never a traceback, never a silent acceptance."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from robustad_bench.harness.cli import main
@@ -114,6 +116,17 @@ def files(tmp_path):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "not-utf8.yaml").write_bytes(b"name: x\n\xff\xfe\n")
     (tmp_path / "empty").mkdir()
+    row = {"cell_id": "x", "status": "ok", "suite": "s", "detector": "d", "dataset": "t", "category": "c", "attack": "none",
+           "eps": 0.0, "metrics": {}}
+    for name, bad in (("metrics-string", {"metrics": "high"}), ("eps-string", {"eps": "8/255"}),
+                      ("only-cell-id", None), ("escaping-cell-id", {"cell_id": "../../escape"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.jsonl").write_text(json.dumps({"cell_id": "x"} if bad is None else row | bad) + "\n")
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "results.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "linked" / "leaderboard.md").symlink_to(tmp_path / "a-file")
+    (tmp_path / "run-linked").mkdir()
+    (tmp_path / "run-linked" / "results.jsonl").symlink_to(tmp_path / "a-file")
     (tmp_path / "loc-only.yaml").write_text(swap("  - {name: none}\n", "").replace(PGD, "{name: fgsm, eps: 8/255, objective: localization}"))
 
 
@@ -138,6 +151,13 @@ COMMANDS = [
     ("render-tolerance-inf", "render {tmp}/empty --tolerance inf", "not a finite number"),
     ("prune-older-than-nan", "cache prune --cache {tmp}/empty --older-than nan", "not a finite number"),
     ("run-workers-text", "run {tmp}/suite.yaml --workers many", "not an integer"),
+    ("render-metrics-string", "render {tmp}/metrics-string", "no results"),
+    ("render-eps-string", "render {tmp}/eps-string", "no results"),
+    ("render-row-only-cell-id", "render {tmp}/only-cell-id", "no results"),
+    ("render-cell-id-escapes", "render {tmp}/escaping-cell-id", "no results"),
+    ("render-site-is-a-file", "render {tmp}/linked --site {tmp}/a-file", "is a file"),
+    ("render-through-a-link", "render {tmp}/linked", "is a symbolic link"),
+    ("run-through-a-link", "run {tmp}/suite.yaml --out {tmp}/run-linked --cache {tmp}/c", "is a symbolic link"),
 ]
 
 

@@ -259,3 +259,30 @@ def test_robust_pixel_auroc_is_the_exhaustive_optimum_on_random_candidates(tmp_p
                for pick in itertools.product(range(3), repeat=5))
     assert record["robust_pixel_auroc"] == pytest.approx(best)
     assert record["robust_pixel_auroc"] <= min(roc_auc_score(masks.ravel(), m.ravel()) for m in stack) + 1e-12
+
+
+def test_submit_refuses_to_overwrite_another_entry_and_render_refuses_broken_ones(tmp_path, capsys):
+    """Two cards whose names map to one file: the second is refused (a resubmission of the
+    same name replaces it); an entry file without tables is named, not a KeyError; --out
+    naming a file is refused."""
+    from robustad_bench.harness.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run(run, "a", {"pgd-a": ATTACK_A})
+    entries = tmp_path / "entries"
+    for name, code in (("My Det", 0), ("My Det", 0), ("My/Det", 2)):
+        card = tmp_path / "card.yaml"
+        card.write_text(CARD.format(name=f"'{name}'"))
+        assert main(["submit", str(run), "--card", str(card), "--out", str(entries)]) == code, name
+    assert "holds the entry 'My Det'" in capsys.readouterr().err
+    (path,) = entries.glob("*.json")
+    assert json.loads(path.read_text())["card"]["name"] == "My Det"
+    (tmp_path / "a-file").write_text("x")
+    assert main(["submit", str(run), "--card", str(card), "--out", str(tmp_path / "a-file")]) == 2
+    broken = json.loads(path.read_text())
+    del broken["tables"]
+    path.write_text(json.dumps(broken))
+    assert main(["render", str(run), "--entries", str(entries)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file; --out must be a folder" in err and "is not a robustad-bench entry file" in err and "Traceback" not in err
