@@ -8,6 +8,7 @@ Exit codes: 0 ok; 2 bad input (the message names file, key and allowed values);
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -317,6 +318,7 @@ def cmd_check_detector(args) -> int:
     from robustad_bench.adapters import DETECTORS
 
     from .admission import build, check_detector, table
+    from .suite import check_entry
 
     cls = DETECTORS.get(args.detector, key="detector")
     config = dict(getattr(cls, "tiny", {}) or {})
@@ -325,6 +327,11 @@ def cmd_check_detector(args) -> int:
         if not sep or not key:
             raise UserError(f"--config takes KEY=VALUE, got {item!r}", key="--config")
         config[key] = yaml.safe_load(value)
+    problems: list[UserError] = []  # keys and values checked as a suite's detector entry is
+    entry = check_entry("detectors", 0, {"name": args.detector, **config}, DETECTORS, "--config", problems)
+    if entry is None:
+        raise SuiteErrors(problems)
+    config = entry.kwargs
     checks = check_detector(partial(build, cls, config), seed=args.seed)
     print(f"{args.detector} with {config}")
     print(table(checks))
@@ -417,6 +424,18 @@ def main(argv: list[str] | None = None) -> int:
         root.setLevel(before)  # main() called in-process (tests, notebooks) leaves logging as it found it
 
 
+UNWRITABLE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+              errno.EROFS: "the file system is read-only"}
+
+
+def unwritable_message(err: OSError) -> str:
+    """What a user can do about a folder the command cannot write (or a full disk)."""
+    where = f" {str(err.filename)!r}" if err.filename else ""
+    return (f"cannot write{where}: {UNWRITABLE[err.errno]}. Free space or give a writable folder (--out, --cache); "
+            "finished cells are kept, and a rerun resumes where this one stopped")
+
+
 def run_command(handler, args) -> int:
     """The command, with a user's mistakes printed briefly (exit 2) and Ctrl-C kept short."""
     try:
@@ -428,6 +447,11 @@ def run_command(handler, args) -> int:
         return 2
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in UNWRITABLE:
+            raise  # anything else is a bug: keep its traceback
+        print(f"error: {unwritable_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished cells are kept; run again to resume", file=sys.stderr)

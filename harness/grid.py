@@ -102,6 +102,7 @@ def expand(suite: Suite) -> list[Cell]:
         attacks += [a for a in extra if a.config() not in known]
     by_label = {d.label: d for d in suite.detectors}
     skipped: dict[str, set[str]] = {}  # detector without a map → the localization attacks it cannot serve
+    unmasked: dict[str, set[str]] = {}  # dataset without masks → the same
     for seed in suite.seeds:
         for det in suite.detectors:
             for ds_entry in suite.datasets:
@@ -111,7 +112,7 @@ def expand(suite: Suite) -> list[Cell]:
                 for category in dataset.categories:
                     for attack in attacks:
                         if attack.kwargs.get("objective") == "localization" and not dataset.has_masks:
-                            log.info("skipping %s on %s: localization needs masks", attack.label, ds_entry.label)
+                            unmasked.setdefault(ds_entry.label, set()).add(attack.label)  # no mask, no objective
                             continue
                         if attack.kwargs.get("objective") == "localization" and not localizes(det):
                             skipped.setdefault(det.label, set()).add(attack.label)  # its objective would be 0: no row
@@ -121,6 +122,9 @@ def expand(suite: Suite) -> list[Cell]:
                             continue
                         cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size, source,
                                           threshold=suite.threshold, holdout=suite.holdout, examples=suite.examples))
+    for label, names in sorted(unmasked.items()):
+        log.warning("%s: dataset %r has no pixel masks, so no localization cell is run on it (skipped: %s)",
+                    suite.file or suite.name, label, ", ".join(sorted(names)))
     for label, names in sorted(skipped.items()):
         log.warning("%s: detector %r has no anomaly map, so no localization cell is run for it (skipped: %s)",
                     suite.file or suite.name, label, ", ".join(sorted(names)))

@@ -95,7 +95,7 @@ def expand_attack(entry: Entry) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
 
 
-def _check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, problems: list,
+def check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, problems: list,
                  max_cells: int = MAX_CELLS) -> Entry | None:
     path = f"{section}[{i}]"
     if not isinstance(raw, dict) or "name" not in raw:
@@ -364,7 +364,7 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         if not isinstance(entries, list) or not entries:
             problems.append(UserError(f"must be a non-empty list of {{name: ..., ...}} entries; registered: {', '.join(registry.names())}", file=file, key=section))
             continue
-        checked = [_check_entry(section, i, e, registry, file, problems, max_cells) for i, e in enumerate(entries)]
+        checked = [check_entry(section, i, e, registry, file, problems, max_cells) for i, e in enumerate(entries)]
         sections[section] = tuple(e for e in checked if e is not None)
         labels = [e.label for e in sections[section]]
         for label in {lb for lb in labels if labels.count(lb) > 1 and section != "attacks"}:

@@ -77,7 +77,13 @@ class BraTS(MVTecLayout):
 def _load(path: Path) -> np.ndarray:
     import nibabel  # optional: only the export needs it
 
-    return np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32)
+    try:
+        volume = np.asarray(nibabel.load(str(path)).dataobj, dtype=np.float32)
+    except Exception as err:  # nibabel's ImageFileError, a gzip or EOF error on a damaged file, ...
+        raise UserError(f"cannot read {str(path)!r} as a NIfTI volume: {type(err).__name__}: {err}", key="--from") from None
+    if volume.ndim != 3:
+        raise UserError(f"{str(path)!r} holds a {volume.ndim}-D array; a BraTS volume is 3-D", key="--from")
+    return volume
 
 
 def _png(array: np.ndarray, path: Path) -> None:

@@ -4,7 +4,9 @@ defect keeps its pixels on the whole path from the mask file to the saved mask."
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -143,3 +145,41 @@ def test_a_localization_attack_on_a_detector_without_a_map_is_skipped_with_a_not
     assert main(["run", str(path), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"), "--no-progress"]) == 0
     rows = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
     assert sorted((r["detector"], r["attack"]) for r in rows) == [("patchcore", "none"), ("patchcore", "segpgd"), ("zarnd", "none")]
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EACCES, errno.EROFS])
+def test_a_full_disk_or_an_unwritable_folder_is_exit_2_naming_the_path(error, tmp_path, capsys, monkeypatch):
+    """Root ignores permissions and no disk fills on demand: the store's write fails as the OS
+    would make it fail, in the middle of a run; the user reads which path and what to do, and
+    a rerun with room completes the run."""
+    from robustad_bench.harness.results import ResultStore
+
+    path = tmp_path / "s.yaml"
+    path.write_text("name: full\ndatasets:\n  - {name: digits, categories: ['1'], image_size: 24, n_train: 4, n_test_normal: 2, "
+                    "n_test_anomalous: 2}\ndetectors:\n  - {name: patchcore, backbone: resnet18, input_size: 24}\n"
+                    "attacks:\n  - {name: none}\n  - {name: fgsm, eps: 8/255}\n")
+    argv = ["run", str(path), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"), "--no-progress"]
+    add = ResultStore.add
+
+    def failing(self, row, arrays):
+        if "fgsm" in row["cell_id"]:
+            raise OSError(error, os.strerror(error), str(self.path))
+        add(self, row, arrays)
+
+    monkeypatch.setattr(ResultStore, "add", failing)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write '{tmp_path / 'o' / 'results.jsonl'}'" in err and "Traceback" not in err, err
+    monkeypatch.setattr(ResultStore, "add", add)
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["attack"] for r in rows) == ["fgsm", "none"] and all(r["status"] == "ok" for r in rows)
+
+
+def test_a_localization_attack_on_a_dataset_without_masks_is_a_visible_note(tmp_path, caplog):
+    path = tmp_path / "s.yaml"
+    path.write_text("name: nomask\ndatasets:\n  - {name: digits, categories: ['1'], image_size: 24, n_train: 4, n_test_normal: 2, "
+                    "n_test_anomalous: 2}\ndetectors:\n  - {name: patchcore, backbone: resnet18, input_size: 24}\n"
+                    "attacks:\n  - {name: none}\n  - {name: fgsm, eps: 8/255, objective: localization}\n")
+    assert main(["validate", str(path)]) == 0
+    assert "dataset 'digits' has no pixel masks" in caplog.text and "fgsm" in caplog.text, caplog.text

@@ -158,6 +158,10 @@ COMMANDS = [
     ("render-site-is-a-file", "render {tmp}/linked --site {tmp}/a-file", "is a file"),
     ("render-through-a-link", "render {tmp}/linked", "is a symbolic link"),
     ("run-through-a-link", "run {tmp}/suite.yaml --out {tmp}/run-linked --cache {tmp}/c", "is a symbolic link"),
+    ("check-detector-unknown-key", "check-detector patchcore --config nosuch=1", "unknown key 'nosuch'"),
+    ("check-detector-wrong-type", "check-detector patchcore --config input_size=abc", "expected int"),
+    ("check-detector-not-a-detector", "check-detector robustad_bench.harness.cli:main", "not a Detector subclass"),
+    ("check-detector-os-system", "check-detector os:system", "never runs code"),
 ]
 
 

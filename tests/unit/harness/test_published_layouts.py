@@ -274,3 +274,15 @@ def test_brats_export_from_nifti(tmp_path, capsys):
     assert int(split.labels.sum()) == 12 and (split.masks[split.labels == 1].sum((1, 2)) == 64).all()
     assert main(["data", "check", "brats", "--root", str(tmp_path / "brats")]) == 0
     assert "| flair" in capsys.readouterr().out
+
+
+def test_brats_export_of_files_that_are_not_nifti_names_them(tmp_path, capsys):
+    pytest.importorskip("nibabel")
+    name = "BraTS2021_00000"
+    for kind in ("flair", "seg"):
+        path = tmp_path / "nifti" / name / f"{name}_{kind}.nii.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("not a volume")
+    assert main(["data", "prepare", "brats", "--root", str(tmp_path / "out"), "--from", str(tmp_path / "nifti")]) == 2
+    err = capsys.readouterr().err
+    assert "as a NIfTI volume" in err and "flair.nii.gz" in err and "Traceback" not in err, err
