@@ -15,6 +15,7 @@ from robustad_bench.harness.results import (
     OutputLock,
     ResultStore,
     arrays_sha256,
+    cell_scores,
     claim_folder,
     read_rows,
 )
@@ -107,6 +108,19 @@ def test_a_row_is_done_only_when_its_scores_load_and_hold_every_image(tmp_path, 
     store.scores_path("c").write_bytes(b"garbage")
     assert store.done("a", "h") and not store.done("b", "h") and not store.done("c", "h")
     assert str(store.scores_path("c")) in caplog.text
+
+
+def test_a_row_is_not_done_when_another_cells_arrays_replace_its_own(tmp_path):
+    """Both files are valid and the same size: only the row's scores_sha256 tells them apart."""
+    store = ResultStore(tmp_path)
+    mine, other = np.array([0.1, 0.2, 0.9]), np.array([0.9, 0.2, 0.1])
+    for cell_id, scores in (("a", mine), ("b", other)):
+        arrays = {"labels": np.array([0, 0, 1]), "scores": scores}
+        store.add(ok_row(cell_id, n=3) | {"scores_sha256": arrays_sha256(arrays)}, arrays)
+    assert store.done("a", "h") and store.done("b", "h")
+    store.scores_path("a").write_bytes(store.scores_path("b").read_bytes())
+    assert not store.done("a", "h") and store.done("b", "h")
+    assert cell_scores(tmp_path, store.rows["a"]) is None and cell_scores(tmp_path, store.rows["b"]) is not None
 
 
 def test_finalize_keeps_rows_it_did_not_write(tmp_path):
