@@ -38,7 +38,7 @@ TOP_LEVEL = {
     "threshold": "the F1 / G-mean threshold: oracle (default; the clean test set's F1-max threshold, which uses the test labels) "
                  "or normal-quantile:Q (the Q-quantile of clean scores on held-out normal train images; no test labels)",
     "examples": "adversarial examples kept per class and attacked cell, as small PNGs for the site (default 2; 0: none)",
-    "headline": "the threat model the leaderboard ranks by, {norm: linf|l2, eps: E} (default: the largest L∞ ε present)",
+    "headline": "the threat model the leaderboard ranks by, {norm: linf|l2, eps: E} (default: the largest L∞ ε below 1 present)",
     "holdout": "with threshold: normal-quantile:Q, the fraction of normal train images set aside before fitting (default 0.1)",
 }
 

@@ -103,10 +103,11 @@ def aggregate(per_seed_category: dict[int, list[float]]) -> Value:
 
 
 def choose_headline(threats: set[tuple[str, float]], wanted: tuple[str, float] | None) -> tuple[str, float] | None:
-    """The suite's headline threat model when present, else the largest L∞ ε (else the largest ε)."""
+    """The suite's headline threat model when present, else the largest L∞ ε below 1 (else the
+    largest ε): L∞ ε = 1 reaches any image, a validity check (d), not a threat model to rank by."""
     if wanted is not None and any(t[0] == wanted[0] and abs(t[1] - wanted[1]) < 1e-9 for t in threats):
         return next(t for t in threats if t[0] == wanted[0] and abs(t[1] - wanted[1]) < 1e-9)
-    linf = [t for t in threats if t[0] == "linf"]
+    linf = [t for t in threats if t[0] == "linf" and t[1] < 1] or [t for t in threats if t[0] == "linf"]
     pool = linf or list(threats)
     return max(pool, key=lambda t: t[1]) if pool else None
 

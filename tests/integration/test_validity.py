@@ -49,6 +49,7 @@ def test_masked_gradients_are_flagged_and_patchcore_is_not(tmp_path, masked_dete
     html = (out / "site" / "index.html").read_text()
     assert "> ⚠ **masked**: an unbounded attack" in board and "| masked ⚠" in board and "⚠ pc" not in board
     assert '<p class="warning">⚠ <strong>masked</strong>' in html and "⚠ unverified" in html
+    assert "Ranked by robust image AUROC at L∞ ε=8/255" in board  # never by the unbounded validity attack
     # the AD ensemble is named for what it is, and the page says why it is not standard AutoAttack
     assert "AutoAttack-AD (APGD-CE, FAB, Square, PGD for DLR)" in board and "third logit" in board
     assert "third logit" in (out / "site" / "index.html").read_text()
