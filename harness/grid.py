@@ -60,7 +60,8 @@ class Cell:
         return config | ({"holdout": self.holdout} if self.holdout else {})  # held-out normals change what is fitted
 
     def config(self) -> dict[str, Any]:
-        config = {**self.fit_config(), "attack": self.attack.config(), "batch_size": self.batch_size, "map_size": self.map_size}
+        # no batch_size: no number depends on it (batch invariance), so changing it recomputes nothing
+        config = {**self.fit_config(), "attack": self.attack.config(), "map_size": self.map_size}
         config |= {"threshold": self.threshold} if self.threshold != "oracle" else {}
         return config | ({"source": self.source.config()} if self.source else {})
 

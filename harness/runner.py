@@ -3,8 +3,9 @@
 Keys (sha256 of canonical JSON):
 - fit key  = detector config + adapter version, dataset config + fingerprint, category,
              seed, package version;
-- cell key = fit key + resolved attack config + batch size + saved map size
-             (reported as ``config_hash``).
+- cell key = fit key + resolved attack config + saved map size (reported as
+             ``config_hash``); not the batch size, on which no number depends (rows
+             record the batch size used).
 A rerun of a finished suite reads rows only; cells evaluated before under another output
 folder come from the cache; only missing cells do model work.
 """
@@ -145,7 +146,7 @@ def source_key(cell_id: str) -> str:
 
 
 def cell_key(cell: Cell, keys: dict[str, str]) -> str:
-    config = {"fit": keys[cell.cell_id], "attack": cell.attack.config(), "batch_size": cell.batch_size, "map_size": cell.map_size}
+    config = {"fit": keys[cell.cell_id], "attack": cell.attack.config(), "map_size": cell.map_size}  # no batch_size: see Cell.config
     if cell.threshold != "oracle":
         config["threshold"] = cell.threshold
     if cell.source is not None:

@@ -117,6 +117,27 @@ def test_rerun_does_no_model_work(ran, tiny_suite, monkeypatch):
     assert report.from_cache == N_CELLS and len(rows(out.parent / "out2")) == N_CELLS
 
 
+def test_changing_batch_size_recomputes_nothing_and_changes_no_number(ran, tiny_suite, monkeypatch):
+    """No number depends on the batch size (batch invariance), so it is in no key: a suite
+    run at batch 8, then at batch 3, is served whole — same ids, same rows, same arrays."""
+    out, cache = ran
+    before = {r["cell_id"]: r for r in rows(out)}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("model work after a batch-size change")
+
+    monkeypatch.setattr("robustad_bench.harness.runner.fit_state", forbidden)
+    monkeypatch.setattr("robustad_bench.harness.runner.evaluate_cell", forbidden)
+    tiny_suite.write_text(tiny_suite.read_text().replace("batch_size: 8", "batch_size: 3"))
+    report = run_suite(load_suite(tiny_suite), out_dir=out.parent / "batch3", cache_dir=cache, progress=False)
+    assert report.computed == 0 and report.from_cache == len(before)
+    after = {r["cell_id"]: r for r in rows(out.parent / "batch3")}
+    assert after.keys() == before.keys()
+    for cell_id, row in before.items():
+        assert after[cell_id]["metrics"] == row["metrics"] and after[cell_id]["config_hash"] == row["config_hash"]
+        assert after[cell_id]["scores_sha256"] == row["scores_sha256"]
+
+
 def test_changing_one_attack_recomputes_only_its_cells(ran, tiny_suite, monkeypatch):
     out, cache = ran
     tiny_suite.write_text(tiny_suite.read_text().replace("steps: 2", "steps: 3"))
