@@ -213,7 +213,8 @@ class Cache:
         row_path, scores_path = folder / "row.json", folder / "scores.npz"
         if not (row_path.is_file() and scores_path.is_file()):
             return None
-        from .results import arrays_match, row_problem
+        from .results import arrays_match
+        from .rows import row_problem
 
         try:
             row = json.loads(row_path.read_text())

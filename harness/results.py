@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
-import re
 import socket
 import time
 from pathlib import Path
@@ -27,36 +25,10 @@ import numpy as np
 
 from .cache import atomic_write_bytes, npz_bytes, process_gone, read_npz
 from .errors import UserError
+from .rows import row_problem
 from .validity import validity_flags
 
 log = logging.getLogger(__name__)
-
-
-CELL_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")  # what a grid makes: never a path outside cells/
-
-
-def row_problem(row: Any) -> str | None:
-    """Why ``row`` cannot be a results row (a cheap check of the fields every reader relies on,
-    run on every row read: the full schema is ``row_problems``); None when it can."""
-    if not isinstance(row, dict):
-        return f"is a JSON {type(row).__name__}, not an object"
-    cell_id = row.get("cell_id")
-    if not isinstance(cell_id, str) or not CELL_ID.fullmatch(cell_id) or cell_id.strip(".") == "":
-        return f"cell_id {cell_id!r} is not a cell id (letters, digits, '_', '-', '.'; no '/')"
-    if row.get("status") not in ("ok", "failed"):
-        return f"status {row.get('status')!r}; allowed: 'ok', 'failed'"
-    if row["status"] == "failed":
-        return None
-    for key in ("suite", "detector", "dataset", "category", "attack"):
-        if not isinstance(row.get(key), str):
-            return f"{key} {row.get(key)!r} is not a string"
-    eps, metrics = row.get("eps"), row.get("metrics")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        return f"eps {eps!r} is not a number ≥ 0"
-    if not isinstance(metrics, dict) or any(v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
-                                            for v in metrics.values()):
-        return f"metrics {str(metrics)[:60]!r} is not an object of numbers"
-    return None
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

@@ -28,6 +28,8 @@ import json
 from collections import defaultdict
 from typing import Any
 
+from .rows import is_clean
+
 TOLERANCE = 0.02  # AUROC differences below this are noise, not a flag
 UNBOUNDED_MAX_AUROC = 0.05
 BUDGET_KEYS = ("steps", "queries")  # what (b) lets differ
@@ -58,7 +60,7 @@ def validity_flags(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
     flags: dict[str, set[str]] = defaultdict(set)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
-        if row.get("status") == "ok" and row.get("attack") != "none" and row.get("metrics"):
+        if row.get("status") == "ok" and not is_clean(row) and row.get("metrics"):
             groups[row["detector"], row["dataset"], row["category"], row["seed"]].append(row)
     for group in groups.values():
         noise = [r for r in group if _kind(r) == "noise"]

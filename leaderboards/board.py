@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from robustad_bench.harness.rows import is_clean
+
 from .robust import threat_of
 
 TASKS = {  # task → (metric of its table(s), robust counterpart, title)
@@ -121,7 +123,7 @@ def main_tables(rows: list[dict], robust: list[dict], headline: tuple[str, float
         for task, metrics in TASKS.items():
             task_rows = [r for r in in_dataset if r.get("task") == task and threat_of(r) is not None]
             for metric, robust_metric, title in metrics:
-                clean_rows = [r for r in in_dataset if r["attack"] == "none" and (r.get("metrics") or {}).get(metric) is not None]
+                clean_rows = [r for r in in_dataset if is_clean(r) and (r.get("metrics") or {}).get(metric) is not None]
                 if not clean_rows or not task_rows:
                     continue
                 tables.append(build_table(dataset, task, metric, robust_metric, title, clean_rows, task_rows, robust_here, headline))

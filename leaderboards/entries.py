@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from robustad_bench.harness.results import EXAMPLE_KINDS, cell_scores
+from robustad_bench.harness.rows import is_clean
 
 from .board import budget_text, main_tables, threat_of, threat_text
 
@@ -43,7 +44,7 @@ def curves(rows: list[dict], dataset: str, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    clean = [r for r in rows if r["attack"] == "none"]
+    clean = [r for r in rows if is_clean(r)]
     attacked = [r for r in rows if threat_of(r) is not None]
     norms = sorted({threat_of(r)[0] for r in attacked})
     if not clean or not norms:
@@ -79,7 +80,7 @@ def examples(out_dir: Path, rows: list[dict], site_folder: Path, base: Path) -> 
     """Per category: the strongest attack's example PNGs, copied under ``site_folder``
     (paths relative to ``base``, the page's folder)."""
     found = []
-    clean_of = {r["category"]: r for r in rows if r["attack"] == "none"}
+    clean_of = {r["category"]: r for r in rows if is_clean(r)}
     attacked = [r for r in rows if threat_of(r) is not None and (r.get("metrics") or {}).get("image_auroc") is not None
                 and (out_dir / "cells" / r["cell_id"] / "examples").is_dir()]
     for category in sorted({r["category"] for r in attacked}):

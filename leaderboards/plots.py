@@ -53,8 +53,8 @@ def write_reliability_diagrams(out_dir: Path, frame: pd.DataFrame, attack_text) 
     ok = frame[frame["status"] == "ok"]
     written = []
     for (detector, dataset), group in ok.groupby(["detector", "dataset"], sort=True):
-        clean = _pooled(out_dir, group[group["attack"] == "none"]["cell_id"], "posterior_platt_clean")
-        attacked = group[group["attack"] != "none"]
+        clean = _pooled(out_dir, group[group["clean"]]["cell_id"], "posterior_platt_clean")
+        attacked = group[~group["clean"]]
         if clean is None or attacked.empty:
             continue
         attacked = attacked.assign(text=attacked.apply(attack_text, axis=1))
@@ -63,7 +63,7 @@ def write_reliability_diagrams(out_dir: Path, frame: pd.DataFrame, attack_text) 
         adversarial = _pooled(out_dir, cells, "posterior_platt")
         fig, ax = plt.subplots(figsize=(4, 4.6))
         ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfect")
-        table_ece = {"clean": mean_ece(group[group["attack"] == "none"]),  # as the table shows it
+        table_ece = {"clean": mean_ece(group[group["clean"]]),  # as the table shows it
                      strongest: mean_ece(attacked[attacked["text"] == strongest])}
         for pooled, name, colour in ((clean, "clean", "#1f77b4"), (adversarial, strongest, "#d62728")):
             if pooled is None:

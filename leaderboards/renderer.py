@@ -17,6 +17,7 @@ from tabulate import tabulate
 
 from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.results import read_rows, read_run_info, refuse_links
+from robustad_bench.harness.rows import is_clean
 
 from .board import Table, main_tables, threat_text
 from .compare import Change, changes_markdown, compare, read_board, values, write_board
@@ -62,12 +63,13 @@ def load_frame(out_dir: Path) -> pd.DataFrame:
         rec["weights"] = weights_text(rec["weights"] or "unknown")
         rec.update(row.get("metrics") or {})
         rec["flags"] = ", ".join(row.get("flags") or [])
+        rec["clean"] = is_clean(row)
         records.append(rec)
     return pd.DataFrame.from_records(records)
 
 
 def attack_text(row) -> str:
-    if row["attack"] == "none":
+    if row["clean"]:
         return "clean"
     norm = f" {row['norm']}" if row.get("norm") else ""
     steps = f"-{int(row['steps'])}" if row.get("steps") and row["steps"] > 1 else ""
@@ -90,7 +92,7 @@ def summary_table(frame: pd.DataFrame) -> list[dict]:
     for col in ("image_auroc", "pixel_auroc", "aupro", "f1", "image_ap", "ece_raw", "ece_platt", "flag_auroc"):
         if col not in ok:
             ok[col] = float("nan")
-    clean = ok[ok["attack"] == "none"].set_index(KEYS)[["image_auroc", "pixel_auroc"]]
+    clean = ok[ok["clean"]].set_index(KEYS)[["image_auroc", "pixel_auroc"]]
     clean.columns = ["clean_image_auroc", "clean_pixel_auroc"]
     merged = ok.join(clean, on=KEYS)
     merged["attack_text"] = merged.apply(attack_text, axis=1)

@@ -29,6 +29,7 @@ import numpy as np
 
 from robustad_bench.harness.metrics import METRICS
 from robustad_bench.harness.results import cell_scores
+from robustad_bench.harness.rows import is_clean
 
 GROUP = ("detector", "weights", "dataset", "category", "seed")  # one fitted detector on one test set
 
@@ -42,7 +43,7 @@ def worst_case(labels: np.ndarray, clean: np.ndarray, attacked: list[np.ndarray]
 
 def threat_of(row: dict) -> tuple[str, float] | None:
     """(norm, ε) of an attacked row; None for the clean row and ε = 0."""
-    if row.get("attack") == "none" or not row.get("eps"):
+    if is_clean(row) or not row.get("eps"):
         return None
     return str(row.get("norm") or "linf"), float(row["eps"])
 
@@ -56,7 +57,7 @@ def robust_metrics(out_dir: Path, rows: list[dict]) -> list[dict]:
             continue
         key = tuple(row.get(k) for k in GROUP)
         threat = threat_of(row)
-        if threat is None and row.get("attack") == "none":
+        if threat is None and is_clean(row):
             groups[key]["clean"] = row
         elif threat is not None:
             groups[key]["threats"][threat].append(row)

@@ -39,7 +39,8 @@ def write_run(tmp_path, detector: str, attacked: dict[str, np.ndarray], eps: flo
         (tmp_path / "cells" / cell).mkdir(parents=True)
         np.savez(tmp_path / "cells" / cell / "scores.npz", **arrays)
         rows.append({"cell_id": cell, "suite": "s", "detector": detector, "dataset": "toy", "category": "c", "seed": 0,
-                     "attack": "none" if name == "none" else "pgd", "attack_label": name, "attack_kind": "gradient",
+                     "attack": "none" if name == "none" else "pgd", "attack_label": name,
+                     "attack_kind": "none" if name == "none" else "gradient",
                      "norm": None if name == "none" else "linf", "eps": 0.0 if name == "none" else eps, "steps": 10,
                      "knowledge": "label", "task": "detection", "status": "ok", "weights": "random", "flags": [],
                      "detector_config": {"epochs": 8} if detector == "b" else {},
