@@ -85,7 +85,7 @@ def schedule(threat: ThreatModel, *, adi_steps: int = 7, **_) -> dict:
                          f"{'0.1' if threat.steps - adi_steps <= 10 else '0.001'}ε; a random start per restart"}
 
 
-@register_attack("a3", kind="gradient", iterative=True, check=check_budget, schedule=schedule,
+@register_attack("a3", kind="gradient", iterative=True, check=check_budget, schedule=schedule, tiny={"steps": 4, "restarts": 3, "adi_steps": 2},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 20, "restarts": 5})
 def a3(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
        adi_steps: NonNegativeInt = 7, discard_tol: float = 0.01) -> Tensor:

@@ -94,7 +94,7 @@ def schedule(threat: ThreatModel, **_) -> dict:
                          f"momentum {MOMENTUM}"}
 
 
-@register_attack("apgd", kind="gradient", iterative=True, adaptive=True, check=official_check, schedule=schedule,
+@register_attack("apgd", kind="gradient", iterative=True, adaptive=True, check=official_check, schedule=schedule, tiny={"steps": 5},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 100, "restarts": 1})
 def apgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
          eot: PositiveInt = 1, impl: Literal["ours", "official"] = "ours") -> Tensor:

@@ -94,6 +94,7 @@ class AttackSpec:
     title: str = ""  # how the leaderboard names it (default: the registered name)
     note: str = ""  # what the leaderboard says about it (e.g. how it departs from the original)
     schedule: Callable[..., dict[str, Any]] | None = None  # schedule(threat, **options) → what it runs beyond the threat fields
+    tiny: Mapping[str, Any] = field(default_factory=dict)  # keys for a seconds-on-CPU run: the registry-driven tests use them
 
     def record(self, threat: ThreatModel, options: Mapping[str, Any]) -> dict[str, Any]:
         """What a row records of the attack's run: the threat fields it reads (with α where it
@@ -190,7 +191,8 @@ ATTACKS: Registry[AttackSpec] = Registry("attack", "robustad_bench.attacks", adm
 def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, iterative: bool = False,
                     threat: Mapping[str, Any] | None = None, adaptive: bool = False,
                     prepare: Callable | None = None, check: Callable | None = None,
-                    title: str = "", note: str = "", schedule: Callable | None = None) -> Callable:
+                    title: str = "", note: str = "", schedule: Callable | None = None,
+                    tiny: Mapping[str, Any] | None = None) -> Callable:
     """Register ``run`` under ``name`` with its metadata; returns ``run`` unchanged."""
     assert kind in KINDS, f"attack {name!r}: kind must be one of {KINDS}, got {kind!r}"
     assert set(tasks) <= set(TASKS), f"attack {name!r}: tasks must be among {TASKS}, got {tasks}"
@@ -198,7 +200,7 @@ def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, ite
 
     def decorator(run: Callable[..., Tensor]) -> Callable[..., Tensor]:
         spec = AttackSpec(name, run, kind, tuple(tasks), iterative, dict(threat or {}), adaptive, prepare, check, title, note,
-                          schedule)
+                          schedule, dict(tiny or {}))
         ATTACKS.register(name)(spec)
         run.attack_spec = spec  # an import path naming the function resolves to its registration
         return run

@@ -53,7 +53,7 @@ def square_schedule(threat: ThreatModel, *, p_init: float = 0.8, **_) -> dict:
             "step_rule": "random search: vertical-stripe start, square windows shrinking from p_init"}
 
 
-@register_attack("square", kind="score-only", iterative=True, adaptive=True, check=official_check, schedule=square_schedule,
+@register_attack("square", kind="score-only", iterative=True, adaptive=True, check=official_check, schedule=square_schedule, tiny={"steps": 12},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 1000})
 def square(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
            p_init: float = 0.8, impl: Literal["ours", "official"] = "ours") -> Tensor:

@@ -72,7 +72,7 @@ def schedule(threat: ThreatModel, *, policy: str = "paper", **_) -> dict:
     return {"steps": sum(stage["steps"] for stage in stages), "stages": stages}
 
 
-@register_attack("caa", kind="gradient", check=check_policy, threat={"norm": "linf", "eps": REQUIRED}, schedule=schedule,
+@register_attack("caa", kind="gradient", check=check_policy, threat={"norm": "linf", "eps": REQUIRED}, schedule=schedule, tiny={"policy": "apgd:3 > pgd:2"},
                  title="CAA", note="Composite Adversarial Attack (Mao et al. 2021): the paper's best L∞/L2 "
                  "policy (policy: paper) with each stage mapped to the two-class attack it reduces to, or the suite's own.")
 def caa(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *, policy: str = "paper") -> Tensor:

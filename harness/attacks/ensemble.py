@@ -38,7 +38,7 @@ def _fab_batch(objective: Objective, x: Tensor, threat: ThreatModel, threshold: 
         return attack(x.contiguous(), objective.labels.long()).detach()
 
 
-@register_attack("fab", kind="gradient", tasks=("detection",), iterative=True,
+@register_attack("fab", kind="gradient", tasks=("detection",), iterative=True, tiny={"steps": 3},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 10, "restarts": 1})
 def fab(objective: Objective, x: Tensor, threat: ThreatModel, context: Context) -> Tensor:
     """torchattacks' untargeted FAB (Croce & Hein 2020): the smallest perturbation inside the
@@ -75,7 +75,7 @@ def part_threat(part: str, threat: ThreatModel, queries: int) -> ThreatModel:
     return spec.threat_model({"norm": threat.norm, "eps": threat.eps, "steps": steps})
 
 
-@register_attack("autoattack", kind="gradient", iterative=True, check=check_parts, schedule=schedule,
+@register_attack("autoattack", kind="gradient", iterative=True, check=check_parts, schedule=schedule, tiny={"steps": 2, "queries": 6},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 100}, title=TITLE, note=NOTE)
 def autoattack(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
                queries: PositiveInt = 1000, parts: str = "apgd+fab+square+pgd") -> Tensor:

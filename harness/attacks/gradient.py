@@ -28,7 +28,7 @@ def fgsm(objective: Objective, x: Tensor, threat: ThreatModel, context: Context,
     return threat.project(x + threat.eps * threat.ascent(grad), x).detach()
 
 
-@register_attack("pgd", kind="gradient", iterative=True, adaptive=True,
+@register_attack("pgd", kind="gradient", iterative=True, adaptive=True, tiny={"steps": 3},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 10, "step_size": None, "random_start": True, "restarts": 1})
 def pgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *, eot: PositiveInt = 1) -> Tensor:
     """Projected gradient ascent on the objective inside the ε-ball."""

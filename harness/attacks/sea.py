@@ -97,7 +97,7 @@ def schedule(threat: ThreatModel, *, losses: str = "+".join(LOSSES), **_) -> dic
             "step_rule": "APGD per loss (adaptive η from 2ε), radius " + " → ".join(f"{m:g}ε" for m, _ in RADII)}
 
 
-@register_attack("sea", kind="gradient", tasks=("localization",), iterative=True, check=check_losses, schedule=schedule,
+@register_attack("sea", kind="gradient", tasks=("localization",), iterative=True, check=check_losses, schedule=schedule, tiny={"steps": 3},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 300})
 def sea(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
         losses: str = "+".join(LOSSES)) -> Tensor:

@@ -23,7 +23,7 @@ from .objective import Objective, localization_objective
 from .threat import REQUIRED, ThreatModel
 
 
-@register_attack("segpgd", kind="gradient", tasks=("localization",), iterative=True,
+@register_attack("segpgd", kind="gradient", tasks=("localization",), iterative=True, tiny={"steps": 3},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 10, "step_size": None, "random_start": True})
 def segpgd(objective: Objective, x: Tensor, threat: ThreatModel, context: Context) -> Tensor:
     """Localization attack weighting correctly and wrongly scored pixels over the steps."""

@@ -58,7 +58,7 @@ def image_orders(rng: ImageRandom, n_dims: int, steps: int) -> Tensor:
     return keys.argsort(dim=-1).flatten(1)[:, :steps]
 
 
-@register_attack("simba", kind="score-only", iterative=True, adaptive=True,
+@register_attack("simba", kind="score-only", iterative=True, adaptive=True, tiny={"steps": 15},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 1000})
 def simba(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
           basis: Literal["pixel", "dct"] = "dct", freq_fraction: float = 0.125, step_fraction: float = 0.25) -> Tensor:

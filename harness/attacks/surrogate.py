@@ -77,7 +77,7 @@ def prepare_head(detector, data: CellData, threat: ThreatModel, context: Context
     return {"head_weight": w, "head_bias": b}
 
 
-@register_attack("surrogate", kind="surrogate", tasks=("detection",), iterative=True, prepare=prepare_head,
+@register_attack("surrogate", kind="surrogate", tasks=("detection",), iterative=True, prepare=prepare_head, tiny={"steps": 2, "head_steps": 20},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 1, "step_size": None, "random_start": False})
 def surrogate(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
               head_data: Literal["labels", "pseudo"] = "labels", head_steps: PositiveInt = 200, head_lr: float = 0.05) -> Tensor:

@@ -27,7 +27,7 @@ def check_crafting(attack: str = "pgd", objective: str = "detection", **_) -> li
     return []
 
 
-@register_attack("transfer", kind="transfer", iterative=True, check=check_crafting,
+@register_attack("transfer", kind="transfer", iterative=True, check=check_crafting, tiny={"steps": 2},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 10})
 def transfer(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
              source: str, attack: str = "pgd") -> Tensor:

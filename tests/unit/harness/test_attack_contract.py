@@ -26,9 +26,6 @@ from robustad_bench.harness.grid import Cell, resolve_attack
 from robustad_bench.harness.suite import Entry
 
 EPS = 8 / 255
-FEW = {"a3": {"steps": 4, "restarts": 3, "adi_steps": 2}, "sea": {"steps": 3}, "simba": {"steps": 15}, "caa": {"policy": "apgd:3 > pgd:2"}, "pgd": {"steps": 3}, "apgd": {"steps": 5}, "square": {"steps": 12}, "fab": {"steps": 3},
-       "autoattack": {"steps": 2, "queries": 6}, "segpgd": {"steps": 3}, "surrogate": {"steps": 2, "head_steps": 20},
-       "transfer": {"steps": 2, "source": "src"}}
 ATTACKED = sorted(set(ATTACKS.names()) - {"none"})
 
 
@@ -58,6 +55,12 @@ class TinyDetector(Detector):
         return AnomalyOutput(score=m.flatten(1).topk(4, dim=1).values.mean(1), map=m)
 
 
+def tiny_kwargs(name: str) -> dict:
+    """The attack's own tiny configuration at ε = EPS; a transfer attack crafts on the source ``src``."""
+    spec = ATTACKS.get(name)
+    return {"eps": EPS, **spec.tiny, **({"source": "src"} if spec.kind == "transfer" else {})}
+
+
 def tiny_split(n: int = 7) -> Split:
     g = torch.Generator().manual_seed(5)
     test = torch.rand(n, 3, 12, 12, generator=g)
@@ -74,7 +77,7 @@ def permuted(split: Split, order: list[int]) -> Split:
 def evaluate(name: str, split: Split, batch_size: int, detector: nn.Module | None = None) -> tuple[dict, dict]:
     """One cell through the harness's own evaluation path: (row fields, arrays)."""
     detector = detector or TinyDetector()
-    kwargs = {"eps": EPS, **FEW.get(name, {})}
+    kwargs = tiny_kwargs(name)
     attack = resolve_attack(Entry(name, name), kwargs)
     source = Entry("tiny", "src") if ATTACKS.get(name).kind == "transfer" else None
     cell = Cell("t", 0, Entry("tiny", "tiny"), Entry("d", "d"), "c", attack, batch_size, 12, source)
@@ -87,6 +90,25 @@ def evaluate(name: str, split: Split, batch_size: int, detector: nn.Module | Non
 
 @pytest.mark.parametrize("name", ATTACKED)
 def test_an_images_adversarial_score_does_not_depend_on_its_batch(name):
+    assert_batch_invariant(name)
+
+
+def test_a_new_attack_is_checked_from_its_registration_alone(toy_attack):
+    """One function with its metadata and tiny configuration: no test dict to edit."""
+    def steps_of_sign(objective, x, threat, context):
+        x_adv = threat.start(x, context.random(x.device))
+        for _ in range(threat.steps):
+            _, grad = objective.gradient(x_adv)
+            x_adv = threat.project(x_adv + threat.alpha * threat.ascent(grad), x)
+        return x_adv
+
+    toy_attack(steps_of_sign, kind="gradient", iterative=True, tiny={"steps": 2},
+               threat={"norm": "linf", "eps": 0.0, "steps": 50, "step_size": None, "random_start": True})
+    assert ATTACKS.get("test_toy").tiny == {"steps": 2}
+    assert_batch_invariant("test_toy")
+
+
+def assert_batch_invariant(name: str) -> None:
     split = tiny_split()
     fields, reference = evaluate(name, split, batch_size=len(split.names))
     assert fields["perturbation"]["linf_max"] > 0  # the attack did perturb
@@ -112,7 +134,7 @@ def test_attacks_leave_every_module_in_eval_mode(name, patchguard):
     x, labels = torch.rand(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 0, 1])
     masks = torch.zeros(4, 32, 32)
     masks[1::2, 8:16, 8:16] = 1
-    kwargs = {"eps": EPS, **FEW.get(name, {})}
+    kwargs = tiny_kwargs(name)
     run_attack(name, patchguard, x, labels, masks, source_detector=patchguard, **kwargs)
     assert [n for n, m in patchguard.named_modules() if m.training] == []
     with torch.no_grad():

@@ -74,11 +74,6 @@ def test_localization_objective_uses_the_mask(batch):
     assert torch.allclose(adv, x + eps * sign * det.w.sign(), atol=1e-6)
 
 
-FEW_STEPS = {"a3": {"steps": 4, "restarts": 3, "adi_steps": 2}, "sea": {"steps": 3}, "simba": {"steps": 30}, "caa": {"policy": "apgd:3 > pgd:2"}, "pgd": {"steps": 4}, "apgd": {"steps": 5}, "square": {"steps": 20}, "fab": {"steps": 3},
-             "autoattack": {"steps": 3, "queries": 10}, "segpgd": {"steps": 3},
-             "transfer": {"steps": 3, "source": "other", "source_detector": Linear(seed=9)}}
-
-
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("name", sorted(set(ATTACKS.names()) - {"none"}))
 def test_attacks_stay_in_the_ball_and_the_box(name, norm):
@@ -91,7 +86,8 @@ def test_attacks_stay_in_the_ball_and_the_box(name, norm):
         masks = torch.zeros(4, 8, 8)
         masks[1::2, 2:5, 2:5] = 1
         eps = float(torch.rand(1, generator=g)) * (0.1 if norm == "linf" else 2.0)
-        kwargs = {**FEW_STEPS.get(name, {}), "seed": trial}
+        spec = ATTACKS.get(name)  # its own tiny configuration; a transfer attack crafts on another detector
+        kwargs = {**spec.tiny, "seed": trial, **({"source": "other", "source_detector": Linear(seed=9)} if spec.kind == "transfer" else {})}
         adv = run_attack(name, Linear(seed=trial), x, labels, masks, eps=eps, norm=norm, **kwargs)
         delta = (adv - x).flatten(1)
         size = delta.abs().amax(1) if norm == "linf" else delta.double().norm(dim=1)
@@ -436,3 +432,11 @@ def test_rows_record_what_each_attack_runs_not_the_generic_threat_model():
     assert pgd["alpha"] == pytest.approx(2.5 * 8 / 255 / 4) and pgd["random_start"] is True
     assert set(record("fgsm")) == {"norm", "eps"}  # one step of ε: no α, no start, no restarts to record
     assert set(record("autoattack", parts="apgd+square")["parts"]) == {"apgd", "square"}
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS.names()))
+def test_each_attacks_tiny_configuration_is_valid(name):
+    spec = ATTACKS.get(name)
+    point = spec.resolve({"eps": 8 / 255, **spec.tiny, **({"source": "other"} if spec.kind == "transfer" else {})})
+    assert spec.problems(point) == []
+    assert point.get("steps", 1) <= 5 or spec.kind == "score-only"  # seconds on a CPU
