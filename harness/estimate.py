@@ -23,7 +23,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__
-from .attacks import CellData, Context
+from .attacks import CellData, Context, prepare_attack
 from .cache import atomic_write_bytes
 from .datasets.base import digest
 from .evaluate import CountingDetector, seeded
@@ -84,13 +84,9 @@ def count_passes(cell: Cell, images: int = 2) -> Passes:
     target, source = CountingDetector(StandIn()), CountingDetector(StandIn())
     context = Context(threshold=1e9, pixel_threshold=1e9, seed=cell.seed, images=tuple(range(images)),
                       source=source if spec.kind == "transfer" else None)
-    threat, options = spec.threat_model(point), spec.own(point)
     try:
-        if spec.prepare is not None:
-            data = CellData(x, x, labels, images, torch.device("cpu"))
-            context = replace(context, state=spec.prepare(target, data, threat, context, **options))
-        objective = spec.objective(target, labels, masks, point)
-        spec.run(objective, x, threat, context, **options)
+        attack = prepare_attack(spec, point, target, context, CellData(x, x, labels, images, torch.device("cpu")))
+        attack.run(target, x, labels, masks, images=tuple(range(images)))
     except Exception as err:  # noqa: BLE001 - an attack the stand-in cannot take is reported, not fatal
         return Passes(0.0, 0.0, error=f"{err.__class__.__name__}: {err}")
     return Passes((target.forward_passes - target.gradient_passes) / images, target.gradient_passes / images,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .attacks import CellData, Context
+from .attacks import CellData, Context, prepare_attack
 from .calibration import attacker_calibrator, calibration_metrics
 from .datasets import Split
 from .datasets.base import resize_mask
@@ -280,22 +280,19 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
     counting = CountingDetector(fitted.detector, bar)
     source_counting = CountingDetector(source, bar) if source is not None else None
     calibrator = attacker_calibrator(split.labels, fitted.clean_scores) if point.get("entropy_weight") else None
-    threat, options = spec.threat_model(point), spec.own(point)
     context = Context(threshold=thresholds.image, pixel_threshold=thresholds.pixel, seed=cell.seed,
                       source=source_counting, calibrator=calibrator)
     scores, maps, linf, l2 = fitted.clean_scores.copy(), fitted.clean_maps.copy(), np.zeros(n), np.zeros(n)
-    start, perturbed, state = time.perf_counter(), spec.kind != "none", {}
-    if spec.prepare is not None:  # fitted once per cell, on the whole cell, and saved with it
-        data = CellData(split.train, split.test, labels, batch_size, torch.device(device))
-        state = spec.prepare(counting, data, threat, context, **options)
-        context = replace(context, state=state)
+    start, perturbed = time.perf_counter(), spec.kind != "none"
+    # what ``prepare`` fits is fitted once per cell, on the whole cell, and saved with it
+    attack = prepare_attack(spec, point, counting, context, CellData(split.train, split.test, labels, batch_size, torch.device(device)))
+    threat, options, state = attack.threat, attack.options, attack.context.state
     picked = example_indices(split.labels, cell.examples) if perturbed else np.zeros(0, int)
     adversarial = {}
     for _, sl in _batches(n, batch_size) if perturbed else ():
         x = split.test[sl].to(device)
         masks = split.masks[sl].to(device) if split.masks is not None else None
-        objective = spec.objective(counting, labels[sl].to(device), masks, point, calibrator)
-        x_adv = spec.run(objective, x, threat, replace(context, images=tuple(split.names[sl])), **options)
+        x_adv = attack.run(counting, x, labels[sl].to(device), masks, images=tuple(split.names[sl]), calibrator=calibrator)
         for model in models:
             ensure_eval(model, cell.attack.name)
         delta = (x_adv - x).detach().flatten(1)

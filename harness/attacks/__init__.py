@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from . import a3, apgd, blackbox, caa, ensemble, gradient, sea, segpgd, simba, surrogate, transfer  # noqa: F401  (registers)
-from .base import ATTACKS, KNOWLEDGE, AttackSpec, CellData, Context, register_attack, run_attack
+from .base import (
+    ATTACKS,
+    KNOWLEDGE,
+    AttackSpec,
+    CellData,
+    Context,
+    PreparedAttack,
+    prepare_attack,
+    register_attack,
+    run_attack,
+)
 from .objective import Objective, localization_objective
 from .threat import ThreatModel, project
 
-__all__ = ["ATTACKS", "KNOWLEDGE", "AttackSpec", "CellData", "Context", "Objective", "ThreatModel",
+__all__ = ["ATTACKS", "KNOWLEDGE", "AttackSpec", "CellData", "Context", "Objective", "PreparedAttack", "ThreatModel",
+           "prepare_attack",
            "localization_objective", "project", "register_attack", "run_attack"]

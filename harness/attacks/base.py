@@ -229,6 +229,35 @@ def keep_best(best: Tensor, best_loss: Tensor | None, x_adv: Tensor, loss: Tenso
     return torch.where(better.view(-1, *([1] * (x_adv.dim() - 1))), x_adv, best), torch.where(better, loss, best_loss)
 
 
+@dataclass(frozen=True)
+class PreparedAttack:
+    """One attack point made ready for a cell: its threat model, its own options, and the
+    context with what ``prepare`` fitted once for the cell. The one assembly of the attack
+    call (evaluation, ``run_attack`` and the pass counter all use it)."""
+
+    spec: AttackSpec
+    point: Mapping[str, Any]
+    threat: ThreatModel
+    options: Mapping[str, Any]
+    context: Context
+
+    def run(self, detector: nn.Module, x: Tensor, labels: Tensor, masks: Tensor | None, *,
+            images: tuple[str | int, ...], calibrator: Callable | None = None) -> Tensor:
+        """Attack one batch (``images``: its ids, the random streams) on ``detector``."""
+        objective = self.spec.objective(detector, labels, masks, self.point, calibrator)
+        return self.spec.run(objective, x, self.threat, dataclasses.replace(self.context, images=tuple(images)), **self.options)
+
+
+def prepare_attack(spec: AttackSpec, point: Mapping[str, Any], detector: nn.Module, context: Context,
+                   data: CellData) -> PreparedAttack:
+    """The threat model and options of a resolved ``point``, and ``prepare`` run once on the
+    whole cell (``data``) where the attack declares one."""
+    threat, options = spec.threat_model(point), spec.own(point)
+    if spec.prepare is not None:
+        context = dataclasses.replace(context, state=spec.prepare(detector, data, threat, context, **options))
+    return PreparedAttack(spec, point, threat, options, context)
+
+
 def run_attack(name: str, detector: nn.Module, x: Tensor, labels: Tensor, masks: Tensor | None = None, *,
                seed: int = 0, threshold: float | None = None, pixel_threshold: float | None = None,
                images: tuple[str | int, ...] | None = None, source_detector: nn.Module | None = None,
@@ -247,14 +276,9 @@ def run_attack(name: str, detector: nn.Module, x: Tensor, labels: Tensor, masks:
             clean = detector(x)
         threshold = float(clean.score.median()) if threshold is None else threshold
         pixel_threshold = float(clean.map.median()) if pixel_threshold is None else pixel_threshold
-    context = Context(
-        threshold=float(threshold), pixel_threshold=float(pixel_threshold), seed=seed,
-        images=tuple(range(len(x))) if images is None else tuple(images), source=source_detector,
-        calibrator=calibrator,
-    )
-    threat, options = spec.threat_model(point), spec.own(point)
-    if spec.prepare is not None:
-        data = CellData(x if train is None else train, x, labels, batch_size=len(x), device=x.device)
-        context = dataclasses.replace(context, state=spec.prepare(detector, data, threat, context, **options))
-    objective = spec.objective(detector, labels, masks, point, calibrator)
-    return spec.run(objective, x, threat, context, **options)
+    images = tuple(range(len(x))) if images is None else tuple(images)
+    context = Context(threshold=float(threshold), pixel_threshold=float(pixel_threshold), seed=seed, images=images,
+                      source=source_detector, calibrator=calibrator)
+    data = CellData(x if train is None else train, x, labels, batch_size=len(x), device=x.device)
+    return prepare_attack(spec, point, detector, context, data).run(detector, x, labels, masks, images=images,
+                                                                     calibrator=calibrator)
