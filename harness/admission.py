@@ -76,7 +76,7 @@ def copy_of(model: nn.Module, init_seed: int) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def table(checks: list[Check]) -> str:
+def checks_table(checks: list[Check]) -> str:
     from tabulate import tabulate
 
     return tabulate([[c.name, c.status, c.reason] for c in checks], headers=["check", "result", "why"], tablefmt="github")

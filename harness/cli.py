@@ -225,7 +225,7 @@ def check_run_arguments(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from .complete import default_out, finished_rows, record
+    from .complete import default_out, finished_rows, stamp_complete
 
     check_run_arguments(args)
     # an unchanged, complete run: nothing to load — on the default device and backend only (another device or
@@ -283,7 +283,7 @@ def cmd_run(args) -> int:
         md, site, _ = render(out)
         print(f"leaderboard: {md}  site: {site}")
         if not (args.only or report.user_errors or report.failed):
-            record(Path(args.suite), out, len(report.rows))
+            stamp_complete(Path(args.suite), out, len(report.rows))
     for line in report.user_errors + report.failed:
         print(f"FAILED {line}", file=sys.stderr)
     if report.user_errors:
@@ -317,7 +317,7 @@ def cmd_check_detector(args) -> int:
 
     from robustad_bench.adapters import DETECTORS
 
-    from .admission import build, check_detector, table
+    from .admission import build, check_detector, checks_table
     from .suite import check_entry
 
     cls = DETECTORS.get(args.detector, key="detector")
@@ -334,7 +334,7 @@ def cmd_check_detector(args) -> int:
     config = entry.kwargs
     checks = check_detector(partial(build, cls, config), seed=args.seed)
     print(f"{args.detector} with {config}")
-    print(table(checks))
+    print(checks_table(checks))
     failed = [c.name for c in checks if c.passed is False]
     print(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else "admitted: every check passes", file=sys.stderr if failed else sys.stdout)
     return 1 if failed else 0
@@ -353,7 +353,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from .datacheck import check_rows, table
+    from .datacheck import check_rows, counts_table
     from .datasets import DATASETS
 
     cls = DATASETS.get(args.name, key="name")
@@ -367,7 +367,7 @@ def cmd_data_check(args) -> int:
     if not rows:
         print(f"{args.name} is generated here (robustad-bench data prepare {args.name}); there is no folder to check")
         return 0
-    print(table(rows))
+    print(counts_table(rows))
     bad = [r.category for r in rows if r.problems]
     if bad:
         print(f"{len(bad)} categor{'y' if len(bad) == 1 else 'ies'} with layout problems: {', '.join(bad)}", file=sys.stderr)

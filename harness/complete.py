@@ -136,7 +136,7 @@ def finished_rows(suite_file: Path, out: Path) -> int | None:
     return int(recorded["rows"])
 
 
-def record(suite_file: Path, out: Path, rows: int) -> None:
+def stamp_complete(suite_file: Path, out: Path, rows: int) -> None:
     """Stamp ``out`` as holding the complete run of ``suite_file`` (after its results and site are written)."""
     from .cache import atomic_write_bytes
 

@@ -27,7 +27,7 @@ def check_rows(dataset: Dataset, categories: list[str]) -> list[CheckRow]:
     return [r for r in rows if r is not None]
 
 
-def table(rows: list[CheckRow]) -> str:
+def counts_table(rows: list[CheckRow]) -> str:
     """Found vs published counts per category, then what is missing, extra or different, in full."""
     lines = [[r.category, str(r.found) if r.found else "-", str(r.published) if r.published else "?", r.status] for r in rows]
     text = tabulate(lines, headers=["category", "found (train / test normal / test anomalous)", "published", "status"],

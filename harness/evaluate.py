@@ -329,7 +329,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         "threshold_rule": thresholds.rule,
         "attack_thresholds": {"image": thresholds.image, "pixel": thresholds.pixel},
         "pixel_evaluation": {"resolution": fitted.map_size, "mask_rule": MASK_RULE} if fitted.masks is not None else None,
-        "threat": spec.record(threat, options) if spec.kind != "none" else None,
+        "threat": spec.what_ran(threat, options) if spec.kind != "none" else None,
         "seconds": round(seconds, 3),
         "passes": {"forward": counting.forward_passes, "gradient": counting.gradient_passes}
         | ({"source_forward": source_counting.forward_passes, "source_gradient": source_counting.gradient_passes}

@@ -154,7 +154,7 @@ def cell_key(cell: Cell, keys: dict[str, str]) -> str:
     return digest(config)
 
 
-def identity(cell: Cell) -> dict[str, Any]:
+def cell_fields(cell: Cell) -> dict[str, Any]:
     """The row fields that say which cell this is (contract: DESIGN §5)."""
     kw = cell.attack.kwargs
     return {
@@ -173,7 +173,7 @@ def identity(cell: Cell) -> dict[str, Any]:
 
 def _failed_row(cell: Cell, key: str, err: BaseException) -> dict[str, Any]:
     return {
-        **identity(cell), "status": "failed", "config_hash": key, "metrics": {}, "flags": [],
+        **cell_fields(cell), "status": "failed", "config_hash": key, "metrics": {}, "flags": [],
         "error": f"{err.__class__.__name__}: {err}", "user_error": isinstance(err, UserError),
         "_traceback": "".join(traceback.format_exception(err)),
     }
@@ -186,7 +186,7 @@ class Group:
 
     fitted: Fitted
     thresholds: Thresholds
-    base: dict[str, Any]
+    row_fields: dict[str, Any]  # what every row of the group records (counts, versions, weights, fit time)
     raw_split: Split
     sources: dict[str, nn.Module] = field(default_factory=dict)
 
@@ -209,61 +209,62 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
             group = err
         for cell in cells:
             row, arrays = ((_failed_row(cell, cell_key(cell, keys), group), None) if isinstance(group, Exception)
-                           else cell_result(cell, group, keys, cache, device, force, progress))
+                           else cell_row(cell, group, keys, cache, device, force, progress))
             results.append((row, arrays))
             if on_cell is not None:
                 on_cell(row, arrays)
     return results
 
 
-def prepare_group(first: Cell, fit_key: str, cache: Cache, device: str, force: bool) -> Group:
-    """Load the category, fit the detector (or load its fit), derive the clean thresholds."""
-    dataset = build_dataset(first.dataset)
-    raw_split = hold_out(dataset.load(first.category, seed=first.seed, data_dir=cache.data_dir), first.holdout, first.seed)
-    detector, split, state = load_or_fit(first.detector, first, raw_split, fit_key, cache, device, force)
+def prepare_group(cell: Cell, fit_key: str, cache: Cache, device: str, force: bool) -> Group:
+    """Load the category, fit the detector (or load its fit), derive the clean thresholds;
+    ``cell`` is any cell of the group (they share all of this)."""
+    dataset = build_dataset(cell.dataset)
+    raw_split = hold_out(dataset.load(cell.category, seed=cell.seed, data_dir=cache.data_dir), cell.holdout, cell.seed)
+    detector, split, state = load_or_fit(cell.detector, cell, raw_split, fit_key, cache, device, force)
     # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
-    size = first.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
+    size = cell.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
     # from the masks as read (the file's resolution, or the dataset's image_size), so that the
     # any-pixel rule runs once on the whole path and no thin defect is lost before it
     masks = evaluation_masks(raw_split.masks, size) if raw_split.masks is not None else None
     held = state["holdout_scores"].numpy() if "holdout_scores" in state else None
     fitted = Fitted(detector, split, state["clean_scores"].numpy(), evaluation_maps(state["clean_maps"], size),
                     masks if detector.localization else None, float(state["fit_seconds"]), size, held)
-    quantile = threshold_quantile(first.threshold)
+    quantile = threshold_quantile(cell.threshold)
     thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks) if quantile is None else \
         quantile_thresholds(quantile, held, evaluation_maps(state["holdout_maps"], size), fitted.masks)
     labels = split.labels
     base = {
         "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()),
         "n_train": int(split.train.shape[0]), "device": device,
-        "holdout": {"fraction": first.holdout, "images": int(split.holdout.shape[0])} if split.holdout is not None else None,
+        "holdout": {"fraction": cell.holdout, "images": int(split.holdout.shape[0])} if split.holdout is not None else None,
         "versions": {**_versions(), "detector": detector.version, "dataset": dataset.version},
         "weights": getattr(detector, "weights", "unknown"), "fit_seconds": round(fitted.fit_seconds, 3),
-        "dataset_fingerprint": dataset.fingerprint(first.category, seed=first.seed), "flags": [],
+        "dataset_fingerprint": dataset.fingerprint(cell.category, seed=cell.seed), "flags": [],
     }
     return Group(fitted, thresholds, base, raw_split)
 
 
-def load_or_fit(entry: Entry, first: Cell, raw_split: Split, key: str, cache: Cache, device: str,
+def load_or_fit(entry: Entry, cell: Cell, raw_split: Split, key: str, cache: Cache, device: str,
                 force: bool) -> tuple[nn.Module, Split, dict[str, Any]]:
     """The detector of ``entry`` fitted on this category: its fitted state from the cache
     when there (the frozen backbone rebuilt from its name, weights and seed), else fitted
     now and saved without the parts fitting left unchanged."""
     from robustad_bench.adapters import create_detector
 
-    with seeded(first.seed):
+    with seeded(cell.seed):
         detector = create_detector(entry.name, **entry.kwargs)
-    detector.set_category(first.category)
+    detector.set_category(cell.category)
     resized = raw_split.resized(detector.input_size)
     detector.to(device).eval()
-    state = None if force else cache.load_fit(key, first.suite)
+    state = None if force else cache.load_fit(key, cell.suite)
     if state is not None and not restore_fit(detector, state):
         log.warning("fit artifact %s was made with other initial weights (torch/timm changed?): fitting again", key[:12])
         state = None
     if state is None:
-        state = fit_state(detector, resized, seed=first.seed, batch_size=first.batch_size, device=device)
-        cache.save_fit(key, state, {"suites": [first.suite], "detector": entry.label, "dataset": first.dataset.label,
-                                    "category": first.category, "seed": first.seed})
+        state = fit_state(detector, resized, seed=cell.seed, batch_size=cell.batch_size, device=device)
+        cache.save_fit(key, state, {"suites": [cell.suite], "detector": entry.label, "dataset": cell.dataset.label,
+                                    "category": cell.category, "seed": cell.seed})
     return detector, resized, state
 
 
@@ -283,7 +284,7 @@ def source_for(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, dev
     return group.sources[cell.source.label]
 
 
-def cell_result(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str, force: bool,
+def cell_row(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str, force: bool,
                 progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     """One cell's row and arrays: from the cache when a concurrent run finished it while this
     one waited for the group's lock, else evaluated now and saved."""
@@ -291,18 +292,18 @@ def cell_result(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, de
     cached = None if force else cache.load_eval(key)
     if cached is not None:
         row, arrays = cached
-        return {**row, **identity(cell), FROM_CACHE: True}, arrays
+        return {**row, **cell_fields(cell), FROM_CACHE: True}, arrays
     try:
         source = source_for(cell, group, keys, cache, device, force)
-        fields, arrays = evaluate_halving(cell, group, device, progress, source)
+        fields, arrays = evaluate_retrying_smaller(cell, group, device, progress, source)
     except Exception as err:
         return _failed_row(cell, key, err), None
-    row = {**identity(cell), "status": "ok", "config_hash": key, **group.base, **fields, "scores_sha256": arrays_sha256(arrays)}
+    row = {**cell_fields(cell), "status": "ok", "config_hash": key, **group.row_fields, **fields, "scores_sha256": arrays_sha256(arrays)}
     cache.save_eval(key, row, arrays)
     return row, arrays
 
 
-def evaluate_halving(cell: Cell, group: Group, device: str, progress: bool,
+def evaluate_retrying_smaller(cell: Cell, group: Group, device: str, progress: bool,
                      source: nn.Module | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``evaluate_cell``, retried at half the batch size when the device runs out of memory
     (per-image results do not depend on the batch size), down to 1."""
@@ -356,7 +357,7 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
     groups: dict[str, list[Cell]] = defaultdict(list)
     bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress, file=sys.stderr)
 
-    def record(row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
+    def keep_row(row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
         tb = row.pop("_traceback", None)
         if tb is not None:
             tb_path = store.out_dir / "cells" / row["cell_id"] / "traceback.txt"
@@ -381,7 +382,7 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
         cached = None if force else cache.load_eval(key)
         if cached is not None:
             row, arrays = cached
-            store.add({**row, **identity(cell)}, arrays)
+            store.add({**row, **cell_fields(cell)}, arrays)
             report.from_cache += 1
             bar.update(1)
             continue
@@ -390,7 +391,7 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
     if groups:
         deep_check(suite)  # heavy checks (timm names, ...) only when there is model work
         task = partial(run_group, keys=fit_keys, cache_root=str(cache.root), force=force)
-        run_backend(task, list(groups.values()), workers=workers, record=record, device=device,
+        run_backend(task, list(groups.values()), workers=workers, record=keep_row, device=device,
                     options=backend_options or {}, folder=cache.root / "jobs" / backend, progress=progress)
     bar.close()
     report.rows = store.finalize([c.cell_id for c in plan], suite.name)

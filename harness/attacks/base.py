@@ -96,7 +96,7 @@ class AttackSpec:
     schedule: Callable[..., dict[str, Any]] | None = None  # schedule(threat, **options) → what it runs beyond the threat fields
     tiny: Mapping[str, Any] = field(default_factory=dict)  # keys for a seconds-on-CPU run: the registry-driven tests use them
 
-    def record(self, threat: ThreatModel, options: Mapping[str, Any]) -> dict[str, Any]:
+    def what_ran(self, threat: ThreatModel, options: Mapping[str, Any]) -> dict[str, Any]:
         """What a row records of the attack's run: the threat fields it reads (with α where it
         takes a step size), then its own schedule (APGD's adaptive η, A³'s cosine steps, a
         composite attack's stages), which overrides them where it runs otherwise."""
@@ -159,7 +159,7 @@ class AttackSpec:
     def threat_model(self, point: Mapping[str, Any]) -> ThreatModel:
         return ThreatModel(**{key: point.get(key, default) for key, default in self.threat.items()})
 
-    def own(self, point: Mapping[str, Any]) -> dict[str, Any]:
+    def own_options(self, point: Mapping[str, Any]) -> dict[str, Any]:
         return {key: point[key] for key in self.options() if key in point}
 
     def objective(self, detector: nn.Module, labels: Tensor, masks: Tensor | None, point: Mapping[str, Any],
@@ -252,7 +252,7 @@ def prepare_attack(spec: AttackSpec, point: Mapping[str, Any], detector: nn.Modu
                    data: CellData) -> PreparedAttack:
     """The threat model and options of a resolved ``point``, and ``prepare`` run once on the
     whole cell (``data``) where the attack declares one."""
-    threat, options = spec.threat_model(point), spec.own(point)
+    threat, options = spec.threat_model(point), spec.own_options(point)
     if spec.prepare is not None:
         context = dataclasses.replace(context, state=spec.prepare(detector, data, threat, context, **options))
     return PreparedAttack(spec, point, threat, options, context)

@@ -68,7 +68,7 @@ def schedule(threat: ThreatModel, *, policy: str = "paper", **_) -> dict:
     stages = []
     for name, steps in stages_of(policy, threat.norm):
         spec = ATTACKS.get(name)
-        stages.append({"attack": name, **spec.record(spec.threat_model({"norm": threat.norm, "eps": threat.eps, "steps": steps}), {})})
+        stages.append({"attack": name, **spec.what_ran(spec.threat_model({"norm": threat.norm, "eps": threat.eps, "steps": steps}), {})})
     return {"steps": sum(stage["steps"] for stage in stages), "stages": stages}
 
 

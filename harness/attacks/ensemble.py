@@ -65,7 +65,7 @@ def check_parts(parts: str = "+".join(PARTS), objective: str = "detection", **_)
 
 
 def schedule(threat: ThreatModel, *, queries: int = 1000, parts: str = "apgd+fab+square+pgd", **_) -> dict:
-    return {"parts": {part: ATTACKS.get(part).record(part_threat(part, threat, queries), {}) for part in parts.split("+")}}
+    return {"parts": {part: ATTACKS.get(part).what_ran(part_threat(part, threat, queries), {}) for part in parts.split("+")}}
 
 
 def part_threat(part: str, threat: ThreatModel, queries: int) -> ThreatModel:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -38,10 +38,6 @@ class ThreatModel:
     @property
     def alpha(self) -> float:
         return 2.5 * self.eps / self.steps if self.step_size is None else self.step_size
-
-    def record(self) -> dict[str, Any]:
-        """What a row records: every field, and the α actually used."""
-        return {**dataclasses.asdict(self), "alpha": self.alpha}
 
     def problems(self) -> list[tuple[str, str]]:
         """(key, problem) pairs; empty when the threat model is valid."""

@@ -65,9 +65,9 @@ def test_arguments_are_checked_before_the_completion_fast_path(tiny_suite, tmp_p
     out, cache = tmp_path / "out", tmp_path / "cache"
     assert main(["run", str(tiny_suite), "--out", str(out), "--cache", str(cache), "--no-progress", "--only", "*digits*"]) == 0
     (tmp_path / "a-file").write_text("x")
-    from robustad_bench.harness.complete import record
+    from robustad_bench.harness.complete import stamp_complete
 
-    record(tiny_suite, out, 3)  # as if the whole suite had completed: the fast path would answer
+    stamp_complete(tiny_suite, out, 3)  # as if the whole suite had completed: the fast path would answer
     cases = [("--device", "tpu", "not a device"), ("--backend", "nope", "unknown backend"), ("--cache", str(tmp_path / "a-file"), "is a file")]
     if not __import__("torch").cuda.is_available():
         cases.append(("--device", "cuda", "CUDA is not available"))
@@ -84,7 +84,7 @@ def test_arguments_are_checked_before_the_completion_fast_path(tiny_suite, tmp_p
 
 
 def test_a_change_in_a_dataset_root_takes_the_full_path(tmp_path):
-    from robustad_bench.harness.complete import finished_rows, record
+    from robustad_bench.harness.complete import finished_rows, stamp_complete
 
     root = tmp_path / "mvtec"
     (root / "bottle" / "train" / "good").mkdir(parents=True)
@@ -95,7 +95,7 @@ def test_a_change_in_a_dataset_root_takes_the_full_path(tmp_path):
     (out / "site").mkdir(parents=True)
     for name in ("results.jsonl", "leaderboard.md", "site/index.html"):
         (out / name).write_text("")
-    record(suite, out, 3)
+    stamp_complete(suite, out, 3)
     assert finished_rows(suite, out) == 3
     (root / "bottle" / "train" / "good" / "001.png").write_bytes(b"y")  # a new image: the fit keys change
     assert finished_rows(suite, out) is None

@@ -420,7 +420,7 @@ def test_rows_record_what_each_attack_runs_not_the_generic_threat_model():
     def record(name, **given):
         spec = ATTACKS.get(name)
         point = spec.resolve({"eps": 8 / 255, **given})
-        return spec.record(spec.threat_model(point), spec.own(point))
+        return spec.what_ran(spec.threat_model(point), spec.own_options(point))
 
     apgd = record("apgd", steps=50)
     assert apgd["random_start"] is True and apgd["alpha"] is None and "2ε" in apgd["step_rule"]
