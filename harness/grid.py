@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from .attacks import ATTACKS, AttackSpec
 from .datasets import DATASETS, Dataset
 from .datasets.base import digest
+from .rows import safe_part
 from .suite import Entry, Suite, expand_attack
 from .validity import validity_points
 
@@ -76,7 +76,7 @@ class Cell:
         # the readable part cannot show, e.g. "dét" and "dèt") never share an id
         labels = [self.detector.label, self.dataset.label, self.attack.label, self.source.label if self.source else None]
         parts += [f"s{self.seed}", digest({**self.config(), "labels": labels})[:8]]
-        return ".".join(re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(p)) for p in parts)
+        return ".".join(safe_part(p) for p in parts)
 
 
 def eps_slug(eps: float, norm: str = "linf") -> str:

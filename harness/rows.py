@@ -11,6 +11,12 @@ import re
 from typing import Any
 
 CELL_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")  # what a grid makes: never a path outside cells/
+UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")  # what a file or cell-id part may not hold
+
+
+def safe_part(text: object) -> str:
+    """``text`` with every run of characters outside letters, digits, ``_ . -`` made one ``_``."""
+    return UNSAFE.sub("_", str(text))
 
 
 def is_clean(row: Any) -> bool:

@@ -77,6 +77,9 @@ class Table:
 
 
 def eps_text(eps: float) -> str:
+    """``8/255`` for multiples of 1/255, else 4 significant digits; ``0`` for the clean cell."""
+    if eps == 0:
+        return "0"
     k = eps * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
 

@@ -10,7 +10,6 @@ strongest attack on each category (lowest image AUROC), copied next to the page.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -18,13 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from robustad_bench.harness.results import EXAMPLE_KINDS, cell_scores
-from robustad_bench.harness.rows import is_clean
+from robustad_bench.harness.rows import is_clean, safe_part
 
 from .board import budget_text, main_tables, threat_of, threat_text
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "entry"
+    return safe_part(text).strip("._") or "entry"
 
 
 def category_tables(rows: list[dict], robust: list[dict]):

@@ -19,7 +19,7 @@ from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.results import read_rows, read_run_info, refuse_links
 from robustad_bench.harness.rows import is_clean
 
-from .board import Table, main_tables, threat_text
+from .board import Table, eps_text, main_tables, threat_text
 from .compare import Change, changes_markdown, compare, read_board, values, write_board
 from .entries import entry_pages
 from .plots import write_reliability_diagrams
@@ -28,13 +28,6 @@ from .submit import merge, read_entries
 
 TEMPLATES = Path(__file__).parent / "templates"
 KEYS = ["detector", "weights", "dataset", "category", "seed"]
-
-
-def eps_text(eps: float) -> str:
-    if eps == 0:
-        return "0"
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{eps:.4g}"
 
 
 def pct(value) -> str:
