@@ -2,7 +2,7 @@
 
 An entry is a detector label with its weights and training budget. Columns: the clean
 metric; every attack × ε of the task, grouped by threat model (norm, ε); the robust metric
-of each threat model (the per-image worst case over all its attacks, ``robust.py``); and
+of each threat model (the per-image worst case over all its attacks, ``harness/aggregate.py``); and
 the gap (clean − robust) at the headline threat model, by which the rows are ranked.
 Values are means over categories, then mean ± std over seeds when there are several.
 """
@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from robustad_bench.harness.aggregate import threat_of
 from robustad_bench.harness.rows import is_clean
-
-from .robust import threat_of
 
 TASKS = {  # task → (metric of its table(s), robust counterpart, title)
     "detection": [("image_auroc", "robust_image_auroc", "image AUROC")],

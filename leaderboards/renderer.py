@@ -15,6 +15,7 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tabulate import tabulate
 
+from robustad_bench.harness.aggregate import robust_metrics
 from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.results import read_rows, read_run_info, refuse_links
 from robustad_bench.harness.rows import is_clean
@@ -23,7 +24,6 @@ from .board import Table, eps_text, main_tables, threat_text
 from .compare import Change, changes_markdown, compare, read_board, values, write_board
 from .entries import entry_pages
 from .plots import write_reliability_diagrams
-from .robust import robust_metrics
 from .submit import merge, read_entries
 
 TEMPLATES = Path(__file__).parent / "templates"

@@ -14,13 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from robustad_bench.harness.aggregate import robust_metrics
 from robustad_bench.harness.errors import SuiteErrors, UserError
 from robustad_bench.harness.results import read_rows, read_run_info
 from robustad_bench.harness.suite import read_yaml
 
 from .board import Table, Value, main_tables, rank
 from .entries import category_tables, slug
-from .robust import robust_metrics
 
 SCHEMA = Path(__file__).parent / "schemas" / "model_card.schema.json"
 FORMAT = 1  # of the entry file

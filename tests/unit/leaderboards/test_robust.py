@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from robustad_bench.harness.aggregate import robust_metrics, worst_case
 from robustad_bench.leaderboards import render
 from robustad_bench.leaderboards.board import main_tables
-from robustad_bench.leaderboards.robust import robust_metrics, worst_case
 
 LABELS = np.array([0, 0, 1, 1])
 CLEAN = np.array([0.1, 0.2, 0.8, 0.9])

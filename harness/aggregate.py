@@ -16,7 +16,9 @@ falls. The published value of each metric is the lowest of that selection and of
 single candidate, so it never exceeds the strongest single attack; the record names the
 candidate each image took.
 
-Everything is computed from the saved per-image arrays (``cells/<id>/scores.npz``).
+Everything is computed from the saved per-image arrays (``cells/<id>/scores.npz``), here in
+the harness: the renderer (run at the end of every run) writes the records to ``robust.jsonl``
+and only lays them out.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from robustad_bench.harness.metrics import METRICS
-from robustad_bench.harness.results import cell_scores
-from robustad_bench.harness.rows import is_clean
+from .metrics import METRICS
+from .results import cell_scores
+from .rows import is_clean
 
 GROUP = ("detector", "weights", "dataset", "category", "seed")  # one fitted detector on one test set
 
