@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .attacks import ATTACKS, AttackSpec
+from .attacks.threat import Norm
 from .datasets import DATASETS, Dataset
 from .datasets.base import digest
 from .rows import safe_part
@@ -82,7 +83,7 @@ class Cell:
 def eps_slug(eps: float, norm: str = "linf") -> str:
     """``eps8-255`` for L∞ multiples of 1/255, else ``eps0.5``: readable ids, not display strings."""
     k = eps * 255
-    return f"eps{round(k)}-255" if norm == "linf" and abs(k - round(k)) < 1e-6 else f"eps{eps:.4g}"
+    return f"eps{round(k)}-255" if norm == Norm.LINF and abs(k - round(k)) < 1e-6 else f"eps{eps:.4g}"
 
 
 def resolve_attack(entry: Entry, point: dict[str, Any]) -> Entry:

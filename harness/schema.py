@@ -14,6 +14,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass
+from enum import Enum
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 FRACTION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([0-9]*\.?[0-9]+)\s*$")
@@ -60,6 +61,8 @@ def describe(annotation: Any) -> str:
         return " ".join([describe(args[0]), *bounds])
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
+    if isinstance(annotation, type) and issubclass(annotation, Enum):
+        return "one of " + ", ".join(repr(m.value) for m in annotation)
     if origin in (Union, types.UnionType):
         return " or ".join(describe(a) for a in args)
     if origin in (list, tuple):
@@ -96,6 +99,11 @@ def coerce(value: Any, annotation: Any) -> Any:
         if value in args:
             return value
         raise BadValue(f"{value!r} is not allowed; allowed: {', '.join(repr(a) for a in args)}")
+    if isinstance(annotation, type) and issubclass(annotation, Enum):  # a named value: YAML gives its string
+        try:
+            return annotation(value)
+        except ValueError:
+            raise BadValue(f"{value!r} is not allowed; allowed: {', '.join(repr(m.value) for m in annotation)}") from None
     if origin in (list, tuple) or annotation in (list, tuple):
         if not isinstance(value, list):
             raise BadValue(f"expected {describe(annotation)}, got {value!r}")

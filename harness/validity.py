@@ -28,6 +28,7 @@ import json
 from collections import defaultdict
 from typing import Any
 
+from .attacks.threat import Norm
 from .rows import is_clean
 
 TOLERANCE = 0.02  # AUROC differences below this are noise, not a flag
@@ -103,7 +104,7 @@ def _check_task(rows: list[dict], noise: list[dict], task: str, flags: dict[str,
 
 
 def _check_unbounded(group: list[dict], flags: dict[str, set[str]]) -> None:
-    unbounded = [r for r in group if _kind(r) == "gradient" and r.get("norm") == "linf" and r["eps"] >= 1.0
+    unbounded = [r for r in group if _kind(r) == "gradient" and r.get("norm") == Norm.LINF and r["eps"] >= 1.0
                  and r.get("task") == "detection" and _metric(r, "detection") is not None]
     if any(_metric(r, "detection") > UNBOUNDED_MAX_AUROC for r in unbounded):
         for r in group:

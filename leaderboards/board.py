@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from robustad_bench.harness.aggregate import threat_of
+from robustad_bench.harness.attacks.threat import Norm
 from robustad_bench.harness.rows import is_clean
 
 TASKS = {  # task → (metric of its table(s), robust counterpart, title)
@@ -111,7 +112,7 @@ def choose_headline(threats: set[tuple[str, float]], wanted: tuple[str, float] |
     largest ε): L∞ ε = 1 reaches any image, a validity check (d), not a threat model to rank by."""
     if wanted is not None and any(t[0] == wanted[0] and abs(t[1] - wanted[1]) < 1e-9 for t in threats):
         return next(t for t in threats if t[0] == wanted[0] and abs(t[1] - wanted[1]) < 1e-9)
-    linf = [t for t in threats if t[0] == "linf" and t[1] < 1] or [t for t in threats if t[0] == "linf"]
+    linf = [t for t in threats if t[0] == Norm.LINF and t[1] < 1] or [t for t in threats if t[0] == Norm.LINF]
     pool = linf or list(threats)
     return max(pool, key=lambda t: t[1]) if pool else None
 
@@ -133,7 +134,7 @@ def main_tables(rows: list[dict], robust: list[dict], headline: tuple[str, float
 
 
 def build_table(dataset, task, metric, robust_metric, title, clean_rows, task_rows, robust, headline) -> Table:
-    threats = sorted({threat_of(r) for r in task_rows}, key=lambda t: (t[0] != "linf", t[0], t[1]))
+    threats = sorted({threat_of(r) for r in task_rows}, key=lambda t: (t[0] != Norm.LINF, t[0], t[1]))
     chosen = choose_headline(set(threats), headline)
     columns = [Column("clean", "clean", "clean")]
     for threat in threats:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robustad_bench.harness.attacks.threat import Norm
 from robustad_bench.harness.results import EXAMPLE_KINDS, cell_scores
 from robustad_bench.harness.rows import is_clean, safe_part
 
@@ -59,11 +60,11 @@ def curves(rows: list[dict], dataset: str, path: Path) -> bool:
                 value = (r.get("metrics") or {}).get(metric)
                 if threat_of(r)[0] == norm and value is not None:
                     lines[f"{r.get('attack_label') or r['attack']} ({r.get('task')})"][float(r["eps"])].append(value)
-            scale = 255 if norm == "linf" else 1  # L∞ budgets read as k/255
+            scale = 255 if norm == Norm.LINF else 1  # L∞ budgets read as k/255
             for name, points in sorted(lines.items()):
                 eps = sorted(points)
                 ax.plot([0.0, *(scale * e for e in eps)], [100 * base, *(100 * np.mean(points[e]) for e in eps)], marker="o", label=name)
-            ax.set(xlabel="ε × 255 (L∞)" if norm == "linf" else "ε (L2)", ylabel=metric.replace("_", " "), ylim=(0, 100),
+            ax.set(xlabel="ε × 255 (L∞)" if norm == Norm.LINF else "ε (L2)", ylabel=metric.replace("_", " "), ylim=(0, 100),
                    title=f"{dataset}: {metric.replace('_', ' ')}, {'L∞' if norm == 'linf' else 'L2'}")
             ax.axhline(50, color="#bbb", lw=0.8, ls=":")
             if lines:

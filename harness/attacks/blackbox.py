@@ -26,7 +26,7 @@ from .base import Context, keep_best, register_attack
 from .objective import Objective
 from .official import official_check, official_square
 from .rng import ImageRandom
-from .threat import REQUIRED, ThreatModel, per_image_norm, random_perturbation
+from .threat import REQUIRED, Norm, ThreatModel, per_image_norm, random_perturbation
 
 
 def window_fraction(p_init: float, query: int, queries: int) -> float:
@@ -63,14 +63,14 @@ def square(objective: Objective, x: Tensor, threat: ThreatModel, context: Contex
     rng, eps = context.random(x.device), threat.eps
     b, c, h, w = x.shape
     stripes = eps * rng.sign((c, 1, w))  # vertical stripes at ±ε
-    if threat.norm == "l2":
+    if threat.norm == Norm.L2:
         stripes = stripes.expand(b, c, h, w) / math.sqrt(h * w * c)  # L2 norm ε
     best = threat.project(x + stripes, x)
     best_loss = objective(best)
     for query in range(1, threat.steps):
         side = max(1, min(h - 1, int(round(math.sqrt(window_fraction(p_init, query, threat.steps) * h * w)))))
         window = window_masks(rng, side, h, w)
-        if threat.norm == "linf":  # a new vertex of the box inside the window
+        if threat.norm == Norm.LINF:  # a new vertex of the box inside the window
             vertex = (x + eps * rng.sign((c, 1, 1))).clamp(0, 1)
             candidate = torch.where(window, vertex, best)
         else:

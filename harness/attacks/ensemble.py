@@ -18,7 +18,7 @@ from .base import ATTACKS, Context, keep_best, register_attack
 from .objective import Objective
 from .official import TwoLogits, global_seed
 from .rng import image_seed
-from .threat import REQUIRED, ThreatModel
+from .threat import REQUIRED, Norm, ThreatModel
 
 PARTS = ("apgd", "fab", "square", "pgd")
 TITLE = "AutoAttack-AD (APGD-CE, FAB, Square, PGD for DLR)"
@@ -31,7 +31,7 @@ NOTE = ("Not standard AutoAttack: a detector is a two-class model (normal, anoma
 def _fab_batch(objective: Objective, x: Tensor, threat: ThreatModel, threshold: float, seed: int) -> Tensor:
     import torchattacks  # imported on use: torchattacks pulls in torchvision
 
-    attack = torchattacks.FAB(TwoLogits(objective.detector, threshold), norm="Linf" if threat.norm == "linf" else "L2",
+    attack = torchattacks.FAB(TwoLogits(objective.detector, threshold), norm="Linf" if threat.norm == Norm.LINF else "L2",
                               eps=threat.eps, steps=threat.steps, n_restarts=threat.restarts, seed=seed, n_classes=2)
     with global_seed(seed, x):  # FAB seeds torch's global generator itself
         # FAB .view()s its tensors: hand it a standard-layout copy (resized images may be channels-last)

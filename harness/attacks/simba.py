@@ -29,7 +29,7 @@ from torch import Tensor
 from .base import Context, register_attack
 from .objective import Objective
 from .rng import ImageRandom
-from .threat import REQUIRED, ThreatModel
+from .threat import REQUIRED, Norm, ThreatModel
 
 
 def dct_matrix(n: int, device) -> Tensor:
@@ -69,7 +69,7 @@ def simba(objective: Objective, x: Tensor, threat: ThreatModel, context: Context
     x_adv, best = x.detach(), objective(x)
     for k in range(threat.steps):
         q = directions(order[:, k], basis, (c, h, w), freq, x.device)
-        if threat.norm == "linf":
+        if threat.norm == Norm.LINF:
             delta = threat.eps * q / q.flatten(1).abs().amax(1).view(-1, 1, 1, 1)
         else:
             delta = step_fraction * threat.eps * q

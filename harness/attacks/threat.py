@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from enum import Enum
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,18 +23,31 @@ from ..schema import NonNegative, PositiveInt
 if TYPE_CHECKING:
     from .rng import ImageRandom
 
-Norm = Literal["linf", "l2"]
+class Norm(str, Enum):
+    """The threat model's norm, a value with a name (RobustBench's ``ThreatModel``): compares
+    equal to its string, which rows and suites write."""
+
+    LINF = "linf"
+    L2 = "l2"
+    __str__ = str.__str__  # "linf", not "Norm.LINF", in f-strings and JSON
+    __format__ = str.__format__
+    __hash__ = str.__hash__  # one key with its string in sets and dicts
+    __repr__ = str.__repr__  # messages show the value a suite writes
 REQUIRED = inspect.Parameter.empty  # a threat default that a suite entry must give (ε)
 
 
 @dataclass(frozen=True)
 class ThreatModel:
-    norm: Norm = "linf"
+    norm: Norm = Norm.LINF
     eps: NonNegative = 0.0
     steps: PositiveInt = 1  # iterations (gradient attacks) or queries per image (score-only attacks)
     step_size: float | None = None  # α; None: 2.5·ε/steps
     random_start: bool = False
     restarts: PositiveInt = 1
+
+    def __post_init__(self):
+        if self.norm in tuple(Norm):  # a suite's or a default's string becomes the named value
+            object.__setattr__(self, "norm", Norm(self.norm))
 
     @property
     def alpha(self) -> float:
@@ -42,7 +56,9 @@ class ThreatModel:
     def problems(self) -> list[tuple[str, str]]:
         """(key, problem) pairs; empty when the threat model is valid."""
         problems = []
-        if self.eps < 0 or (self.norm == "linf" and self.eps > 1):
+        if self.norm not in tuple(Norm):
+            problems.append(("norm", f"{self.norm!r} is not allowed; allowed: {', '.join(repr(n.value) for n in Norm)}"))
+        if self.eps < 0 or (self.norm == Norm.LINF and self.eps > 1):
             problems.append(("eps", f"ε must be in [0, 1] for linf (≥ 0 for l2), got {self.eps}"))
         for key in ("steps", "restarts"):
             if getattr(self, key) < 1:
@@ -74,7 +90,7 @@ def per_image_norm(v: Tensor) -> Tensor:
 
 def ascent_direction(grad: Tensor, norm: str) -> Tensor:
     """Steepest-ascent direction of unit size in the given norm."""
-    return grad.sign() if norm == "linf" else grad / per_image_norm(grad)
+    return grad.sign() if norm == Norm.LINF else grad / per_image_norm(grad)
 
 
 L2_SHRINK = 1 - 1e-6  # the margin an L2 projection keeps inside the ball when it must shrink again
@@ -89,7 +105,7 @@ def project(x_adv: Tensor, x: Tensor, eps: float, norm: str) -> Tensor:
     so the saved image is inside the ball by construction (Square's large stripes drifted
     2e-5 outside with an fp32 norm)."""
     delta = x_adv - x
-    if norm == "linf":
+    if norm == Norm.LINF:
         return (x + delta.clamp(-eps, eps)).clamp(0.0, 1.0)
     scale = (eps / exact_norm(delta)).clamp(max=1.0)
     out = (x + delta * scale.to(delta.dtype)).clamp(0.0, 1.0)
@@ -111,7 +127,7 @@ def random_perturbation(x: Tensor, eps: float, norm: str, rng: ImageRandom, *, u
     """Per-image random δ: L∞ uniform in [−ε, ε]; L2 a uniform direction of length ε
     (times a uniform radius in [0, 1] with ``uniform_radius``)."""
     shape = x.shape[1:]
-    if norm == "linf":
+    if norm == Norm.LINF:
         return (rng.rand(shape) * 2 - 1) * eps
     direction = rng.randn(shape)
     delta = eps * direction / per_image_norm(direction)

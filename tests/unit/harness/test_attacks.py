@@ -440,3 +440,16 @@ def test_each_attacks_tiny_configuration_is_valid(name):
     point = spec.resolve({**({"eps": 8 / 255} if "eps" in spec.threat else {}), **spec.tiny, **({"source": "other"} if spec.kind == "transfer" else {})})
     assert spec.problems(point) == []
     assert point.get("steps", 1) <= 5 or spec.kind == "score-only"  # seconds on a CPU
+
+
+def test_the_norm_is_a_named_value_equal_to_its_string():
+    import json
+
+    from robustad_bench.harness.attacks.threat import Norm, ThreatModel
+    from robustad_bench.harness.schema import BadValue, coerce
+
+    assert coerce("l2", Norm) is Norm.L2 and ThreatModel("linf", 0.1).norm is Norm.LINF  # suites and defaults alike
+    assert Norm.LINF == "linf" and {Norm.LINF: 1}["linf"] == 1 and f"{Norm.L2}" == "l2" and json.dumps([Norm.L2]) == '["l2"]'
+    with pytest.raises(BadValue, match="allowed: 'linf', 'l2'"):
+        coerce("l1", Norm)
+    assert ThreatModel("l1", 0.1).problems()[0][0] == "norm"
