@@ -22,9 +22,9 @@ import torch
 
 from robustad_bench.adapters import create_detector
 from robustad_bench.harness.attacks import run_attack
-from robustad_bench.harness.evaluate import CountingDetector, seeded
 from robustad_bench.harness.grid import build_dataset
 from robustad_bench.harness.suite import load_suite
+from robustad_bench.harness.tasks import CountingDetector, seeded
 
 
 def interleaved(fns, repeats: int, device: torch.device) -> list[float]:

@@ -148,7 +148,7 @@ def backbone_and_gemm(detector, x: torch.Tensor, device: torch.device) -> float 
 def measure(name: str, config: dict, split, device: torch.device, batch: int, steps: int) -> Measured:
     from robustad_bench.adapters import create_detector
     from robustad_bench.harness.attacks import run_attack
-    from robustad_bench.harness.evaluate import seeded
+    from robustad_bench.harness.tasks import seeded
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -184,7 +184,7 @@ def patchguard_training(config: dict, split, device: torch.device, steps: int = 
     """Seconds per training step (batch 16 normal + 16 pseudo-anomalous, PGD-10 on both) in
     fp32 and bf16, and the projected 300-epoch time per category."""
     from robustad_bench.adapters import create_detector
-    from robustad_bench.harness.evaluate import seeded
+    from robustad_bench.harness.tasks import seeded
 
     out = {}
     for precision in ("fp32", "bf16"):

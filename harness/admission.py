@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .evaluate import seeded
+from .tasks import seeded
 
 ROUND_TRIP_SEED = 99  # another init than the checked model's: everything must come from the state
 

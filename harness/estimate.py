@@ -35,8 +35,8 @@ from . import __version__
 from .attacks import CellData, Context, prepare_attack
 from .cache import atomic_write_bytes
 from .datasets.base import digest
-from .evaluate import CountingDetector, seeded
 from .grid import Cell, build_dataset
+from .tasks import CountingDetector, seeded
 
 log = logging.getLogger(__name__)
 STAND_IN_SIZE = 16

@@ -36,7 +36,18 @@ from .complete import forget
 from .datacheck import check_suite_data
 from .datasets.base import Split, digest
 from .errors import UserError
-from .evaluate import (
+from .grid import NO_CELLS, Cell, build_dataset, expand, select
+from .results import (
+    OutputLock,
+    ResultStore,
+    arrays_sha256,
+    claim_folder,
+    package_commit,
+    refuse_links,
+    write_run_info,
+)
+from .suite import Entry, Suite, deep_check, threshold_quantile
+from .tasks import (
     Fitted,
     Thresholds,
     clean_thresholds,
@@ -49,17 +60,6 @@ from .evaluate import (
     restore_fit,
     seeded,
 )
-from .grid import NO_CELLS, Cell, build_dataset, expand, select
-from .results import (
-    OutputLock,
-    ResultStore,
-    arrays_sha256,
-    claim_folder,
-    package_commit,
-    refuse_links,
-    write_run_info,
-)
-from .suite import Entry, Suite, deep_check, threshold_quantile
 
 log = logging.getLogger(__name__)
 FROM_CACHE = "_from_cache"  # marks a row another run computed while this one waited (not saved)

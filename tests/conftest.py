@@ -48,7 +48,7 @@ def fit_on_textures(data_dir):
 def _fit_on_textures(name: str, *, data_dir: Path, n_train: int = 8, n_test: int = 6, **detector_kwargs):
     from robustad_bench.adapters import create_detector
     from robustad_bench.harness.datasets import DATASETS
-    from robustad_bench.harness.evaluate import seeded
+    from robustad_bench.harness.tasks import seeded
 
     dataset = DATASETS.get("textures")(image_size=64, crop_size=96, n_train=n_train, n_test_normal=n_test, n_test_anomalous=n_test)
     split = dataset.load("brick", seed=0, data_dir=data_dir)

@@ -8,7 +8,7 @@ import math
 import torch
 
 from robustad_bench.harness.attacks import Objective, run_attack
-from robustad_bench.harness.evaluate import CountingDetector
+from robustad_bench.harness.tasks import CountingDetector
 
 
 def test_a3_beats_pgd_at_equal_gradient_passes(fit_on_textures):

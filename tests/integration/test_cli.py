@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from robustad_bench.harness import evaluate as evaluate_module
+from robustad_bench.harness import tasks as tasks_module
 from robustad_bench.harness.cli import main
 from robustad_bench.harness.runner import run_suite
 from robustad_bench.harness.suite import load_suite
@@ -148,7 +148,7 @@ def test_changing_one_attack_recomputes_only_its_cells(ran, tiny_suite, monkeypa
 
 def test_resume_after_interruption(tiny_suite, tmp_path, monkeypatch):
     out, cache = tmp_path / "out", tmp_path / "cache"
-    real, calls = evaluate_module.evaluate_cell, []
+    real, calls = tasks_module.evaluate_cell, []
 
     def dies_on_third(*args, **kwargs):
         calls.append(1)
@@ -186,7 +186,7 @@ def test_resume_after_sigkill(tiny_suite, tmp_path):
 
 
 def test_a_failing_cell_is_kept_and_exit_code_is_1(tiny_suite, tmp_path, monkeypatch):
-    real = evaluate_module.evaluate_cell
+    real = tasks_module.evaluate_cell
 
     def pgd_breaks(cell, *args, **kwargs):
         if cell.attack.name == "pgd" and cell.category == "grass":

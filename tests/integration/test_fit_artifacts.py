@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from robustad_bench.harness.cli import main
-from robustad_bench.harness.evaluate import restore_fit, seeded
+from robustad_bench.harness.tasks import restore_fit, seeded
 
 
 def rows(out: Path) -> dict[str, dict]:
@@ -33,7 +33,7 @@ def fresh(name: str, **kwargs):
 def test_the_fit_artifact_holds_what_fitting_changed_and_restores_the_same_detector(name, data_dir):
     from robustad_bench.adapters import DETECTORS
     from robustad_bench.harness.datasets import DATASETS
-    from robustad_bench.harness.evaluate import fit_state
+    from robustad_bench.harness.tasks import fit_state
 
     kwargs = DETECTORS.get(name).tiny | ({"feature_layer": 2} if name == "patchguard" else {})
     dataset = DATASETS.get("textures")(image_size=64, crop_size=96, n_train=6, n_test_normal=3, n_test_anomalous=3)

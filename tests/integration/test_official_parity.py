@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from robustad_bench.harness.attacks import Objective, run_attack
-from robustad_bench.harness.evaluate import clean_thresholds
+from robustad_bench.harness.tasks import clean_thresholds
 
 DETECTORS = {
     "patchcore": {"backbone": "resnet18", "input_size": 64, "blur_sigma": 1.0},

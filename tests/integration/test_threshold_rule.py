@@ -10,9 +10,9 @@ import pytest
 
 from robustad_bench.harness.cli import main
 from robustad_bench.harness.datasets import Split
-from robustad_bench.harness.evaluate import hold_out
 from robustad_bench.harness.metrics import best_f1_threshold, f1
 from robustad_bench.harness.results import row_problems
+from robustad_bench.harness.tasks import hold_out
 
 SUITE = """\
 name: thr

@@ -17,7 +17,7 @@ import torch
 
 from robustad_bench.adapters import DETECTORS, create_detector, list_detectors
 from robustad_bench.harness.datasets import DATASETS
-from robustad_bench.harness.evaluate import seeded
+from robustad_bench.harness.tasks import seeded
 
 TINY = {name: DETECTORS.get(name).tiny for name in list_detectors()}  # each detector registers its own
 

@@ -19,7 +19,7 @@ from robustad_bench.adapters.pseudo_anomaly import (
     pseudo_anomalies,
     rotated_rectangles,
 )
-from robustad_bench.harness.evaluate import seeded
+from robustad_bench.harness.tasks import seeded
 
 SIZE = 64
 

@@ -7,7 +7,7 @@ import torch
 
 from robustad_bench.adapters import create_detector
 from robustad_bench.harness.errors import UserError
-from robustad_bench.harness.evaluate import seeded
+from robustad_bench.harness.tasks import seeded
 
 SIZE = 64
 

@@ -13,7 +13,9 @@ from robustad_bench.adapters import AnomalyOutput, Detector, create_detector
 from robustad_bench.harness.attacks import ATTACKS, run_attack
 from robustad_bench.harness.attacks.apgd import halving
 from robustad_bench.harness.datasets import Split
-from robustad_bench.harness.evaluate import (
+from robustad_bench.harness.grid import Cell, resolve_attack
+from robustad_bench.harness.suite import Entry
+from robustad_bench.harness.tasks import (
     Fitted,
     clean_thresholds,
     evaluate_cell,
@@ -22,8 +24,6 @@ from robustad_bench.harness.evaluate import (
     score_images,
     seeded,
 )
-from robustad_bench.harness.grid import Cell, resolve_attack
-from robustad_bench.harness.suite import Entry
 
 EPS = 8 / 255
 ATTACKED = sorted(set(ATTACKS.names()) - {"none"})

@@ -393,7 +393,7 @@ def test_sea_pixel_losses_agree_with_their_definitions():
 
 
 def test_a3_discards_images_that_stop_gaining_and_counts_its_passes(batch):
-    from robustad_bench.harness.evaluate import CountingDetector
+    from robustad_bench.harness.tasks import CountingDetector
 
     x, labels, masks = batch
     common = {"eps": 8 / 255, "steps": 6, "restarts": 4, "adi_steps": 2, "threshold": 0.0}

@@ -120,7 +120,7 @@ def test_compute_metrics_covers_the_registry(scored):
 def test_a_thin_defect_survives_the_evaluation_resolution():
     import torch
 
-    from robustad_bench.harness.evaluate import evaluation_maps, evaluation_masks
+    from robustad_bench.harness.tasks import evaluation_maps, evaluation_masks
 
     mask = torch.zeros(1, 256, 256)
     mask[0, 100:180, 37] = 1  # a 1-pixel-wide scratch
