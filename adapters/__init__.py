@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from . import anomalydino, patchcore, patchguard, zarnd  # noqa: F401  (registers)
 from .base import AnomalyOutput, Detector
-from .registry import DETECTORS, create_detector, list_detectors, register_detector
+from .registry import (
+    DETECTORS,
+    create_detector,
+    list_detectors,
+    register_detector,
+)
 
 __all__ = [
     "DETECTORS",

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustad_bench.harness.errors import UserError
-from robustad_bench.harness.schema import NonNegative, PositiveInt
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.schema import NonNegative, PositiveInt
 
 from .backbones import check_backbone, check_weights, create_backbone
 from .base import AnomalyOutput, Detector, Normalize, Precision

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robustad_bench.harness.errors import UserError
+from robustad_bench.core.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ ROBUST_IMAGENET_SHA256: dict[str, str] = {}
 
 def verified(path: Path, name: str) -> Path:
     """``path`` if its sha256 is the pinned or recorded one; records it when there is neither."""
-    from robustad_bench.harness.cache import file_sha256
+    from robustad_bench.core.files import file_sha256
 
     actual, record = file_sha256(path), path.with_name(path.name + ".sha256")
     expected = ROBUST_IMAGENET_SHA256.get(name) or (record.read_text().strip() if record.is_file() else None)

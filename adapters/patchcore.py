@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustad_bench.harness.errors import UserError
-from robustad_bench.harness.schema import NonNegative, PositiveInt
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.schema import NonNegative, PositiveInt
 
 from .backbones import backbone_problems, create_feature_backbone, layer_problem
 from .base import AnomalyOutput, Detector, Normalize, Precision

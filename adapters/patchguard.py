@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustad_bench.harness.errors import UserError
-from robustad_bench.harness.schema import NonNegative, NonNegativeInt, PositiveInt
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.schema import NonNegative, NonNegativeInt, PositiveInt
 
 from .backbones import backbone_problems, create_backbone
 from .base import AnomalyOutput, Detector, Normalize, Precision

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from robustad_bench.harness.registry import Registry, admit_subclass
+from robustad_bench.core.registry import Registry, admit_subclass
 
 from .base import Detector
 

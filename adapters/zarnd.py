@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from robustad_bench.harness.errors import UserError
-from robustad_bench.harness.schema import PositiveInt
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.schema import PositiveInt
 
 from .backbones import backbone_problems, create_backbone
 from .base import AnomalyOutput, Detector, Normalize, Precision

@@ -26,9 +26,9 @@ import torch
 import yaml
 
 from robustad_bench.adapters import DETECTORS, create_detector
+from robustad_bench.core.schema import parameters
 from robustad_bench.harness.datasets import DATASETS
 from robustad_bench.harness.grid import build_dataset
-from robustad_bench.harness.schema import parameters
 from robustad_bench.harness.suite import load_suite
 from robustad_bench.harness.tasks import seeded
 

@@ -20,9 +20,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from robustad_bench.adapters import create_detector
+from robustad_bench.core.schema import parse_float
 from robustad_bench.harness.attacks import Objective, run_attack
 from robustad_bench.harness.grid import build_dataset
-from robustad_bench.harness.schema import parse_float
 from robustad_bench.harness.suite import load_suite
 from robustad_bench.harness.tasks import clean_thresholds, seeded
 

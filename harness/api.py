@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from robustad_bench.adapters import DETECTORS, AnomalyOutput, Detector
+from robustad_bench.core.errors import UserError
 
 from .datasets import DATASETS, Dataset, Split
-from .errors import UserError
 from .results import read_rows
 from .suite import parse_suite
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from .errors import UserError
-from .registry import Registry
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.registry import Registry
 
 Backend = Callable[..., None]
 BACKENDS: Registry[Backend] = Registry("backend")

@@ -28,8 +28,9 @@ import hashlib
 import numpy as np
 from scipy.special import expit
 
+from robustad_bench.core.registry import Registry
+
 from .metrics import auroc, f1, gmean
-from .registry import Registry
 
 ECE_BINS = 15
 FOLDS = 5

@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from .errors import SuiteErrors, UserError
+from robustad_bench.core.errors import SuiteErrors, UserError
 
 LISTABLE = ("detectors", "attacks", "datasets", "metrics", "backends", "calibrators")
 

@@ -19,9 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.paths import resolve_root
+
 from . import __version__
-from .errors import UserError
-from .paths import resolve_root
 
 STAMP = "complete.json"
 
@@ -138,7 +139,7 @@ def finished_rows(suite_file: Path, out: Path) -> int | None:
 
 def stamp_complete(suite_file: Path, out: Path, rows: int) -> None:
     """Stamp ``out`` as holding the complete run of ``suite_file`` (after its results and site are written)."""
-    from .cache import atomic_write_bytes
+    from robustad_bench.core.files import atomic_write_bytes
 
     current = stamp(suite_file, out)
     if current is None:

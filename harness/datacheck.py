@@ -13,9 +13,10 @@ import logging
 
 from tabulate import tabulate
 
+from robustad_bench.core.errors import SuiteErrors, UserError
+
 from .datasets import Dataset
 from .datasets.layout import CheckRow
-from .errors import SuiteErrors, UserError
 from .grid import build_dataset
 from .suite import Entry, Suite
 

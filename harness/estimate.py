@@ -31,9 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from robustad_bench.core.files import atomic_write_bytes
+
 from . import __version__
 from .attacks import CellData, Context, prepare_attack
-from .cache import atomic_write_bytes
 from .datasets.base import digest
 from .grid import Cell, build_dataset
 from .tasks import CountingDetector, seeded

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy import ndimage
 
-from .registry import Registry
+from robustad_bench.core.registry import Registry
 
 MetricFn = Callable[..., "float | None"]
 METRIC_PARAMETERS = ("labels", "scores")  # a metric's first two parameters: ``fn(labels, scores, *, maps, masks, threshold)``

@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .cache import atomic_write_bytes, npz_bytes, process_gone, read_npz
-from .errors import UserError
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.files import atomic_write_bytes, process_gone
+
+from .cache import npz_bytes, read_npz
 from .rows import row_problem
 from .validity import validity_flags
 

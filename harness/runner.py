@@ -29,13 +29,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.files import file_sha256, remove_orphans
+
 from . import __version__
 from .backends import BACKENDS, check_backend
-from .cache import Cache, file_sha256, remove_orphans
+from .cache import Cache
 from .complete import forget
 from .datacheck import check_suite_data
 from .datasets.base import Split, digest
-from .errors import UserError
 from .grid import NO_CELLS, Cell, build_dataset, expand, select
 from .results import (
     OutputLock,

@@ -18,11 +18,12 @@ from typing import Any
 
 import yaml
 
+from robustad_bench.core.errors import SuiteErrors, UserError
+from robustad_bench.core.registry import Registry
+from robustad_bench.core.schema import BadValue, coerce, parameters, parse_float
+
 from .attacks import ATTACKS
 from .datasets import DATASETS
-from .errors import SuiteErrors, UserError
-from .registry import Registry
-from .schema import BadValue, coerce, parameters, parse_float
 
 TOP_LEVEL = {
     "name": "suite name; default output folder runs/<name>",

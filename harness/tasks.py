@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustad_bench.core.errors import UserError
+
 from .attacks import CellData, Context, prepare_attack
 from .calibration import attacker_calibrator, calibration_metrics
 from .datasets import Split
 from .datasets.base import resize_mask
-from .errors import UserError
 from .grid import Cell
 from .metrics import best_f1_threshold, compute_metrics
 

@@ -15,8 +15,8 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tabulate import tabulate
 
+from robustad_bench.core.errors import UserError
 from robustad_bench.harness.aggregate import robust_metrics
-from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.results import read_rows, read_run_info, refuse_links
 from robustad_bench.harness.rows import is_clean
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from robustad_bench.core.errors import SuiteErrors, UserError
 from robustad_bench.harness.aggregate import robust_metrics
-from robustad_bench.harness.errors import SuiteErrors, UserError
 from robustad_bench.harness.results import read_rows, read_run_info
 from robustad_bench.harness.suite import read_yaml
 

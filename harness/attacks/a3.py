@@ -29,7 +29,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..schema import NonNegativeInt
+from robustad_bench.core.schema import NonNegativeInt
+
 from .base import Context, register_attack
 from .objective import Objective
 from .rng import ImageRandom

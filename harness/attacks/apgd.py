@@ -23,7 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from ..schema import PositiveInt
+from robustad_bench.core.schema import PositiveInt
+
 from .base import Context, initial_point, keep_best, register_attack
 from .objective import Objective
 from .official import official_apgd, official_check

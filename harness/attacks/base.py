@@ -31,9 +31,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from ..registry import Registry
-from ..schema import NonNegative, parameters
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.registry import Registry
+from robustad_bench.core.schema import NonNegative, parameters
+
 from .objective import TASKS, Objective
 from .rng import ImageRandom
 from .threat import THREAT_FIELDS, ThreatModel

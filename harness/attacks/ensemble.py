@@ -13,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..schema import PositiveInt
+from robustad_bench.core.schema import PositiveInt
+
 from .base import ATTACKS, Context, keep_best, register_attack
 from .objective import Objective
 from .official import TwoLogits, global_seed

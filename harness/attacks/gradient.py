@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..schema import PositiveInt
+from robustad_bench.core.schema import PositiveInt
+
 from .base import Context, initial_point, keep_best, register_attack
 from .objective import Objective
 from .threat import REQUIRED, ThreatModel

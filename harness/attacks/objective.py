@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
+from robustad_bench.core.errors import UserError
 
 Task = Literal["detection", "localization"]
 TASKS: tuple[str, ...] = ("detection", "localization")

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..schema import PositiveInt
+from robustad_bench.core.schema import PositiveInt
+
 from .base import CellData, Context, register_attack
 from .objective import Objective
 from .threat import REQUIRED, ThreatModel

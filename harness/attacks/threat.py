@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..schema import NonNegative, PositiveInt
+from robustad_bench.core.schema import NonNegative, PositiveInt
 
 if TYPE_CHECKING:
     from .rng import ImageRandom

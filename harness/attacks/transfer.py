@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ..errors import UserError
+from robustad_bench.core.errors import UserError
+
 from .base import ATTACKS, Context, attacks_for, register_attack
 from .objective import Objective
 from .threat import REQUIRED, ThreatModel

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..registry import Registry, admit_subclass
+from robustad_bench.core.registry import Registry, admit_subclass
 
 DATASETS: Registry[type[Dataset]] = Registry("dataset", "robustad_bench.datasets", admit=lambda obj: admit_subclass(Dataset, obj),
                                              expected="a Dataset subclass")

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
+from robustad_bench.core.errors import UserError
+
 from .base import register_dataset
 from .layout import Counts, Download
 from .mvtec import MVTecLayout

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..schema import PositiveInt
+from robustad_bench.core.schema import PositiveInt
+
 from .base import Counts, Dataset, Split, check_categories, digest, register_dataset
 
 CATEGORIES = [str(d) for d in range(10)]

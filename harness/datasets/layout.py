@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import UserError
-from ..paths import resolve_root
-from ..schema import AtLeast
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.paths import resolve_root
+from robustad_bench.core.schema import AtLeast
+
 from .base import Counts, Dataset, Split, digest, resize_mask, to_tensor
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,9 @@ import csv
 from abc import abstractmethod
 from typing import Annotated
 
-from ..errors import UserError
-from ..schema import AtLeast, NonNegativeInt
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.schema import AtLeast, NonNegativeInt
+
 from .base import register_dataset
 from .layout import (
     Counts,

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from ..errors import UserError
-from ..schema import AtLeast
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.schema import AtLeast
+
 from .base import register_dataset
 from .layout import Counts, Download, FolderDataset, Listing, mvtec_index
 

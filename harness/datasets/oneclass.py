@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
-from ..schema import AtLeast
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.schema import AtLeast
+
 from .base import Split, digest, register_dataset
 from .layout import CheckRow, Counts, Download, FolderDataset, Listing
 

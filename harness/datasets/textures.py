@@ -25,8 +25,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ..cache import shareable, temp_name
-from ..schema import PositiveInt
+from robustad_bench.core.files import shareable, temp_name
+from robustad_bench.core.schema import PositiveInt
+
 from .base import Counts, Dataset, Split, check_categories, digest, register_dataset
 from .mvtec import MVTec
 

@@ -14,7 +14,8 @@ import csv
 from functools import cached_property
 from pathlib import Path
 
-from ..errors import UserError
+from robustad_bench.core.errors import UserError
+
 from .base import register_dataset
 from .layout import Counts, Download, FolderDataset, Listing, Sample, listed
 

@@ -118,7 +118,7 @@ def test_a_plugin_clashing_with_a_built_in_is_an_error_naming_both(tmp_path, mon
     site = tmp_path / "site-packages"
     install(site, "clash-plugin", {"robustad_bench.detectors": {"patchcore": "clash_module:PatchCore"}})
     monkeypatch.syspath_prepend(str(site))
-    from robustad_bench.harness.errors import UserError
+    from robustad_bench.core.errors import UserError
 
     try:
         with pytest.raises(UserError, match=r"plugin package 'clash-plugin' registers detector 'patchcore' .*built-in"):

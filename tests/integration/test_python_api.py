@@ -14,8 +14,8 @@ from torch import nn
 
 import robustad_bench
 from robustad_bench.adapters import create_detector
+from robustad_bench.core.errors import UserError
 from robustad_bench.harness.cli import main
-from robustad_bench.harness.errors import UserError
 
 PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "plugin"
 DATA = {"name": "textures", "categories": ["brick"], "image_size": 32, "crop_size": 48, "n_train": 6,

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
+from robustad_bench.core.errors import SuiteErrors
 from robustad_bench.harness.cli import main
-from robustad_bench.harness.errors import SuiteErrors
 from robustad_bench.harness.suite import parse_suite
 
 SUITE = """

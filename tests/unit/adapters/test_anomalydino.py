@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from robustad_bench.adapters import create_detector
 from robustad_bench.adapters.anomalydino import foreground_mask, mean_top_fraction, rotate
-from robustad_bench.harness.errors import UserError
+from robustad_bench.core.errors import UserError
 from robustad_bench.harness.tasks import seeded
 
 SIZE = 56  # 4×4 patches of 14 px

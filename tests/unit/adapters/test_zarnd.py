@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from robustad_bench.adapters import create_detector
-from robustad_bench.harness.errors import UserError
+from robustad_bench.core.errors import UserError
 from robustad_bench.harness.tasks import seeded
 
 SIZE = 64

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from robustad_bench.adapters import AnomalyOutput
+from robustad_bench.core.errors import UserError
 from robustad_bench.harness.attacks import ATTACKS, Objective, project, run_attack
-from robustad_bench.harness.errors import UserError
 
 
 def objective_loss(detector, x, labels, masks, task):
@@ -445,8 +445,8 @@ def test_each_attacks_tiny_configuration_is_valid(name):
 def test_the_norm_is_a_named_value_equal_to_its_string():
     import json
 
+    from robustad_bench.core.schema import BadValue, coerce
     from robustad_bench.harness.attacks.threat import Norm, ThreatModel
-    from robustad_bench.harness.schema import BadValue, coerce
 
     assert coerce("l2", Norm) is Norm.L2 and ThreatModel("linf", 0.1).norm is Norm.LINF  # suites and defaults alike
     assert Norm.LINF == "linf" and {Norm.LINF: 1}["linf"] == 1 and f"{Norm.L2}" == "l2" and json.dumps([Norm.L2]) == '["l2"]'

@@ -9,8 +9,8 @@ import socket
 import numpy as np
 import pytest
 
+from robustad_bench.core.errors import UserError
 from robustad_bench.harness.cache import Cache, read_npz
-from robustad_bench.harness.errors import UserError
 from robustad_bench.harness.results import (
     OutputLock,
     ResultStore,
@@ -169,7 +169,7 @@ def test_a_waiting_run_gets_the_folder_when_the_holder_leaves(tmp_path):
 def test_file_digests_are_remembered_until_the_file_changes(tmp_path):
     import hashlib
 
-    from robustad_bench.harness.cache import file_sha256
+    from robustad_bench.core.files import file_sha256
 
     path, memo = tmp_path / "w.pt", tmp_path / "hashes.json"
     path.write_bytes(b"one")
@@ -183,7 +183,7 @@ def test_files_follow_the_umask_and_orphans_of_killed_writers_are_removed(tmp_pa
     import subprocess
     import sys
 
-    from robustad_bench.harness.cache import UMASK, atomic_write_bytes, remove_orphans
+    from robustad_bench.core.files import UMASK, atomic_write_bytes, remove_orphans
 
     atomic_write_bytes(tmp_path / "a" / "x.json", b"{}")
     assert (tmp_path / "a" / "x.json").stat().st_mode & 0o777 == 0o666 & ~UMASK  # not mkstemp's 0600

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from robustad_bench.core.errors import UserError
 from robustad_bench.harness.datasets import DATASETS
-from robustad_bench.harness.errors import UserError
 
 SMALL = {"image_size": 48, "crop_size": 64, "n_train": 3, "n_test_normal": 2, "n_test_anomalous": 4}
 

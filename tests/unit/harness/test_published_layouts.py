@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from robustad_bench.core.errors import UserError
 from robustad_bench.harness.cli import main
 from robustad_bench.harness.datasets import DATASETS
-from robustad_bench.harness.errors import UserError
 
 SIZE = 20
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from robustad_bench.core.errors import SuiteErrors, UserError
+from robustad_bench.core.schema import parse_float
 from robustad_bench.harness.datacheck import check_suite_data
-from robustad_bench.harness.errors import SuiteErrors, UserError
 from robustad_bench.harness.grid import expand, select
-from robustad_bench.harness.schema import parse_float
 from robustad_bench.harness.suite import load_suite, parse_suite
 
 BASE = {
