@@ -165,13 +165,12 @@ def _last_byte(path: Path) -> bytes:
 
 
 def refuse_links(*folders: Path, key: str = "--out") -> None:
-    """A symbolic link anywhere in an output folder is an error naming it: results, tables and
-    the site are written in place, and a link (``results.jsonl`` → a file elsewhere) would
-    append to or overwrite a file outside the folder."""
+    """A symbolic link inside an output folder is an error naming it: results, tables and the
+    site are written in place, and a link (``results.jsonl`` → a file elsewhere) would append
+    to or overwrite a file outside the folder. The folder itself may be a link (``runs/`` on
+    another disk): what it points to is checked."""
     for folder in folders:
-        if folder.is_symlink():
-            raise UserError(f"{str(folder)!r} is a symbolic link; give the real folder", key=key)
-        for parent, dirs, files in os.walk(folder):  # never into linked folders: they are reported instead
+        for parent, dirs, files in os.walk(folder.resolve()):  # never into linked folders: they are reported instead
             for name in dirs + files:
                 path = Path(parent) / name
                 if path.is_symlink():

@@ -183,3 +183,14 @@ def test_bad_commands_are_exit_2_with_a_message(argv, phrase, tmp_path, capsys):
 
 def test_the_table_has_at_least_forty_cases():
     assert len(SUITES) + len(COMMANDS) + 1 >= 40
+
+
+def test_an_output_folder_that_is_itself_a_link_is_used(tmp_path, capsys):
+    """``runs/`` on another disk is a link users make: only links inside the folder are refused."""
+    files(tmp_path)
+    (tmp_path / "link-to-run").symlink_to(tmp_path / "metrics-string")
+    (tmp_path / "metrics-string" / "results.jsonl").write_text(json.dumps(
+        {"cell_id": "x", "status": "ok", "suite": "s", "detector": "d", "dataset": "t", "category": "c", "attack": "none",
+         "eps": 0.0, "metrics": {}}) + "\n")
+    assert main(["render", str(tmp_path / "link-to-run")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "metrics-string" / "leaderboard.md").is_file()
