@@ -64,8 +64,12 @@ class TaskLock(FileLock):
 
 
 class Cache:
-    def __init__(self, root: str | Path):
+    """The content-addressed cache. ``recompute`` (``--force``) is a mode of the cache, not a
+    parameter of the runner: nothing is read from it, everything computed is written to it."""
+
+    def __init__(self, root: str | Path, *, recompute: bool = False):
         self.root = Path(root).expanduser()
+        self.recompute = recompute
 
     @property
     def data_dir(self) -> Path:
@@ -86,7 +90,7 @@ class Cache:
 
     def load_fit(self, key: str, suite: str | None = None) -> dict[str, Any] | None:
         path = self._fit_path(key)
-        if not path.is_file():
+        if self.recompute or not path.is_file():
             return None
         try:
             artifact = torch.load(path, map_location="cpu", weights_only=True)
@@ -119,7 +123,7 @@ class Cache:
     def load_eval(self, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         folder = self._eval_dir(key)
         row_path, scores_path = folder / "row.json", folder / "scores.npz"
-        if not (row_path.is_file() and scores_path.is_file()):
+        if self.recompute or not (row_path.is_file() and scores_path.is_file()):
             return None
         from .results import arrays_match
         from .rows import row_problem

@@ -193,7 +193,7 @@ class Group:
     sources: dict[str, nn.Module] = field(default_factory=dict)
 
 
-def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, device: str, force: bool, progress: bool,
+def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, device: str, recompute: bool, progress: bool,
               on_cell=None) -> list[tuple[dict, dict | None]]:
     """Fit once and evaluate every cell of one (detector, dataset, category, seed) group.
 
@@ -203,27 +203,27 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
     it is written to the cache.
     """
     device = str(resolve_device(device))
-    cache, results = Cache(cache_root), []
+    cache, results = Cache(cache_root, recompute=recompute), []
     with cache.lock(keys[cells[0].cell_id]):
         try:
-            group = prepare_group(cells[0], keys[cells[0].cell_id], cache, device, force)
+            group = prepare_group(cells[0], keys[cells[0].cell_id], cache, device)
         except Exception as err:  # the whole group fails; other groups still run
             group = err
         for cell in cells:
             row, arrays = ((_failed_row(cell, cell_key(cell, keys), group), None) if isinstance(group, Exception)
-                           else cell_row(cell, group, keys, cache, device, force, progress))
+                           else cell_row(cell, group, keys, cache, device, progress))
             results.append((row, arrays))
             if on_cell is not None:
                 on_cell(row, arrays)
     return results
 
 
-def prepare_group(cell: Cell, fit_key: str, cache: Cache, device: str, force: bool) -> Group:
+def prepare_group(cell: Cell, fit_key: str, cache: Cache, device: str) -> Group:
     """Load the category, fit the detector (or load its fit), derive the clean thresholds;
     ``cell`` is any cell of the group (they share all of this)."""
     dataset = build_dataset(cell.dataset)
     raw_split = hold_out(dataset.load(cell.category, seed=cell.seed, data_dir=cache.data_dir), cell.holdout, cell.seed)
-    detector, split, state = load_or_fit(cell.detector, cell, raw_split, fit_key, cache, device, force)
+    detector, split, state = load_or_fit(cell.detector, cell, raw_split, fit_key, cache, device)
     # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
     size = cell.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
     # from the masks as read (the file's resolution, or the dataset's image_size), so that the
@@ -247,8 +247,8 @@ def prepare_group(cell: Cell, fit_key: str, cache: Cache, device: str, force: bo
     return Group(fitted, thresholds, base, raw_split)
 
 
-def load_or_fit(entry: Entry, cell: Cell, raw_split: Split, key: str, cache: Cache, device: str,
-                force: bool) -> tuple[nn.Module, Split, dict[str, Any]]:
+def load_or_fit(entry: Entry, cell: Cell, raw_split: Split, key: str, cache: Cache,
+                device: str) -> tuple[nn.Module, Split, dict[str, Any]]:
     """The detector of ``entry`` fitted on this category: its fitted state from the cache
     when there (the frozen backbone rebuilt from its name, weights and seed), else fitted
     now and saved without the parts fitting left unchanged."""
@@ -259,7 +259,7 @@ def load_or_fit(entry: Entry, cell: Cell, raw_split: Split, key: str, cache: Cac
     detector.set_category(cell.category)
     resized = raw_split.resized(detector.input_size)
     detector.to(device).eval()
-    state = None if force else cache.load_fit(key, cell.suite)
+    state = cache.load_fit(key, cell.suite)
     if state is not None and not restore_fit(detector, state):
         log.warning("fit artifact %s was made with other initial weights (torch/timm changed?): fitting again", key[:12])
         state = None
@@ -270,13 +270,13 @@ def load_or_fit(entry: Entry, cell: Cell, raw_split: Split, key: str, cache: Cac
     return detector, resized, state
 
 
-def source_for(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str, force: bool) -> nn.Module | None:
+def source_for(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str) -> nn.Module | None:
     """A transfer attack's fitted source detector, loaded once per group. Its fit is not
     locked: it belongs to another group, and waiting on that group's lock could deadlock."""
     if cell.source is None:
         return None
     if cell.source.label not in group.sources:
-        source, _, _ = load_or_fit(cell.source, cell, group.raw_split, keys[source_key(cell.cell_id)], cache, device, force)
+        source, _, _ = load_or_fit(cell.source, cell, group.raw_split, keys[source_key(cell.cell_id)], cache, device)
         target = group.fitted.detector
         if source.input_size != target.input_size:
             raise UserError(f"transfer source {cell.source.label!r} takes {source.input_size} px images but "
@@ -286,17 +286,17 @@ def source_for(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, dev
     return group.sources[cell.source.label]
 
 
-def cell_row(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str, force: bool,
+def cell_row(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str,
                 progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     """One cell's row and arrays: from the cache when a concurrent run finished it while this
     one waited for the group's lock, else evaluated now and saved."""
     key = cell_key(cell, keys)
-    cached = None if force else cache.load_eval(key)
+    cached = cache.load_eval(key)
     if cached is not None:
         row, arrays = cached
         return {**row, **cell_fields(cell), FROM_CACHE: True}, arrays
     try:
-        source = source_for(cell, group, keys, cache, device, force)
+        source = source_for(cell, group, keys, cache, device)
         fields, arrays = evaluate_retrying_smaller(cell, group, device, progress, source)
     except Exception as err:
         return _failed_row(cell, key, err), None
@@ -354,7 +354,7 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
         raise UserError(f"--only {only!r} matches none of the suite's {len(plan)} cells (robustad-bench run --dry-run lists them)"
                         if plan else NO_CELLS,
                         file=suite.file, key="--only" if plan else "attacks")
-    store, cache, report = ResultStore(out_dir), Cache(cache_dir), RunReport()
+    store, cache, report = ResultStore(out_dir), Cache(cache_dir, recompute=force), RunReport()
     fit_keys = group_keys(cells, cache.root / "file-hashes.json")
     groups: dict[str, list[Cell]] = defaultdict(list)
     bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress, file=sys.stderr)
@@ -377,11 +377,11 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
 
     for cell in cells:
         key = cell_key(cell, fit_keys)
-        if not force and store.done(cell.cell_id, key):
+        if not cache.recompute and store.done(cell.cell_id, key):
             report.already_done += 1
             bar.update(1)
             continue
-        cached = None if force else cache.load_eval(key)
+        cached = cache.load_eval(key)
         if cached is not None:
             row, arrays = cached
             store.add({**row, **cell_fields(cell)}, arrays)
@@ -392,7 +392,7 @@ def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, 
 
     if groups:
         deep_check(suite)  # heavy checks (timm names, ...) only when there is model work
-        task = partial(run_group, keys=fit_keys, cache_root=str(cache.root), force=force)
+        task = partial(run_group, keys=fit_keys, cache_root=str(cache.root), recompute=cache.recompute)
         run_backend(task, list(groups.values()), workers=workers, record=keep_row, device=device,
                     options=backend_options or {}, folder=cache.root / "jobs" / backend, progress=progress)
     bar.close()

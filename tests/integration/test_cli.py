@@ -138,6 +138,16 @@ def test_changing_batch_size_recomputes_nothing_and_changes_no_number(ran, tiny_
         assert after[cell_id]["scores_sha256"] == row["scores_sha256"]
 
 
+def test_force_recomputes_every_cell_and_changes_no_number(ran, tiny_suite):
+    """--force is a mode of the cache (nothing read, everything written), not a runner flag."""
+    out, cache = ran
+    before = {r["cell_id"]: r for r in rows(out)}
+    report = run_suite(load_suite(tiny_suite), out_dir=out, cache_dir=cache, progress=False, force=True)
+    assert report.computed == len(before) and report.from_cache == 0 and report.already_done == 0
+    after = {r["cell_id"]: r for r in rows(out)}
+    assert all(after[k]["scores_sha256"] == r["scores_sha256"] and after[k]["metrics"] == r["metrics"] for k, r in before.items())
+
+
 def test_changing_one_attack_recomputes_only_its_cells(ran, tiny_suite, monkeypatch):
     out, cache = ran
     tiny_suite.write_text(tiny_suite.read_text().replace("steps: 2", "steps: 3"))
