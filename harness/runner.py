@@ -236,7 +236,7 @@ def prepare_group(cell: Cell, fit_key: str, cache: Cache, device: str) -> Group:
     thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks) if quantile is None else \
         quantile_thresholds(quantile, held, evaluation_maps(state["holdout_maps"], size), fitted.masks)
     labels = split.labels
-    base = {
+    row_fields = {
         "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()),
         "n_train": int(split.train.shape[0]), "device": device,
         "holdout": {"fraction": cell.holdout, "images": int(split.holdout.shape[0])} if split.holdout is not None else None,
@@ -244,7 +244,7 @@ def prepare_group(cell: Cell, fit_key: str, cache: Cache, device: str) -> Group:
         "weights": getattr(detector, "weights", "unknown"), "fit_seconds": round(fitted.fit_seconds, 3),
         "dataset_fingerprint": dataset.fingerprint(cell.category, seed=cell.seed), "flags": [],
     }
-    return Group(fitted, thresholds, base, raw_split)
+    return Group(fitted, thresholds, row_fields, raw_split)
 
 
 def load_or_fit(entry: Entry, cell: Cell, raw_split: Split, key: str, cache: Cache,
