@@ -78,33 +78,37 @@ def foreground_flip(pc: Tensor, threshold: float, border: float = 0.2) -> Tensor
     return centre.flatten(1).float().sum(1) <= 0.35 * centre[0].numel()
 
 
-def foreground_mask(tokens: Tensor, grid: tuple[int, int], threshold: float, border: float = 0.2) -> Tensor:
-    """The authors' zero-shot foreground mask (B, h, w) from raw patch tokens (B, h*w, C)."""
-    h, w = grid
-    pc = first_component(tokens).view(-1, h, w)
-    mask = torch.where(foreground_flip(pc, threshold, border)[:, None, None], -pc > threshold, pc > threshold)
-    mask = mask.float().unsqueeze(1)
-    mask = F.max_pool2d(mask, 3, stride=1, padding=1)  # dilate
+def dilate_and_close(mask: Tensor) -> Tensor:
+    """The authors' morphology on a (B, h, w) mask in [0, 1]: a 3×3 dilation, then a closing
+    (dilate, erode). Max-pooling, so a soft mask goes through it as the hard one does."""
+    mask = F.max_pool2d(mask.unsqueeze(1), 3, stride=1, padding=1)  # dilate
     mask = F.max_pool2d(mask, 3, stride=1, padding=1)  # close = dilate ...
     mask = -F.max_pool2d(-mask, 3, stride=1, padding=1)  # ... then erode
-    return mask.squeeze(1) > 0.5
+    return mask.squeeze(1)
+
+
+def hard_mask(pc: Tensor, threshold: float, flip: Tensor) -> Tensor:
+    """(B, h, w) bool: the component's foreground side above ``threshold``, then the morphology."""
+    side = torch.where(flip[:, None, None], -pc, pc)
+    return dilate_and_close((side > threshold).float()) > 0.5
+
+
+def foreground_mask(tokens: Tensor, grid: tuple[int, int], threshold: float, border: float = 0.2) -> Tensor:
+    """The authors' zero-shot foreground mask (B, h, w) from raw patch tokens (B, h*w, C)."""
+    pc = first_component(tokens).view(-1, *grid)
+    return hard_mask(pc, threshold, foreground_flip(pc, threshold, border))
 
 
 SOFT_TEMPERATURE = 1.0  # the soft mask's sigmoid width, in standard deviations of the component (0.1 saturated: AUROC 0.20, not 0)
 
 
-def soft_foreground_mask(tokens: Tensor, grid: tuple[int, int], threshold: float, flip: Tensor) -> Tensor:
-    """A differentiable stand-in (B, h, w) for ``foreground_mask``: the same component, side
-    (``flip``) and threshold through a sigmoid, then the same dilation and closing."""
-    h, w = grid
-    pc = first_component(tokens).view(-1, h, w)
+def soft_mask(pc: Tensor, threshold: float, flip: Tensor) -> Tensor:
+    """A differentiable stand-in (B, h, w) for ``hard_mask``: the same side and threshold
+    through a sigmoid (width ``SOFT_TEMPERATURE`` standard deviations of the image's
+    component), then the same morphology."""
     side = torch.where(flip[:, None, None], -pc, pc)
     width = pc.detach().flatten(1).std(dim=1).clamp_min(1e-6)[:, None, None] * SOFT_TEMPERATURE
-    mask = torch.sigmoid((side - threshold) / width).unsqueeze(1)
-    mask = F.max_pool2d(mask, 3, stride=1, padding=1)
-    mask = F.max_pool2d(mask, 3, stride=1, padding=1)
-    mask = -F.max_pool2d(-mask, 3, stride=1, padding=1)
-    return mask.squeeze(1)
+    return dilate_and_close(torch.sigmoid((side - threshold) / width))
 
 
 class StraightThrough(torch.autograd.Function):
@@ -232,14 +236,14 @@ class AnomalyDINO(Detector):
         queries = F.normalize(tokens, dim=-1).reshape(b * n, c)
         l2 = self.memory_bank.distances(queries, k=self.k)  # (B*N, k), unit vectors
         dist = (l2.pow(2).mean(dim=1) / 2).view(b, n)  # cosine distance 1 - cos
-        if self.mask_foreground:
+        if self.mask_foreground:  # the mask is a discrete choice: its exact gradient is 0 a.e.
+            through = self.straight_through and torch.is_grad_enabled() and tokens.requires_grad  # an attack's bpda: true
+            pc = first_component(tokens if through else tokens.detach()).view(b, *self.grid)  # once per image
             with torch.no_grad():
-                keep = foreground_mask(tokens.detach(), self.grid, self.mask_threshold).view(b, n).float()
-            if self.straight_through and torch.is_grad_enabled() and tokens.requires_grad:  # an attack's bpda: true
-                with torch.no_grad():
-                    flip = foreground_flip(first_component(tokens.detach()).view(b, *self.grid), self.mask_threshold)
-                soft = soft_foreground_mask(tokens, self.grid, self.mask_threshold, flip).view(b, n)
-                keep = StraightThrough.apply(keep, soft)
+                flip = foreground_flip(pc, self.mask_threshold)
+                keep = hard_mask(pc, self.mask_threshold, flip).view(b, n).float()
+            if through:  # BPDA: the exact mask forward, the soft one's gradient backward
+                keep = StraightThrough.apply(keep, soft_mask(pc, self.mask_threshold, flip).view(b, n))
             dist = dist * keep
         score = mean_top_fraction(dist, self.top_fraction)
         maps = patch_map(dist.view(b, *self.grid), x.shape[-2:], self.blur_sigma)

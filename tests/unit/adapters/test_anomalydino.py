@@ -142,3 +142,29 @@ def test_masking_hides_the_gradient_and_bpda_breaks_the_unbounded_attack(categor
             results[bpda] = roc_auc_score(split.labels, det(adv).score.numpy())
         assert det.straight_through is False
     assert results[False] >= 0.4 and results[True] <= 0.05, results
+
+
+def test_an_images_bpda_attack_does_not_depend_on_its_batch(data):
+    """The straight-through path is per image (the component, its side and the soft mask's
+    width are each image's own): attacked whole, in pairs or reversed, every image ends with
+    the same adversarial score."""
+    from robustad_bench.harness.attacks import run_attack
+
+    train, test = data
+    det = make(shots=2, masking=True, mask_threshold=0.0)
+    det.fit(train, seed=0)
+    labels = torch.tensor([0, 1, 1])
+
+    def attacked(order: list[int], size: int) -> dict[int, float]:
+        scores = {}
+        for start in range(0, len(order), size):
+            part = order[start:start + size]
+            adv = run_attack("pgd", det, test[part], labels[part], eps=8 / 255, steps=3, bpda=True, images=tuple(part),
+                             threshold=0.5, pixel_threshold=0.5)
+            with torch.no_grad():
+                scores |= dict(zip(part, det(adv).score.tolist()))
+        return scores
+
+    whole = attacked([0, 1, 2], 3)
+    for order, size in (([0, 1, 2], 1), ([2, 0, 1], 2)):
+        assert attacked(order, size) == pytest.approx(whole, abs=1e-5)
