@@ -22,7 +22,7 @@ from robustad_bench.adapters import DETECTORS, AnomalyOutput, Detector
 from robustad_bench.core.errors import UserError
 
 from .datasets import DATASETS, Dataset, Split
-from .results import read_rows
+from .rows import read_rows
 from .suite import parse_suite
 
 

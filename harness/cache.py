@@ -34,6 +34,8 @@ from filelock import FileLock, Timeout
 from robustad_bench.core.errors import UserError
 from robustad_bench.core.files import atomic_write_bytes
 
+from .rows import arrays_match, row_problem
+
 log = logging.getLogger(__name__)
 
 
@@ -125,9 +127,6 @@ class Cache:
         row_path, scores_path = folder / "row.json", folder / "scores.npz"
         if self.recompute or not (row_path.is_file() and scores_path.is_file()):
             return None
-        from .results import arrays_match
-        from .rows import row_problem
-
         try:
             row = json.loads(row_path.read_text())
             arrays = read_npz(scores_path)

@@ -112,16 +112,10 @@ def _read(out: Path) -> dict[str, Any]:
 
 def scores_files(out: Path) -> dict[str, list[int] | None]:
     """Size and mtime of every finished row's ``scores.npz`` (relative path → [size, mtime_ns])."""
-    found = {}
-    for line in (out / "results.jsonl").read_bytes().split(b"\n") if (out / "results.jsonl").is_file() else ():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and row.get("status") == "ok" and isinstance(row.get("cell_id"), str):
-            relative = f"cells/{row['cell_id']}/scores.npz"
-            found[relative] = _file(out / relative)
-    return found
+    from .rows import read_rows
+
+    relative = [f"cells/{row['cell_id']}/scores.npz" for row in read_rows(out / "results.jsonl") if row["status"] == "ok"]
+    return {path: _file(out / path) for path in relative}
 
 
 def finished_rows(suite_file: Path, out: Path) -> int | None:

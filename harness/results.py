@@ -12,7 +12,6 @@ wrote it (``suites.json``): another suite's run into it is an error unless it ap
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,50 +26,10 @@ from robustad_bench.core.errors import UserError
 from robustad_bench.core.files import atomic_write_bytes, process_gone
 
 from .cache import npz_bytes, read_npz
-from .rows import row_problem
+from .rows import arrays_match, read_rows
 from .validity import validity_flags
 
 log = logging.getLogger(__name__)
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """The readable rows of a results file; damaged lines and rows without the fields every
-    reader relies on (``row_problem``) are skipped with a warning naming the line."""
-    rows = []
-    if not path.is_file():
-        return rows
-    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            log.warning("%s:%d: skipping a damaged row (an interrupted write?)", path, n)
-            continue
-        if problem := row_problem(row):
-            log.warning("%s:%d: skipping a row that is not a results row: %s", path, n, problem)
-            continue
-        rows.append(row)
-    return rows
-
-
-def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
-    """sha256 of a cell's ``labels`` and ``scores`` (dtype, shape, bytes): the row records it,
-    so arrays that are not the row's (another cell's file put in their place) are refused."""
-    h = hashlib.sha256()
-    for key in ("labels", "scores"):
-        value = np.ascontiguousarray(arrays[key])
-        h.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
-        h.update(value.tobytes())
-    return h.hexdigest()
-
-
-def arrays_match(row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> bool:
-    """Whether ``arrays`` are the row's own (rows written before the digest existed: trusted)."""
-    if arrays is None or "labels" not in arrays or "scores" not in arrays:
-        return False
-    expected = row.get("scores_sha256")
-    return expected is None or expected == arrays_sha256(arrays)
 
 
 def cell_scores(out_dir: Path, row: dict[str, Any]) -> dict[str, np.ndarray] | None:

@@ -1,14 +1,23 @@
-"""What a results row is, for every reader: the fields readers rely on, and whether it is clean.
+"""What a results row is, for every reader: the fields readers rely on, whether it is clean,
+reading a results file, and the digest that ties a row to its arrays.
 
 Torch-free and import-free within the package, so the validity checks, the results store,
-the cache and the renderer share one definition.
+the cache, the completion stamp and the renderer share one definition.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import math
 import re
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
 
 CELL_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.\-]*")  # what a grid makes: never a path outside cells/
 UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")  # what a file or cell-id part may not hold
@@ -48,3 +57,43 @@ def row_problem(row: Any) -> str | None:
                                             for v in metrics.values()):
         return f"metrics {str(metrics)[:60]!r} is not an object of numbers"
     return None
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The readable rows of a results file; damaged lines and rows without the fields every
+    reader relies on (``row_problem``) are skipped with a warning naming the line."""
+    rows = []
+    if not path.is_file():
+        return rows
+    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            log.warning("%s:%d: skipping a damaged row (an interrupted write?)", path, n)
+            continue
+        if problem := row_problem(row):
+            log.warning("%s:%d: skipping a row that is not a results row: %s", path, n, problem)
+            continue
+        rows.append(row)
+    return rows
+
+
+def arrays_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of a cell's ``labels`` and ``scores`` (dtype, shape, bytes): the row records it,
+    so arrays that are not the row's (another cell's file put in their place) are refused."""
+    h = hashlib.sha256()
+    for key in ("labels", "scores"):
+        value = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def arrays_match(row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> bool:
+    """Whether ``arrays`` are the row's own (rows written before the digest existed: trusted)."""
+    if arrays is None or "labels" not in arrays or "scores" not in arrays:
+        return False
+    expected = row.get("scores_sha256")
+    return expected is None or expected == arrays_sha256(arrays)

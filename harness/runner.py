@@ -42,12 +42,12 @@ from .grid import NO_CELLS, Cell, build_dataset, expand, select
 from .results import (
     OutputLock,
     ResultStore,
-    arrays_sha256,
     claim_folder,
     package_commit,
     refuse_links,
     write_run_info,
 )
+from .rows import arrays_sha256
 from .suite import Entry, Suite, deep_check, threshold_quantile
 from .tasks import (
     Fitted,

@@ -17,8 +17,8 @@ from tabulate import tabulate
 
 from robustad_bench.core.errors import UserError
 from robustad_bench.harness.aggregate import robust_metrics
-from robustad_bench.harness.results import read_rows, read_run_info, refuse_links
-from robustad_bench.harness.rows import is_clean
+from robustad_bench.harness.results import read_run_info, refuse_links
+from robustad_bench.harness.rows import is_clean, read_rows
 
 from .board import Table, eps_text, main_tables, threat_text
 from .compare import Change, changes_markdown, compare, read_board, values, write_board

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from robustad_bench.core.errors import SuiteErrors, UserError
 from robustad_bench.harness.aggregate import robust_metrics
-from robustad_bench.harness.results import read_rows, read_run_info
+from robustad_bench.harness.results import read_run_info
+from robustad_bench.harness.rows import read_rows
 from robustad_bench.harness.suite import read_yaml
 
 from .board import Table, Value, main_tables, rank

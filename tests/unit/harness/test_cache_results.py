@@ -14,11 +14,10 @@ from robustad_bench.harness.cache import Cache, read_npz
 from robustad_bench.harness.results import (
     OutputLock,
     ResultStore,
-    arrays_sha256,
     cell_scores,
     claim_folder,
-    read_rows,
 )
+from robustad_bench.harness.rows import arrays_sha256, read_rows
 
 
 def test_eval_round_trip(tmp_path):
