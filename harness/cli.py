@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -211,28 +210,26 @@ def default_workers(device: str) -> int:
     return max(1, torch.cuda.device_count()) if on_cuda else 1
 
 
-def check_run_arguments(args) -> None:
-    """What the arguments alone can be checked for, before the completion fast path skips the rest."""
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
-        raise UserError(f"--device {args.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N", key="--device")
-    if args.backend not in ("local", "slurm", "ray"):  # the built-in backends; a plugin's is checked on the full path
-        from .backends import BACKENDS
+def run_folders(args) -> tuple[Path, Path]:
+    """``--out`` and ``--cache`` as the run uses them, defaults filled in (torch-free: checked
+    before the completion fast path); a file where a folder must be is an error."""
+    from .complete import default_out
 
-        BACKENDS.get(args.backend, key="--backend")
-    for flag, folder in (("--out", args.out), ("--cache", args.cache)):
-        if folder is not None and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
-            raise UserError(f"{folder!r} is a file; {flag} must be a folder", key=flag)
+    out, cache = Path(args.out or default_out(Path(args.suite))), Path(args.cache or default_cache()).expanduser()
+    for flag, folder in (("--out", out), ("--cache", cache)):
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{str(folder)!r} is a file; {flag} must be a folder", key=flag)
+    return out, cache
 
 
 def cmd_run(args) -> int:
-    from .complete import default_out, finished_rows, stamp_complete
+    from .complete import finished_rows, stamp_complete
 
-    check_run_arguments(args)
-    # an unchanged, complete run: nothing to load — on the default device and backend only (another device or
-    # backend is checked on the full path, which then finds every cell done)
+    out, _ = run_folders(args)
+    # an unchanged, complete run: nothing to load — on the default device and backend only: any other is
+    # checked on the full path (resolve_device, the backend registry), which then finds every cell done
     if not (args.dry_run or args.force or args.only or args.estimate or args.device not in ("auto", "cpu")
             or args.backend != "local" or args.backend_option or args.workers is not None):
-        out = Path(args.out or default_out(Path(args.suite)))
         rows = finished_rows(Path(args.suite), out)
         if rows is not None:
             print(f"{rows} rows in {out / 'results.jsonl'}: 0 computed, 0 from cache, {rows} already done "
@@ -264,12 +261,6 @@ def cmd_run(args) -> int:
         return 0
     if args.estimate:
         raise UserError("--estimate goes with --dry-run (it projects a run's time without running it)", key="--estimate")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {args.workers}")
-    out = Path(args.out or Path("runs") / suite.name)
-    for flag, folder in (("--out", out), ("--cache", Path(args.cache or default_cache()).expanduser())):
-        if folder.exists() and not folder.is_dir():
-            raise UserError(f"{str(folder)!r} is a file; {flag} must be a folder", key=flag)
     report = run_suite(
         suite, out_dir=out, cache_dir=args.cache or default_cache(), device=args.device, only=args.only,
         force=args.force, workers=args.workers or default_workers(args.device), progress=not args.no_progress,
