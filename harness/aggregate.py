@@ -73,42 +73,58 @@ def robust_metrics(out_dir: Path, rows: list[dict]) -> list[dict]:
         for threat, attacked_rows in sorted(group["threats"].items()):
             loaded = [a if a is not None and len(a["scores"]) == len(clean["scores"]) else None
                       for a in (cell_scores(out_dir, r) for r in attacked_rows)]
-            arrays = [a for a in loaded if a is not None]
-            if not arrays:
+            kept = [(r, a) for r, a in zip(attacked_rows, loaded) if a is not None]
+            if not kept:
                 continue
-            names = [r.get("attack_label") or r["attack"] for r, a in zip(attacked_rows, loaded) if a is not None]
+            names = candidate_names([r for r, _ in kept])
             records.append({**dict(zip(GROUP, key)), "norm": threat[0], "eps": threat[1], "attacks": sorted(set(names)),
-                            **worst_case_metrics(clean, arrays, names)})
+                            **worst_case_metrics(clean, [a for _, a in kept], names,
+                                                 [group["clean"], *(r for r, _ in kept)])})
     return records
 
 
+def candidate_names(rows: list[dict]) -> list[str]:
+    """What the record calls each attacked row's map: its attack label, with its cell id where
+    two rows of one threat model share a label (e.g. PGD at 5 and at 25 steps)."""
+    labels = [r.get("attack_label") or r["attack"] for r in rows]
+    return [label if labels.count(label) == 1 else f"{label} ({r['cell_id']})" for label, r in zip(labels, rows)]
+
+
 def worst_case_metrics(clean: dict[str, np.ndarray], attacked: list[dict[str, np.ndarray]],
-                       names: list[str] | None = None) -> dict[str, Any]:
+                       names: list[str] | None = None, rows: list[dict] | None = None) -> dict[str, Any]:
     """Robust image AUROC (per-image worst case), pixel AUROC and AUPRO (one candidate map per
     image), and for the pixel metrics the candidate each image took (``names``: the attacks',
-    in ``attacked`` order; the clean map is ``"none"``)."""
+    in ``attacked`` order; the clean map is ``"none"``). ``rows`` (the clean row, then the
+    attacked ones) give each single candidate's own pixel metrics, computed from the same
+    saved maps when the cell ran: they are read, not computed again."""
     labels = clean["labels"]
     scores = worst_case(labels, clean["scores"], [a["scores"] for a in attacked])
     out = {"robust_image_auroc": METRICS.get("image_auroc")(labels, scores), "robust_pixel_auroc": None, "robust_aupro": None}
-    with_maps = [(name, a["maps"]) for name, a in zip(names or [str(i) for i in range(len(attacked))], attacked) if "maps" in a]
+    names = names or [str(i) for i in range(len(attacked))]
+    rows = rows or [{}] * (len(attacked) + 1)
+    with_maps = [(name, a["maps"], row) for name, a, row in zip(names, attacked, rows[1:]) if "maps" in a]
     if "maps" in clean and "masks" in clean and with_maps:
         masks = clean["masks"]
-        candidates = [("none", clean["maps"]), *with_maps]
-        stack = np.stack([m for _, m in candidates]).astype(np.float32)  # (K, N, h, w)
-        out |= realizable_pixel_metrics(labels, scores, stack, masks, [n for n, _ in candidates])
+        candidates = [("none", clean["maps"], rows[0]), *with_maps]
+        stack = np.stack([m for _, m, _ in candidates]).astype(np.float32)  # (K, N, h, w)
+        known = [row.get("metrics") or {} for _, _, row in candidates]
+        out |= realizable_pixel_metrics(labels, scores, stack, masks, [n for n, _, _ in candidates], known)
     return out
 
 
 def realizable_pixel_metrics(labels: np.ndarray, scores: np.ndarray, stack: np.ndarray, masks: np.ndarray,
-                             names: list[str]) -> dict[str, Any]:
+                             names: list[str], known: list[dict] | None = None) -> dict[str, Any]:
     """Pixel AUROC and AUPRO, each the lowest over the greedy selection and every single
-    candidate, with the per-image choice that gives it."""
+    candidate (its value from ``known`` where its row has it), with the per-image choice that
+    gives it."""
     options = {f"all {name}": np.full(stack.shape[1], k) for k, name in enumerate(names)}
     options["per-image selection"] = select_maps(stack, masks)
+    single = {f"all {name}": values for name, values in zip(names, known or [{}] * len(names))}
     out = {}
     for metric, key in (("pixel_auroc", "robust_pixel_auroc"), ("aupro", "robust_aupro")):
-        values = {how: METRICS.get(metric)(labels, scores, maps=chosen_maps(stack, pick), masks=masks)
-                  for how, pick in options.items()}
+        values = {how: single.get(how, {}).get(metric) for how in options}
+        values |= {how: METRICS.get(metric)(labels, scores, maps=chosen_maps(stack, pick), masks=masks)
+                   for how, pick in options.items() if values[how] is None}
         values = {how: v for how, v in values.items() if v is not None}
         if not values:
             out |= {key: None, f"{key}_choice": None}

@@ -287,3 +287,20 @@ def test_submit_refuses_to_overwrite_another_entry_and_render_refuses_broken_one
     assert main(["render", str(run), "--entries", str(entries)]) == 2
     err = capsys.readouterr().err
     assert "is a file; --out must be a folder" in err and "is not a robustad-bench entry file" in err and "Traceback" not in err
+
+
+def test_two_attacks_with_one_label_at_one_threat_model_are_both_candidates(tmp_path):
+    """PGD at 5 and at 25 steps share the label 'pgd': each is a candidate of its own (once,
+    one shadowed the other), so the published value is never above the stronger one."""
+    masks = np.zeros((2, 2, 4), np.uint8)
+    masks[:, :, 0] = 1
+    clean = np.tile(np.array([0.9, 0.5, 0.5, 0.5]), (2, 2, 1))
+    weak, strong = clean.copy(), clean.copy()
+    weak[:, :, 0] = 0.6
+    strong[:, :, 0] = 0.3  # below every normal pixel: pixel AUROC 0
+    rows = pixel_run(tmp_path, {"none": clean, "pgd-5": weak, "pgd-25": strong}, masks)
+    for row in rows[1:]:
+        row["attack_label"] = "pgd"
+    (record,) = robust_metrics(tmp_path, rows)
+    assert record["robust_pixel_auroc"] == pytest.approx(0.0)
+    assert set(record["robust_pixel_auroc_choice"]["images"]) <= {"none", "pgd (pgd-5)", "pgd (pgd-25)"}
