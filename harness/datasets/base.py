@@ -6,6 +6,7 @@ import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robustad_bench.core.registry import Registry, admit_subclass
-
-DATASETS: Registry[type[Dataset]] = Registry("dataset", "robustad_bench.datasets", admit=lambda obj: admit_subclass(Dataset, obj),
-                                             expected="a Dataset subclass")
-register_dataset = DATASETS.register
 
 
 @dataclass
@@ -103,6 +100,11 @@ class Dataset(ABC):
     def check(self, category: str):
         """The category's ``data check`` row (``layout.CheckRow``); None: nothing to check (generated data)."""
         return None
+
+
+DATASETS: Registry[type[Dataset]] = Registry("dataset", "robustad_bench.datasets", admit=partial(admit_subclass, Dataset),
+                                             expected="a Dataset subclass")
+register_dataset = DATASETS.register
 
 
 def digest(obj: object) -> str:
