@@ -212,19 +212,22 @@ def patchguard_training(config: dict, split, device: torch.device, steps: int = 
 def project(suite_file: Path, measured: dict[str, Measured], device: torch.device, memo: Path) -> tuple[float, int, int, int]:
     """(projected seconds, cells, cells of unknown size, cells of detectors not measured) of a
     suite with the measured costs."""
+    from dataclasses import replace
+
     from robustad_bench.harness.estimate import Cost, estimate
-    from robustad_bench.harness.grid import expand
+    from robustad_bench.harness.plan import make_plan
     from robustad_bench.harness.suite import load_suite
 
-    every = expand(load_suite(suite_file, deep=False))
-    cells = [c for c in every if c.detector.name in measured and (c.source is None or c.source.name in measured)]
+    plan = make_plan(load_suite(suite_file, deep=False), keyed=False)  # the cells, without the data
+    every = plan.tasks
+    tasks = tuple(t for t in every if t.fit.detector.name in measured and (t.source is None or t.source.detector.name in measured))
 
     def cost_of(entry, batch_size, n_train):
         m = measured[entry.name]
         return Cost(m.forward, m.gradient, m.fit / m.n_train, batch_size, None, None)
 
-    lines, _, fits = estimate(cells, device, cost_of=cost_of, memo=memo)
-    return sum(ln.seconds for ln in lines) + sum(fits.values()), len(every), sum(ln.unknown for ln in lines), len(every) - len(cells)
+    lines, _, fits = estimate(replace(plan, tasks=tasks), device, cost_of=cost_of, memo=memo)
+    return sum(ln.seconds for ln in lines) + sum(fits.values()), len(every), sum(ln.unknown for ln in lines), len(every) - len(tasks)
 
 
 def hours(seconds: float) -> str:

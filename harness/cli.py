@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import json
 import logging
 import math
 import os
@@ -165,17 +164,15 @@ def human(size: int) -> str:
 
 def cmd_validate(args) -> int:
     from .datacheck import check_suite_data
-    from .grid import NO_CELLS, expand
+    from .plan import make_plan
     from .suite import load_suite
 
     suite = load_suite(args.suite)
     notes = check_suite_data(suite, defer_unreachable=True)
-    cells = expand(suite)
-    if not cells:
-        raise UserError(NO_CELLS, file=args.suite, key="attacks")
+    plan = make_plan(suite, keyed=False)  # raises when the suite resolves to no cell
     for note in notes:
         print(f"note: {note}")
-    print(f"{args.suite}: ok ({len(cells)} cells)")
+    print(f"{args.suite}: ok ({len(plan.cell_ids)} cells)")
     return 0
 
 
@@ -238,27 +235,26 @@ def cmd_run(args) -> int:
             return 0
 
     from .backends import parse_options
-    from .runner import dry_run, run_suite
+    from .runner import run_suite
     from .suite import load_suite
 
-    suite = load_suite(args.suite, deep=False)  # run_suite deep-checks when it has work to do
     if args.dry_run:
-        cells = dry_run(suite, args.only)
-        for cell in cells:
-            print(cell.cell_id)
-        fits = {json.dumps(c.fit_config(), sort_keys=True, default=str) for c in cells}
-        fits |= {json.dumps({**c.fit_config(), "detector": c.source.config()}, sort_keys=True, default=str) for c in cells if c.source}
-        print(f"{len(cells)} cells, {len(fits)} fit tasks")
+        from .plan import make_plan
+
+        suite = load_suite(args.suite)  # --estimate probes the detectors: their names must resolve
+        plan = make_plan(suite, args.only, keyed=False)  # the cells and fits, without reading the data
+        for task in plan.tasks:
+            print(task.cell_id)
+        print(f"{len(plan.tasks)} cells, {len(plan.fits())} fit tasks")
         if args.estimate:
             from .estimate import estimate, report
             from .runner import resolve_device
-            from .suite import deep_check
 
             device = resolve_device(args.device)
-            deep_check(suite)  # the probe builds the detectors: their names must resolve
             memo = Path(args.cache or default_cache()).expanduser() / "passes.json"  # pass counts, kept between runs
-            print(report(*estimate(cells, device, memo=memo), device))
+            print(report(*estimate(plan, device, memo=memo), device))
         return 0
+    suite = load_suite(args.suite, deep=False)  # run_suite checks the rest (data, components) before its plan
     if args.estimate:
         raise UserError("--estimate goes with --dry-run (it projects a run's time without running it)", key="--estimate")
     report = run_suite(
@@ -274,7 +270,7 @@ def cmd_run(args) -> int:
         md, site, _ = render(out)
         print(f"leaderboard: {md}  site: {site}")
         if not (args.only or report.user_errors or report.failed):
-            stamp_complete(Path(args.suite), out, len(report.rows))
+            stamp_complete(Path(args.suite), out, len(report.rows), report.plan)
     for line in report.user_errors + report.failed:
         print(f"FAILED {line}", file=sys.stderr)
     if report.user_errors:

@@ -5,7 +5,8 @@ folder: per suite file, everything the cells' keys and the rendered site depend 
 be read without torch — the suite file's bytes, the package version, each dataset root's
 file list and sizes (what the fit keys fingerprint), the checkpoint files the detectors
 name, the submitted entries the site merges, and ``results.jsonl`` as written. A rerun
-whose stamp still matches has nothing to compute and nothing to render: the CLI says so
+whose stamp still matches, and whose rows still hold every cell of the plan under the key
+the plan gave it, has nothing to compute and nothing to render: the CLI says so
 and exits 0 before importing torch. Any difference, ``--force``, ``--only`` or a missing
 site takes the full path, which checks every cell as before. A run that writes into the
 folder drops the stamp first.
@@ -112,10 +113,15 @@ def _read(out: Path) -> dict[str, Any]:
 
 def scores_files(out: Path) -> dict[str, list[int] | None]:
     """Size and mtime of every finished row's ``scores.npz`` (relative path → [size, mtime_ns])."""
+    relative = [f"cells/{cell_id}/scores.npz" for cell_id in finished_keys(out)]
+    return {path: _file(out / path) for path in relative}
+
+
+def finished_keys(out: Path) -> dict[str, str]:
+    """cell id → config hash of every finished row in ``out/results.jsonl``."""
     from .rows import read_rows
 
-    relative = [f"cells/{row['cell_id']}/scores.npz" for row in read_rows(out / "results.jsonl") if row["status"] == "ok"]
-    return {path: _file(out / path) for path in relative}
+    return {row["cell_id"]: row["config_hash"] for row in read_rows(out / "results.jsonl") if row["status"] == "ok"}
 
 
 def finished_rows(suite_file: Path, out: Path) -> int | None:
@@ -126,19 +132,24 @@ def finished_rows(suite_file: Path, out: Path) -> int | None:
         return None
     if stamp(suite_file, out) != recorded["stamp"] or not isinstance(recorded.get("scores"), dict):
         return None
+    finished = finished_keys(out)
+    if not isinstance(recorded.get("plan"), dict) or any(finished.get(c) != k for c, k in recorded["plan"].items()):
+        return None  # a cell of the plan has no finished row of its key
     if any(state is None or _file(out / relative) != state for relative, state in recorded["scores"].items()):
         return None  # deleted, replaced or damaged arrays: the full path checks and recomputes them
     return int(recorded["rows"])
 
 
-def stamp_complete(suite_file: Path, out: Path, rows: int) -> None:
-    """Stamp ``out`` as holding the complete run of ``suite_file`` (after its results and site are written)."""
+def stamp_complete(suite_file: Path, out: Path, rows: int, plan: dict[str, str]) -> None:
+    """Stamp ``out`` as holding the complete run of ``suite_file`` (after its results and site
+    are written): ``plan`` maps each of its cells to its key (``EvalTask.key``)."""
     from robustad_bench.core.files import atomic_write_bytes
 
     current = stamp(suite_file, out)
     if current is None:
         return
-    stamps = _read(out) | {str(suite_file.resolve()): {"stamp": current, "rows": rows, "scores": scores_files(out)}}
+    stamps = _read(out) | {str(suite_file.resolve()): {"stamp": current, "rows": rows, "scores": scores_files(out),
+                                                       "plan": plan}}
     atomic_write_bytes(out / STAMP, json.dumps(stamps, indent=1).encode())
 
 

@@ -36,7 +36,8 @@ from robustad_bench.core.files import atomic_write_bytes
 from . import __version__
 from .attacks import CellData, Context, prepare_attack
 from .datasets.base import digest
-from .grid import Cell, build_dataset
+from .grid import Cell
+from .plan import Plan
 from .tasks import CountingDetector, seeded
 
 log = logging.getLogger(__name__)
@@ -227,10 +228,10 @@ class Line:
     error: str | None = None
 
 
-def estimate(cells: list[Cell], device: torch.device, cost_of: Callable[..., Cost] | None = None,
+def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | None = None,
              memo: Path | None = None) -> tuple[list[Line], dict[str, Cost], dict[str, float]]:
-    """Per (detector, attack) projected seconds, the costs per detector label and the fit
-    seconds per detector label. ``cost_of(entry, batch_size, n_train)`` gives a detector
+    """Per (detector, attack) projected seconds of the plan's tasks, the costs per detector
+    label and the fit seconds per detector label. ``cost_of(entry, batch_size, n_train)`` gives a detector
     entry's cost (default: ``probe`` it on ``device``); ``memo`` (a JSON file) keeps the
     pass counts between runs."""
     cost_of = cost_of or partial(probe, device=device)
@@ -238,12 +239,10 @@ def estimate(cells: list[Cell], device: torch.device, cost_of: Callable[..., Cos
     passes = read_memo(memo)
     costs: dict[str, Cost] = {}
     lines: dict[tuple[str, str], Line] = {}
-    fits: dict[str, float] = defaultdict(float)
-    fitted = set()
-    for cell in cells:
+    for cell in (task.cell for task in plan.tasks):
         group = (json.dumps(cell.dataset.config(), sort_keys=True, default=str), cell.category)
         if group not in counts:
-            counts[group] = build_dataset(cell.dataset).counts(cell.category)
+            counts[group] = plan.dataset(cell.dataset).counts(cell.category)
         count = counts[group]
         for entry in (cell.detector, cell.source) if cell.source is not None else (cell.detector,):
             if entry.label not in costs:
@@ -269,10 +268,13 @@ def estimate(cells: list[Cell], device: torch.device, cost_of: Callable[..., Cos
         line.images += n_test
         line.seconds += n_test * (p.gradient * cost.gradient + p.forward * cost.forward
                                   + p.source_gradient * source.gradient + p.source_forward * source.forward) + scoring
-        fit_group = (cell.detector.label, *group, cell.seed)
-        if fit_group not in fitted:
-            fitted.add(fit_group)
-            fits[cell.detector.label] += cost.fit_fixed + count.train * cost.fit_per_image + n_test * cost.forward
+    fits: dict[str, float] = defaultdict(float)
+    for fit in plan.fits():  # each once, transfer sources included
+        count = counts[(json.dumps(fit.dataset.config(), sort_keys=True, default=str), fit.category)]
+        if count is not None:
+            cost = costs[fit.detector.label]
+            fits[fit.detector.label] += (cost.fit_fixed + count.train * cost.fit_per_image
+                                         + (count.test_normal + count.test_anomalous) * cost.forward)
     return list(lines.values()), costs, dict(fits)
 
 

@@ -17,7 +17,7 @@ from .attacks.threat import Norm
 from .datasets import DATASETS, Dataset
 from .datasets.base import digest
 from .rows import safe_part
-from .suite import Entry, Suite, expand_attack
+from .suite import Entry, Suite, expand_attack, threshold_quantile
 from .validity import validity_points
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,11 @@ class Cell:
     @property
     def knowledge(self) -> str:
         return self.spec.knowledge(self.objective)
+
+    @property
+    def quantile(self) -> float | None:
+        """Q of the ``normal-quantile:Q`` threshold rule; None for ``oracle`` (checked when the suite loaded)."""
+        return threshold_quantile(self.threshold)
 
     def fit_config(self) -> dict[str, Any]:
         config = {"detector": self.detector.config(), "dataset": self.dataset.config(), "category": self.category, "seed": self.seed}
@@ -95,7 +100,10 @@ def build_dataset(entry: Entry) -> Dataset:
     return DATASETS.get(entry.name)(**entry.kwargs)
 
 
-def expand(suite: Suite) -> list[Cell]:
+def expand(suite: Suite, datasets: dict[str, Dataset] | None = None) -> list[Cell]:
+    """Every cell of ``suite`` in order; ``datasets`` (entry config digest → built dataset)
+    saves building them again."""
+    datasets = datasets or {digest(entry.config()): build_dataset(entry) for entry in suite.datasets}
     cells = []
     attacks = [resolve_attack(a, p) for a in suite.attacks for p in expand_attack(a)]
     if suite.validity:  # the cells the validity checks need, unless the suite has them already
@@ -110,7 +118,7 @@ def expand(suite: Suite) -> list[Cell]:
             for ds_entry in suite.datasets:
                 if ds_entry.detectors and det.label not in ds_entry.detectors:
                     continue  # the dataset entry restricts its detectors (e.g. one-class sets for ZARND)
-                dataset = build_dataset(ds_entry)
+                dataset = datasets[digest(ds_entry.config())]
                 for category in dataset.categories:
                     for attack in attacks:
                         if attack.kwargs.get("objective") == "localization" and not dataset.has_masks:

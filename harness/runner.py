@@ -1,13 +1,8 @@
-"""Plan and run a suite: group cells by fit, skip what is done, compute the rest, keep everything.
+"""Run a suite's plan: skip what is done, compute the rest by fit group, keep everything.
 
-Keys (sha256 of canonical JSON):
-- fit key  = detector config + adapter version, dataset config + fingerprint, category,
-             seed, package version;
-- cell key = fit key + resolved attack config + saved map size (reported as
-             ``config_hash``); not the batch size, on which no number depends (rows
-             record the batch size used).
-A rerun of a finished suite reads rows only; cells evaluated before under another output
-folder come from the cache; only missing cells do model work.
+The plan (``plan.py``) says what runs and under which keys. A rerun of a finished suite
+reads rows only; cells evaluated before under another output folder come from the cache;
+only missing cells do model work.
 """
 
 from __future__ import annotations
@@ -18,8 +13,7 @@ import re
 import sys
 import time
 import traceback
-from collections import defaultdict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,15 +24,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustad_bench.core.errors import UserError
-from robustad_bench.core.files import file_sha256, remove_orphans
+from robustad_bench.core.files import remove_orphans
 
 from . import __version__
 from .backends import BACKENDS, check_backend
 from .cache import Cache
 from .complete import forget
 from .datacheck import check_suite_data
-from .datasets.base import Split, digest
-from .grid import NO_CELLS, Cell, build_dataset, expand, select
+from .datasets.base import Split
+from .grid import Cell, build_dataset
+from .plan import CACHED, TODO, EvalTask, Plan, groups, make_plan, status
 from .results import (
     OutputLock,
     ResultStore,
@@ -48,7 +43,7 @@ from .results import (
     write_run_info,
 )
 from .rows import arrays_sha256
-from .suite import Entry, Suite, deep_check, threshold_quantile
+from .suite import Entry, Suite, deep_check
 from .tasks import (
     Fitted,
     Thresholds,
@@ -75,6 +70,7 @@ class RunReport:
     already_done: int = 0  # cells whose row was already in the output folder
     failed: list[str] = field(default_factory=list)
     user_errors: list[str] = field(default_factory=list)
+    plan: dict[str, str] = field(default_factory=dict)  # cell id → key of every task the run was asked for
 
 
 def resolve_device(device: str) -> torch.device:
@@ -108,54 +104,6 @@ def distribution_version(*names: str) -> str:
     return "not installed"
 
 
-def weight_files(config: dict[str, Any], hashes: Path | None) -> dict[str, str]:
-    """key → sha256 for every detector argument that names an existing file (a checkpoint):
-    replacing the file changes the fit key, so no number of the old weights is served."""
-    files = {k: Path(v).expanduser() for k, v in config.items() if isinstance(v, str) and v and Path(v).expanduser().is_file()}
-    return {k: file_sha256(path, hashes) for k, path in sorted(files.items())}
-
-
-def group_keys(cells: list[Cell], hashes: Path | None = None) -> dict[str, str]:
-    """Fit key per cell id, computing each dataset fingerprint once per fit group;
-    ``hashes`` remembers checkpoint digests between runs."""
-    from robustad_bench.adapters import DETECTORS
-
-    keys, memo = {}, {}
-
-    def fit_key(cell: Cell) -> str:
-        group = digest(cell.fit_config())
-        if group not in memo:
-            dataset = build_dataset(cell.dataset)
-            memo[group] = digest({
-                **cell.fit_config(),
-                "detector_version": DETECTORS.get(cell.detector.name).version,
-                "dataset_version": dataset.version,
-                "dataset_fingerprint": dataset.fingerprint(cell.category, seed=cell.seed),
-                "weight_files": weight_files(cell.detector.kwargs, hashes),
-                "package": __version__,
-            })
-        return memo[group]
-
-    for cell in cells:
-        keys[cell.cell_id] = fit_key(cell)
-        if cell.source is not None:  # a transfer attack's source is fitted on the same data
-            keys[source_key(cell.cell_id)] = fit_key(replace(cell, detector=cell.source, source=None))
-    return keys
-
-
-def source_key(cell_id: str) -> str:
-    return f"{cell_id}#source"
-
-
-def cell_key(cell: Cell, keys: dict[str, str]) -> str:
-    config = {"fit": keys[cell.cell_id], "attack": cell.attack.config(), "map_size": cell.map_size}  # no batch_size: see Cell.config
-    if cell.threshold != "oracle":
-        config["threshold"] = cell.threshold
-    if cell.source is not None:
-        config["source_fit"] = keys[source_key(cell.cell_id)]
-    return digest(config)
-
-
 def cell_fields(cell: Cell) -> dict[str, Any]:
     """The row fields that say which cell this is (contract: DESIGN §5)."""
     kw = cell.attack.kwargs
@@ -173,9 +121,9 @@ def cell_fields(cell: Cell) -> dict[str, Any]:
     }
 
 
-def _failed_row(cell: Cell, key: str, err: BaseException) -> dict[str, Any]:
+def _failed_row(task: EvalTask, err: BaseException) -> dict[str, Any]:
     return {
-        **cell_fields(cell), "status": "failed", "config_hash": key, "metrics": {}, "flags": [],
+        **cell_fields(task.cell), "status": "failed", "config_hash": task.key(), "metrics": {}, "flags": [],
         "error": f"{err.__class__.__name__}: {err}", "user_error": isinstance(err, UserError),
         "_traceback": "".join(traceback.format_exception(err)),
     }
@@ -193,7 +141,7 @@ class Group:
     sources: dict[str, nn.Module] = field(default_factory=dict)
 
 
-def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, device: str, recompute: bool, progress: bool,
+def run_group(tasks: list[EvalTask], *, cache_root: str, device: str, recompute: bool, progress: bool,
               on_cell=None) -> list[tuple[dict, dict | None]]:
     """Fit once and evaluate every cell of one (detector, dataset, category, seed) group.
 
@@ -204,26 +152,27 @@ def run_group(cells: list[Cell], keys: dict[str, str], *, cache_root: str, devic
     """
     device = str(resolve_device(device))
     cache, results = Cache(cache_root, recompute=recompute), []
-    with cache.lock(keys[cells[0].cell_id]):
+    with cache.lock(tasks[0].fit.key()):
         try:
-            group = prepare_group(cells[0], keys[cells[0].cell_id], cache, device)
+            group = prepare_group(tasks[0], cache, device)
         except Exception as err:  # the whole group fails; other groups still run
             group = err
-        for cell in cells:
-            row, arrays = ((_failed_row(cell, cell_key(cell, keys), group), None) if isinstance(group, Exception)
-                           else cell_row(cell, group, keys, cache, device, progress))
+        for task in tasks:
+            row, arrays = ((_failed_row(task, group), None) if isinstance(group, Exception)
+                           else cell_row(task, group, cache, device, progress))
             results.append((row, arrays))
             if on_cell is not None:
                 on_cell(row, arrays)
     return results
 
 
-def prepare_group(cell: Cell, fit_key: str, cache: Cache, device: str) -> Group:
+def prepare_group(task: EvalTask, cache: Cache, device: str) -> Group:
     """Load the category, fit the detector (or load its fit), derive the clean thresholds;
-    ``cell`` is any cell of the group (they share all of this)."""
-    dataset = build_dataset(cell.dataset)
+    ``task`` is any task of the group (they share all of this)."""
+    cell, fit = task.cell, task.fit
+    dataset = build_dataset(cell.dataset)  # in the worker that runs the group: the plan's datasets stay where it was made
     raw_split = hold_out(dataset.load(cell.category, seed=cell.seed, data_dir=cache.data_dir), cell.holdout, cell.seed)
-    detector, split, state = load_or_fit(cell.detector, cell, raw_split, fit_key, cache, device)
+    detector, split, state = load_or_fit(cell.detector, cell, raw_split, fit.key(), cache, device)
     # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
     size = cell.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
     # from the masks as read (the file's resolution, or the dataset's image_size), so that the
@@ -232,17 +181,16 @@ def prepare_group(cell: Cell, fit_key: str, cache: Cache, device: str) -> Group:
     held = state["holdout_scores"].numpy() if "holdout_scores" in state else None
     fitted = Fitted(detector, split, state["clean_scores"].numpy(), evaluation_maps(state["clean_maps"], size),
                     masks if detector.localization else None, float(state["fit_seconds"]), size, held)
-    quantile = threshold_quantile(cell.threshold)
-    thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks) if quantile is None else \
-        quantile_thresholds(quantile, held, evaluation_maps(state["holdout_maps"], size), fitted.masks)
+    thresholds = clean_thresholds(split.labels, fitted.clean_scores, fitted.clean_maps, masks) if cell.quantile is None else \
+        quantile_thresholds(cell.quantile, held, evaluation_maps(state["holdout_maps"], size), fitted.masks)
     labels = split.labels
     row_fields = {
         "n_normal": int((labels == 0).sum()), "n_anomalous": int(labels.sum()),
         "n_train": int(split.train.shape[0]), "device": device,
         "holdout": {"fraction": cell.holdout, "images": int(split.holdout.shape[0])} if split.holdout is not None else None,
-        "versions": {**_versions(), "detector": detector.version, "dataset": dataset.version},
+        "versions": {**_versions(), "detector": fit.detector_version, "dataset": fit.dataset_version},
         "weights": getattr(detector, "weights", "unknown"), "fit_seconds": round(fitted.fit_seconds, 3),
-        "dataset_fingerprint": dataset.fingerprint(cell.category, seed=cell.seed), "flags": [],
+        "dataset_fingerprint": fit.fingerprint, "flags": [],
     }
     return Group(fitted, thresholds, row_fields, raw_split)
 
@@ -270,13 +218,14 @@ def load_or_fit(entry: Entry, cell: Cell, raw_split: Split, key: str, cache: Cac
     return detector, resized, state
 
 
-def source_for(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str) -> nn.Module | None:
+def source_for(task: EvalTask, group: Group, cache: Cache, device: str) -> nn.Module | None:
     """A transfer attack's fitted source detector, loaded once per group. Its fit is not
     locked: it belongs to another group, and waiting on that group's lock could deadlock."""
-    if cell.source is None:
+    cell = task.cell
+    if task.source is None:
         return None
     if cell.source.label not in group.sources:
-        source, _, _ = load_or_fit(cell.source, cell, group.raw_split, keys[source_key(cell.cell_id)], cache, device)
+        source, _, _ = load_or_fit(cell.source, cell, group.raw_split, task.source.key(), cache, device)
         target = group.fitted.detector
         if source.input_size != target.input_size:
             raise UserError(f"transfer source {cell.source.label!r} takes {source.input_size} px images but "
@@ -286,22 +235,21 @@ def source_for(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, dev
     return group.sources[cell.source.label]
 
 
-def cell_row(cell: Cell, group: Group, keys: dict[str, str], cache: Cache, device: str,
-                progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+def cell_row(task: EvalTask, group: Group, cache: Cache, device: str,
+             progress: bool) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
     """One cell's row and arrays: from the cache when a concurrent run finished it while this
     one waited for the group's lock, else evaluated now and saved."""
-    key = cell_key(cell, keys)
-    cached = cache.load_eval(key)
-    if cached is not None:
-        row, arrays = cached
+    cell = task.cell
+    state, row, arrays = status(task, cache)
+    if state == CACHED:
         return {**row, **cell_fields(cell), FROM_CACHE: True}, arrays
     try:
-        source = source_for(cell, group, keys, cache, device)
+        source = source_for(task, group, cache, device)
         fields, arrays = evaluate_retrying_smaller(cell, group, device, progress, source)
     except Exception as err:
-        return _failed_row(cell, key, err), None
-    row = {**cell_fields(cell), "status": "ok", "config_hash": key, **group.row_fields, **fields, "scores_sha256": arrays_sha256(arrays)}
-    cache.save_eval(key, row, arrays)
+        return _failed_row(task, err), None
+    row = {**cell_fields(cell), "status": "ok", "config_hash": task.key(), **group.row_fields, **fields, "scores_sha256": arrays_sha256(arrays)}
+    cache.save_eval(task.key(), row, arrays)
     return row, arrays
 
 
@@ -330,81 +278,70 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
               force: bool = False, workers: int = 1, progress: bool = True, backend: str = "local",
               backend_options: dict[str, Any] | None = None, append: bool = False, wait: bool = False) -> RunReport:
     """Run (or resume) ``suite`` into ``out_dir``, which this run holds alone while it writes
-    (``wait``: queue behind another run); ``append`` shares the folder with other suites."""
+    (``wait``: queue behind another run); ``append`` shares the folder with other suites.
+    Everything is checked before the plan is made, and the plan before any model work."""
     resolve_device(device)  # fail early on an impossible device
     run_backend = BACKENDS.get(backend, key="--backend")
     check_backend(backend, backend_options or {})  # before any work, not when there is work
     for note in check_suite_data(suite, defer_unreachable=False):  # raises on a layout problem, before any compute
         log.warning("%s", note)
+    deep_check(suite)  # the components' own checks (timm names, ...)
     refuse_links(Path(out_dir))
+    cache = Cache(cache_dir, recompute=force)
+    plan = make_plan(suite, only, hashes=cache.root / "file-hashes.json")
     with OutputLock(Path(out_dir), wait=wait):
         claim_folder(Path(out_dir), suite.name, suite.file, append=append)
         forget(Path(out_dir))  # this run writes here: a finished run's stamp no longer holds
-        for folder in (Path(out_dir), Path(cache_dir).expanduser()):  # what killed runs left half-written
+        for folder in (Path(out_dir), cache.root):  # what killed runs left half-written
             remove_orphans(folder)
-        return _run_locked(suite, run_backend, out_dir=out_dir, cache_dir=cache_dir, device=device, only=only,
-                           force=force, workers=workers, progress=progress, backend=backend, backend_options=backend_options)
+        return run_plan(plan, cache, run_backend, out_dir=out_dir, device=device, workers=workers, progress=progress,
+                        backend=backend, backend_options=backend_options)
 
 
-def _run_locked(suite: Suite, run_backend, *, out_dir, cache_dir, device, only, force, workers, progress, backend,
-                backend_options) -> RunReport:
-    plan = expand(suite)
-    cells = select(plan, only)
-    if not cells:  # nothing to do is a mistake, not a success with an empty results file
-        raise UserError(f"--only {only!r} matches none of the suite's {len(plan)} cells (robustad-bench run --dry-run lists them)"
-                        if plan else NO_CELLS,
-                        file=suite.file, key="--only" if plan else "attacks")
-    store, cache, report = ResultStore(out_dir), Cache(cache_dir, recompute=force), RunReport()
-    fit_keys = group_keys(cells, cache.root / "file-hashes.json")
-    groups: dict[str, list[Cell]] = defaultdict(list)
-    bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress, file=sys.stderr)
+def keep_row(row: dict[str, Any], arrays: dict[str, np.ndarray] | None, store: ResultStore, report: RunReport, bar) -> None:
+    """Record one finished cell: its row and arrays in the output folder, its traceback beside them."""
+    tb = row.pop("_traceback", None)
+    if tb is not None:
+        tb_path = store.out_dir / "cells" / row["cell_id"] / "traceback.txt"
+        tb_path.parent.mkdir(parents=True, exist_ok=True)
+        tb_path.write_text(tb)
+        row["traceback"] = str(tb_path.relative_to(store.out_dir))
+        (report.user_errors if row.get("user_error") else report.failed).append(f"{row['cell_id']}: {row['error']}")
+    elif row.pop(FROM_CACHE, False):  # a concurrent run sharing the cache computed it
+        report.from_cache += 1
+    else:
+        report.computed += 1
+    store.add(row, arrays)
+    bar.update(1)
+    bar.set_postfix_str(row["cell_id"][:60])
 
-    def keep_row(row: dict[str, Any], arrays: dict[str, np.ndarray] | None) -> None:
-        tb = row.pop("_traceback", None)
-        if tb is not None:
-            tb_path = store.out_dir / "cells" / row["cell_id"] / "traceback.txt"
-            tb_path.parent.mkdir(parents=True, exist_ok=True)
-            tb_path.write_text(tb)
-            row["traceback"] = str(tb_path.relative_to(store.out_dir))
-            (report.user_errors if row.get("user_error") else report.failed).append(f"{row['cell_id']}: {row['error']}")
-        elif row.pop(FROM_CACHE, False):  # a concurrent run sharing the cache computed it
+
+def run_plan(plan: Plan, cache: Cache, run_backend, *, out_dir, device, workers, progress, backend,
+             backend_options) -> RunReport:
+    store, report = ResultStore(out_dir), RunReport(plan={task.cell_id: task.key() for task in plan.tasks})
+    bar = tqdm(total=len(plan.tasks), desc="cells", unit="cell", disable=not progress, file=sys.stderr)
+    todo = []
+    for task in plan.tasks:
+        state, row, arrays = status(task, cache, store)
+        if state == TODO:
+            todo.append(task)
+            continue
+        if state == CACHED:
+            store.add({**row, **cell_fields(task.cell)}, arrays)
             report.from_cache += 1
         else:
-            report.computed += 1
-        store.add(row, arrays)
-        bar.update(1)
-        bar.set_postfix_str(row["cell_id"][:60])
-
-    for cell in cells:
-        key = cell_key(cell, fit_keys)
-        if not cache.recompute and store.done(cell.cell_id, key):
             report.already_done += 1
-            bar.update(1)
-            continue
-        cached = cache.load_eval(key)
-        if cached is not None:
-            row, arrays = cached
-            store.add({**row, **cell_fields(cell)}, arrays)
-            report.from_cache += 1
-            bar.update(1)
-            continue
-        groups[fit_keys[cell.cell_id]].append(cell)
-
-    if groups:
-        deep_check(suite)  # heavy checks (timm names, ...) only when there is model work
-        task = partial(run_group, keys=fit_keys, cache_root=str(cache.root), recompute=cache.recompute)
-        run_backend(task, list(groups.values()), workers=workers, record=keep_row, device=device,
-                    options=backend_options or {}, folder=cache.root / "jobs" / backend, progress=progress)
+        bar.update(1)
+    if todo:
+        work = partial(run_group, cache_root=str(cache.root), recompute=cache.recompute)
+        run_backend(work, groups(todo), workers=workers, record=partial(keep_row, store=store, report=report, bar=bar),
+                    device=device, options=backend_options or {}, folder=cache.root / "jobs" / backend, progress=progress)
     bar.close()
-    report.rows = store.finalize([c.cell_id for c in plan], suite.name)
+    suite = plan.suite
+    report.rows = store.finalize(list(plan.cell_ids), suite.name)
     write_run_info(Path(out_dir), {
         "name": suite.name, "description": suite.description, "file": str(Path(suite.file).resolve()),
         "headline": list(suite.headline) if suite.headline else None, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "version": __version__, "commit": package_commit(), "cells": len(plan),
+        "version": __version__, "commit": package_commit(), "cells": len(plan.cell_ids),
     })
     return report
-
-
-def dry_run(suite: Suite, only: str | None = None) -> list[Cell]:
-    return select(expand(suite), only)
-

@@ -67,7 +67,7 @@ def test_arguments_are_checked_before_the_completion_fast_path(tiny_suite, tmp_p
     (tmp_path / "a-file").write_text("x")
     from robustad_bench.harness.complete import stamp_complete
 
-    stamp_complete(tiny_suite, out, 3)  # as if the whole suite had completed: the fast path would answer
+    stamp_complete(tiny_suite, out, 3, {})  # as if the whole suite had completed: the fast path would answer
     cases = [("--device", "tpu", "not a device"), ("--backend", "nope", "unknown backend"), ("--cache", str(tmp_path / "a-file"), "is a file")]
     if not __import__("torch").cuda.is_available():
         cases.append(("--device", "cuda", "CUDA is not available"))
@@ -95,7 +95,25 @@ def test_a_change_in_a_dataset_root_takes_the_full_path(tmp_path):
     (out / "site").mkdir(parents=True)
     for name in ("results.jsonl", "leaderboard.md", "site/index.html"):
         (out / name).write_text("")
-    stamp_complete(suite, out, 3)
+    stamp_complete(suite, out, 3, {})
     assert finished_rows(suite, out) == 3
     (root / "bottle" / "train" / "good" / "001.png").write_bytes(b"y")  # a new image: the fit keys change
     assert finished_rows(suite, out) is None
+
+
+def test_the_stamp_answers_only_while_every_cell_of_the_plan_has_its_row(tiny_suite, tmp_path):
+    """The stamp records the plan (cell id → key); a cell whose finished row is missing or of
+    another key sends the rerun down the full path."""
+    from robustad_bench.harness.complete import finished_keys, finished_rows, stamp_complete
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    assert main(["run", str(tiny_suite), "--out", str(out), "--cache", str(cache), "--no-progress"]) == 0
+    plan = finished_keys(out)
+    assert finished_rows(tiny_suite, out) == len(plan) > 0
+    cell = sorted(plan)[0]
+    stamp_complete(tiny_suite, out, len(plan), {**plan, cell: "0" * 64})  # the plan asked for another key
+    assert finished_rows(tiny_suite, out) is None
+    stamp_complete(tiny_suite, out, len(plan), {**plan, "a-cell-without-a-row": plan[cell]})
+    assert finished_rows(tiny_suite, out) is None
+    stamp_complete(tiny_suite, out, len(plan), plan)
+    assert finished_rows(tiny_suite, out) == len(plan)
