@@ -30,7 +30,7 @@ from scipy.special import expit
 
 from robustad_bench.core.registry import Registry
 
-from .metrics import auroc, f1, gmean
+from .metrics import auroc, f1, gmean, register_metric
 
 ECE_BINS = 15
 FOLDS = 5
@@ -160,45 +160,93 @@ def minmax(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.clip((scores - low) / max(high - low, 1e-12), 0.0, 1.0)
 
 
-def columns() -> dict[str, str]:
-    """Every calibration column a row's ``metrics`` carries, with what it is."""
-    out = {
-        "ece_bins": f"bins of every ECE ({ECE_BINS}, equal width)",
-        "ece_raw": "ECE of the raw score, min-max scaled on the clean scores",
-        "entropy_clean": "mean predictive entropy of the Platt posterior on clean images",
-        "entropy_adv": "mean predictive entropy of the Platt posterior on the attacked images",
-        "flag_auroc": "AUROC of predictive entropy separating attacked from clean images (an attack flag)",
-        "f1_platt": "F1 of the Platt posterior at 0.5",
-        "gmean_platt": "G-mean of the Platt posterior at 0.5",
-    }
-    for name in CALIBRATORS.names():
-        out[f"ece_{name}"] = f"ECE of the {name} posterior (cross-fitted on clean scores, applied unchanged to attacked ones)"
-        out[f"brier_{name}"] = f"Brier score of the {name} posterior"
-    return out
+def posteriors(name: str, labels: np.ndarray, clean: np.ndarray | None, scores: np.ndarray,
+               seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Calibrator ``name``'s cross-fitted posteriors of the clean and the scored images; None
+    without the clean scores or without two images of each class (every fold needs both)."""
+    if clean is None or min(labels.sum(), len(labels) - labels.sum()) < 2:
+        return None
+    return tuple(cross_fit(name, np.asarray(clean, np.float64), labels, [np.asarray(scores, np.float64)], seed=seed))
 
 
-def calibration_metrics(labels: np.ndarray, clean: np.ndarray, scores: np.ndarray, *, perturbed: bool,
-                        seed: int = 0) -> tuple[dict[str, float | None], dict[str, np.ndarray]]:
-    """The calibration metrics of one cell, and the posteriors to save beside its scores."""
-    metrics: dict[str, float | None] = {"ece_bins": ECE_BINS, "ece_raw": ece(minmax(scores, clean), labels)}
-    none = ("entropy_clean", "entropy_adv", "flag_auroc", "f1_platt", "gmean_platt", *(f"{k}_{c}" for c in CALIBRATORS.names() for k in ("ece", "brier")))
-    if not 0 < labels.sum() < len(labels) or min(labels.sum(), len(labels) - labels.sum()) < 2:
-        return metrics | dict.fromkeys(none), {}  # calibration needs both classes in every fit
-    arrays = {}
-    for name in CALIBRATORS.names():
-        p_clean, p = cross_fit(name, clean, labels, [scores], seed=seed)
-        metrics[f"ece_{name}"] = ece(p, labels)
-        metrics[f"brier_{name}"] = float(np.mean((p - labels) ** 2))
-        if name == "platt":
-            arrays = {"posterior_platt": p.astype(np.float32), "posterior_platt_clean": p_clean.astype(np.float32)}
-            h_clean, h = entropy(p_clean), entropy(p)
-            metrics["entropy_clean"] = float(h_clean.mean())
-            metrics["entropy_adv"] = float(h.mean()) if perturbed else None
-            flags = np.r_[np.zeros(len(h)), np.ones(len(h))]
-            metrics["flag_auroc"] = auroc(flags, np.r_[h_clean, h]) if perturbed else None
-            metrics["f1_platt"] = f1(labels, p, threshold=0.5)
-            metrics["gmean_platt"] = gmean(labels, p, threshold=0.5)
-    return metrics, arrays
+# The calibration columns are metrics like the rest (``harness/metrics.py``): each receives the
+# cell's ``clean`` scores of the same images, whether the cell ``perturbed`` them, and the ``seed``.
+
+@register_metric("ece_bins")
+def ece_bins(labels, scores, **_) -> int:
+    """Bins of every ECE (15, equal width)."""
+    return ECE_BINS
+
+
+@register_metric("ece_raw")
+def ece_raw(labels, scores, *, clean=None, **_) -> float | None:
+    """ECE of the raw score, min-max scaled on the clean scores."""
+    return None if clean is None else ece(minmax(np.asarray(scores, np.float64), np.asarray(clean, np.float64)), labels)
+
+
+def posterior_metric(name: str, kind: str):
+    """The ``ece_<name>`` or ``brier_<name>`` metric of calibrator ``name``."""
+
+    def metric(labels, scores, *, clean=None, seed=0, **_) -> float | None:
+        p = posteriors(name, labels, clean, scores, seed)
+        if p is None:
+            return None
+        return ece(p[1], labels) if kind == "ece" else float(np.mean((p[1] - labels) ** 2))
+
+    metric.__doc__ = (f"ECE of the {name} posterior (cross-fitted on clean scores, applied unchanged to attacked ones)."
+                      if kind == "ece" else f"Brier score of the {name} posterior.")
+    return metric
+
+
+for _name in CALIBRATORS.names():
+    register_metric(f"ece_{_name}")(posterior_metric(_name, "ece"))
+    register_metric(f"brier_{_name}")(posterior_metric(_name, "brier"))
+
+
+@register_metric("entropy_clean")
+def entropy_clean(labels, scores, *, clean=None, seed=0, **_) -> float | None:
+    """Mean predictive entropy of the Platt posterior on the clean images."""
+    p = posteriors("platt", labels, clean, scores, seed)
+    return None if p is None else float(entropy(p[0]).mean())
+
+
+@register_metric("entropy_adv")
+def entropy_adv(labels, scores, *, clean=None, perturbed=False, seed=0, **_) -> float | None:
+    """Mean predictive entropy of the Platt posterior on the attacked images (cells that perturb)."""
+    p = posteriors("platt", labels, clean, scores, seed) if perturbed else None
+    return None if p is None else float(entropy(p[1]).mean())
+
+
+@register_metric("flag_auroc")
+def flag_auroc(labels, scores, *, clean=None, perturbed=False, seed=0, **_) -> float | None:
+    """AUROC of predictive entropy separating attacked from clean images (an attack flag; cells that perturb)."""
+    p = posteriors("platt", labels, clean, scores, seed) if perturbed else None
+    if p is None:
+        return None
+    h_clean, h = entropy(p[0]), entropy(p[1])
+    return auroc(np.r_[np.zeros(len(h)), np.ones(len(h))], np.r_[h_clean, h])
+
+
+@register_metric("f1_platt")
+def f1_platt(labels, scores, *, clean=None, seed=0, **_) -> float | None:
+    """F1 of the Platt posterior at 0.5."""
+    p = posteriors("platt", labels, clean, scores, seed)
+    return None if p is None else f1(labels, p[1], threshold=0.5)
+
+
+@register_metric("gmean_platt")
+def gmean_platt(labels, scores, *, clean=None, seed=0, **_) -> float | None:
+    """G-mean of the Platt posterior at 0.5."""
+    p = posteriors("platt", labels, clean, scores, seed)
+    return None if p is None else gmean(labels, p[1], threshold=0.5)
+
+
+def posterior_arrays(labels: np.ndarray, clean: np.ndarray, scores: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """The Platt posteriors to save beside a cell's scores (the reliability diagrams read them)."""
+    p = posteriors("platt", labels, clean, scores, seed)
+    if p is None:
+        return {}
+    return {"posterior_platt": p[1].astype(np.float32), "posterior_platt_clean": p[0].astype(np.float32)}
 
 
 def attacker_calibrator(labels: np.ndarray, clean: np.ndarray):

@@ -183,9 +183,7 @@ def cmd_list(args) -> int:
     from .suite import registries
 
     if args.kind == "metrics":  # every column a row's metrics carry, with what it is
-        from .calibration import columns
-
-        described = {name: (METRICS.get(name).__doc__ or "").strip().splitlines()[0] for name in METRICS.names()} | columns()
+        described = {name: (METRICS.get(name).__doc__ or "").strip().splitlines()[0] for name in METRICS.names()}
         for name, text in described.items():
             print(f"{name:<17} {text}")
         return 0

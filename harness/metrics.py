@@ -17,7 +17,7 @@ from scipy import ndimage
 from robustad_bench.core.registry import Registry
 
 MetricFn = Callable[..., "float | None"]
-METRIC_PARAMETERS = ("labels", "scores")  # a metric's first two parameters: ``fn(labels, scores, *, maps, masks, threshold)``
+METRIC_PARAMETERS = ("labels", "scores")  # a metric's first two parameters (``compute_metrics`` says the keywords)
 
 
 def admit_metric(obj: object) -> MetricFn | None:
@@ -30,7 +30,7 @@ def admit_metric(obj: object) -> MetricFn | None:
 
 
 METRICS: Registry[MetricFn] = Registry("metric", "robustad_bench.metrics", admit=admit_metric,
-                                       expected="a metric function fn(labels, scores, *, maps, masks, threshold)")
+                                       expected="a metric function fn(labels, scores, *, maps, masks, threshold, clean, perturbed, seed)")
 register_metric = METRICS.register
 
 
@@ -173,9 +173,22 @@ def aupro(labels, scores, *, maps=None, masks=None, max_fpr: float = 0.3, **_) -
     return float(np.trapezoid(pro, fpr) / max_fpr)
 
 
-def compute_metrics(labels, scores, *, maps=None, masks=None, threshold=None) -> dict[str, float | None]:
-    """Every registered metric on one cell's saved arrays."""
-    return {
-        name: METRICS.get(name)(labels, scores, maps=maps, masks=masks, threshold=threshold)
-        for name in METRICS.names()
-    }
+def compute_metrics(labels, scores, *, maps=None, masks=None, threshold=None, clean=None, perturbed=False,
+                    seed=0) -> dict[str, float | None]:
+    """Every registered metric on one cell's saved arrays. ``clean``: the clean scores of the
+    same images (what clean-vs-attacked metrics compare with), ``perturbed``: whether the cell
+    perturbs, ``seed``: the cell's (cross-fitting folds). A metric gets the keywords it takes."""
+    context = {"maps": maps, "masks": masks, "threshold": threshold, "clean": clean, "perturbed": perturbed, "seed": seed}
+    return {name: call_metric(METRICS.get(name), labels, scores, context) for name in METRICS.names()}
+
+
+def call_metric(fn: MetricFn, labels, scores, context: dict) -> float | None:
+    """``fn(labels, scores, **context)``, passing only the keywords ``fn`` takes (a metric
+    written as ``fn(labels, scores, *, maps, masks, threshold)`` keeps working)."""
+    parameters = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        context = {k: v for k, v in context.items() if k in parameters}
+    return fn(labels, scores, **context)
+
+
+from . import calibration  # noqa: E402,F401  the calibration columns register as metrics too (that module imports this one)

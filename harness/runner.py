@@ -44,6 +44,7 @@ from .results import (
 )
 from .rows import arrays_sha256
 from .suite import Entry, Suite, deep_check
+from .summaries import aggregate_run
 from .tasks import (
     Fitted,
     Thresholds,
@@ -339,6 +340,7 @@ def run_plan(plan: Plan, cache: Cache, run_backend, *, out_dir, device, workers,
     bar.close()
     suite = plan.suite
     report.rows = store.finalize(list(plan.cell_ids), suite.name)
+    aggregate_run(Path(out_dir))  # every aggregate number, computed once here and written beside the rows
     write_run_info(Path(out_dir), {
         "name": suite.name, "description": suite.description, "file": str(Path(suite.file).resolve()),
         "headline": list(suite.headline) if suite.headline else None, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

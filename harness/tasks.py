@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from robustad_bench.core.errors import UserError
 
 from .attacks import CellData, Context, prepare_attack
-from .calibration import attacker_calibrator, calibration_metrics
+from .calibration import attacker_calibrator, posterior_arrays
 from .datasets import Split
 from .datasets.base import resize_mask
 from .grid import Cell
@@ -318,12 +318,10 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
     if adversarial:
         arrays |= example_arrays(picked, split.test, adversarial, fitted.clean_maps, maps)
     saved_maps = arrays["maps"].astype(np.float32) if "maps" in arrays else None
+    clean = fitted.clean_scores.astype(np.float64)
     metrics = compute_metrics(arrays["labels"], arrays["scores"], maps=saved_maps, masks=arrays.get("masks"),
-                              threshold=thresholds.metric)
-    calibration, posteriors = calibration_metrics(arrays["labels"], fitted.clean_scores.astype(np.float64),
-                                                  scores.astype(np.float64), perturbed=perturbed, seed=cell.seed)
-    metrics |= calibration
-    arrays |= posteriors
+                              threshold=thresholds.metric, clean=clean, perturbed=perturbed, seed=cell.seed)
+    arrays |= posterior_arrays(arrays["labels"], clean, arrays["scores"], seed=cell.seed)
     fields = {
         "metrics": metrics,
         "threshold": thresholds.metric,

@@ -4,7 +4,8 @@ An entry is a detector label with its weights and training budget. Columns: the 
 metric; every attack × ε of the task, grouped by threat model (norm, ε); the robust metric
 of each threat model (the per-image worst case over all its attacks, ``harness/aggregate.py``); and
 the gap (clean − robust) at the headline threat model, by which the rows are ranked.
-Values are means over categories, then mean ± std over seeds when there are several.
+Values are means over categories, then mean ± std over seeds when there are several, computed
+by the harness (``harness/summaries.py``) and only looked up here.
 """
 
 from __future__ import annotations
@@ -12,16 +13,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from robustad_bench.harness.aggregate import threat_of
 from robustad_bench.harness.attacks.threat import Norm
 from robustad_bench.harness.rows import is_clean
+from robustad_bench.harness.summaries import ENTRY, entry_of, value_index, value_key
 
-TASKS = {  # task → (metric of its table(s), robust counterpart, title)
-    "detection": [("image_auroc", "robust_image_auroc", "image AUROC")],
-    "localization": [("pixel_auroc", "robust_pixel_auroc", "pixel AUROC"), ("aupro", "robust_aupro", "AUPRO")],
-}
+from .columns import ranked_tables
 
 
 @dataclass(frozen=True)
@@ -73,6 +70,7 @@ class Table:
     title: str
     headline: tuple[str, float] | None
     columns: list[Column]
+    higher_is_better: bool = True  # the ranked metric's direction (the metric columns table says)
     rows: list[dict] = field(default_factory=list)  # {"entry", "detector", "weights", "budget", "values": {key: Value}}
 
 
@@ -99,14 +97,6 @@ def budget_text(config: dict | None) -> str:
     return ", ".join(parts)
 
 
-def aggregate(per_seed_category: dict[int, list[float]]) -> Value:
-    """Mean over categories per seed, then mean ± std over seeds."""
-    seeds = [float(np.mean(v)) for v in per_seed_category.values() if v]
-    if not seeds:
-        return Value(None)
-    return Value(float(np.mean(seeds)), float(np.std(seeds)) if len(seeds) > 1 else None)
-
-
 def choose_headline(threats: set[tuple[str, float]], wanted: tuple[str, float] | None) -> tuple[str, float] | None:
     """The suite's headline threat model when present, else the largest L∞ ε below 1 (else the
     largest ε): L∞ ε = 1 reaches any image, a validity check (d), not a threat model to rank by."""
@@ -117,23 +107,30 @@ def choose_headline(threats: set[tuple[str, float]], wanted: tuple[str, float] |
     return max(pool, key=lambda t: t[1]) if pool else None
 
 
-def main_tables(rows: list[dict], robust: list[dict], headline: tuple[str, float] | None = None) -> list[Table]:
+def main_tables(rows: list[dict], ranked: list[dict], headline: tuple[str, float] | None = None,
+                by: tuple[str, ...] = ENTRY) -> list[Table]:
+    """The ranked tables of ``rows``, their values looked up in ``ranked`` (the harness's
+    ``ranked_values`` records for the same rows, grouped ``by``)."""
     ok = [r for r in rows if r.get("status") == "ok"]
+    index = value_index(ranked, by)
     tables = []
     for dataset in sorted({r["dataset"] for r in ok}):
         in_dataset = [r for r in ok if r["dataset"] == dataset]
-        robust_here = [r for r in robust if r["dataset"] == dataset]
-        for task, metrics in TASKS.items():
+        for task, metric_columns in ranked_tables().items():  # the metric columns table says which tables there are
             task_rows = [r for r in in_dataset if r.get("task") == task and threat_of(r) is not None]
-            for metric, robust_metric, title in metrics:
+            for column in metric_columns:
+                metric = column.metric
                 clean_rows = [r for r in in_dataset if is_clean(r) and (r.get("metrics") or {}).get(metric) is not None]
                 if not clean_rows or not task_rows:
                     continue
-                tables.append(build_table(dataset, task, metric, robust_metric, title, clean_rows, task_rows, robust_here, headline))
+                table = Table(dataset, task, metric, column.title or column.heading, None, [], column.higher_is_better)
+                tables.append(build_table(table, clean_rows, task_rows, index, headline, by))
     return tables
 
 
-def build_table(dataset, task, metric, robust_metric, title, clean_rows, task_rows, robust, headline) -> Table:
+def build_table(table: Table, clean_rows, task_rows, index, headline, by) -> Table:
+    """Fill ``table`` (dataset, task, metric, title): its columns from the rows, its values from ``index``."""
+    dataset, task, metric = table.dataset, table.task, table.metric
     threats = sorted({threat_of(r) for r in task_rows}, key=lambda t: (t[0] != Norm.LINF, t[0], t[1]))
     chosen = choose_headline(set(threats), headline)
     columns = [Column("clean", "clean", "clean")]
@@ -146,30 +143,19 @@ def build_table(dataset, task, metric, robust_metric, title, clean_rows, task_ro
         columns.append(Column(f"robust@{threat}", "robust", "robust", threat))
     if chosen is not None:
         columns.append(Column("gap", f"gap ({threat_text(chosen)})", "gap", chosen))
-    cells: dict[tuple, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    info = {}
+    info, flags = {}, defaultdict(set)
     for r in clean_rows + task_rows:
-        entry = (r["detector"], r.get("weights") or "unknown")
-        info[entry] = budget_text(r.get("detector_config"))
-        value = (r.get("metrics") or {}).get(metric)
-        if value is None:
-            continue
-        threat = threat_of(r)
-        key = "clean" if threat is None else f"{r.get('attack_label') or r['attack']}@{threat}"
-        cells[entry][key][r.get("seed", 0)].append(float(value))
-    for rec in robust:
-        entry = (rec["detector"], rec.get("weights") or "unknown")
-        if entry in info and rec.get(robust_metric) is not None:
-            cells[entry][f"robust@{(rec['norm'], rec['eps'])}"][rec.get("seed", 0)].append(float(rec[robust_metric]))
-    table = Table(dataset, task, metric, title, chosen, columns)
-    flags = defaultdict(set)
+        info[entry_of(r, by)] = budget_text(r.get("detector_config"))
     for r in task_rows:
-        flags[(r["detector"], r.get("weights") or "unknown")].update(r.get("flags") or [])
+        flags[entry_of(r, by)].update(r.get("flags") or [])
+    table.headline, table.columns = chosen, columns
     for entry, budget in info.items():
-        values = {c.key: aggregate(cells[entry][c.key]) for c in columns if c.kind != "gap"}
-        if chosen is not None:
-            values["gap"] = gap(cells[entry]["clean"], cells[entry][f"robust@{chosen}"])
-        table.rows.append({"detector": entry[0], "weights": "random init" if entry[1] == "random" else entry[1],
+        values = {c.key: Value(*index.get(value_key(dataset, entry, c.kind, metric, task=task if c.kind == "attack" else None,
+                                                     label=c.title if c.kind == "attack" else None, threat=c.threat),
+                                           (None, None)))
+                  for c in columns}
+        name, weights = (entry[0], entry[1]) if by == ENTRY else (entry[-1], "")
+        table.rows.append({"detector": name, "weights": "random init" if weights == "random" else weights,
                            "budget": budget, "values": values, "flags": sorted(flags[entry]), "source": "measured here",
                            "warnings": [WARNINGS[f] for f in sorted(flags[entry]) if f in WARNINGS]})
     return rank(table)
@@ -178,11 +164,6 @@ def build_table(dataset, task, metric, robust_metric, title, clean_rows, task_ro
 def rank(table: Table) -> Table:
     """Rows by robust value at the headline threat model, best first (no value last)."""
     key = f"robust@{table.headline}" if table.headline is not None else "clean"
-    table.rows.sort(key=lambda r: (r["values"][key].mean is None, -(r["values"][key].mean or 0.0), r["detector"]))
+    sign = -1.0 if table.higher_is_better else 1.0
+    table.rows.sort(key=lambda r: (r["values"][key].mean is None, sign * (r["values"][key].mean or 0.0), r["detector"]))
     return table
-
-
-def gap(clean: dict[int, list[float]], robust: dict[int, list[float]]) -> Value:
-    """Clean − robust per seed (category means), then mean ± std over the seeds that have both."""
-    diffs = {s: [float(np.mean(clean[s])) - float(np.mean(robust[s]))] for s in clean if s in robust and clean[s] and robust[s]}
-    return aggregate(diffs)

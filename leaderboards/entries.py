@@ -14,11 +14,10 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from robustad_bench.harness.attacks.threat import Norm
 from robustad_bench.harness.results import EXAMPLE_KINDS, cell_scores
 from robustad_bench.harness.rows import is_clean, safe_part
+from robustad_bench.harness.summaries import BY_CATEGORY, Aggregates
 
 from .board import budget_text, main_tables, threat_of, threat_text
 
@@ -27,43 +26,40 @@ def slug(text: str) -> str:
     return safe_part(text).strip("._") or "entry"
 
 
-def category_tables(rows: list[dict], robust: list[dict]):
+def category_tables(rows: list[dict], ranked_by_category: list[dict]):
     """The main view's tables with one row per category (the 'detector' of each row is its category)."""
-    as_category = [{**r, "detector": r["category"], "weights": ""} for r in rows]
-    robust_category = [{**r, "detector": r["category"], "weights": ""} for r in robust]
-    tables = main_tables(as_category, robust_category)
+    tables = main_tables(rows, ranked_by_category, by=BY_CATEGORY)
     for t in tables:
         t.rows.sort(key=lambda r: r["detector"])
     return tables
 
 
-def curves(rows: list[dict], dataset: str, path: Path) -> bool:
-    """AUROC vs ε, one line per attack (label, task), image and pixel AUROC, one panel per norm."""
+def curves(ranked: list[dict], dataset: str, path: Path) -> bool:
+    """AUROC vs ε, one line per attack (label, task), image and pixel AUROC, one panel per norm:
+    the harness's ranked values of one entry on ``dataset`` (mean over categories, then seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    clean = [r for r in rows if is_clean(r)]
-    attacked = [r for r in rows if threat_of(r) is not None]
-    norms = sorted({threat_of(r)[0] for r in attacked})
-    if not clean or not norms:
+    base = {r["metric"]: r["mean"] for r in ranked if r["column"] == "clean" and r["mean"] is not None}
+    attacked = [r for r in ranked if r["column"] == "attack" and r["mean"] is not None]
+    norms = sorted({r["norm"] for r in attacked})
+    metrics = [m for m in ("image_auroc", "pixel_auroc") if m in base]
+    if not metrics or not norms:
         return False
-    metrics = [m for m in ("image_auroc", "pixel_auroc") if any((r.get("metrics") or {}).get(m) is not None for r in clean)]
     fig, axes = plt.subplots(len(metrics), len(norms), figsize=(4.2 * len(norms), 3.4 * len(metrics)), squeeze=False)
     for i, metric in enumerate(metrics):
-        base = np.mean([r["metrics"][metric] for r in clean if r["metrics"].get(metric) is not None])
         for j, norm in enumerate(norms):
             ax = axes[i][j]
-            lines = defaultdict(lambda: defaultdict(list))
+            lines = defaultdict(dict)
             for r in attacked:
-                value = (r.get("metrics") or {}).get(metric)
-                if threat_of(r)[0] == norm and value is not None:
-                    lines[f"{r.get('attack_label') or r['attack']} ({r.get('task')})"][float(r["eps"])].append(value)
+                if r["norm"] == norm and r["metric"] == metric:
+                    lines[f"{r['label']} ({r['task']})"][float(r["eps"])] = r["mean"]
             scale = 255 if norm == Norm.LINF else 1  # L∞ budgets read as k/255
             for name, points in sorted(lines.items()):
                 eps = sorted(points)
-                ax.plot([0.0, *(scale * e for e in eps)], [100 * base, *(100 * np.mean(points[e]) for e in eps)], marker="o", label=name)
+                ax.plot([0.0, *(scale * e for e in eps)], [100 * base[metric], *(100 * points[e] for e in eps)], marker="o", label=name)
             ax.set(xlabel="ε × 255 (L∞)" if norm == Norm.LINF else "ε (L2)", ylabel=metric.replace("_", " "), ylim=(0, 100),
                    title=f"{dataset}: {metric.replace('_', ' ')}, {'L∞' if norm == 'linf' else 'L2'}")
             ax.axhline(50, color="#bbb", lw=0.8, ls=":")
@@ -119,7 +115,7 @@ def provenance(rows: list[dict]) -> dict:
     }
 
 
-def entry_pages(out_dir: Path, site: Path, rows: list[dict], robust: list[dict], env) -> dict[str, str]:
+def entry_pages(out_dir: Path, site: Path, rows: list[dict], aggregates: Aggregates, env) -> dict[str, str]:
     """Write every entry's page and JSON; returns detector label → page path (relative to the site)."""
     ok = [r for r in rows if r.get("status") == "ok"]
     pages = {}
@@ -130,10 +126,10 @@ def entry_pages(out_dir: Path, site: Path, rows: list[dict], robust: list[dict],
         sections, summary = [], {}
         for dataset in sorted({r["dataset"] for r in mine}):
             here = [r for r in mine if r["dataset"] == dataset]
-            robust_here = [r for r in robust if r["detector"] == detector and r["dataset"] == dataset]
-            tables = category_tables(here, robust_here)
+            tables = category_tables(here, aggregates.ranked_by_category)
             curve = f"{name}/{slug(dataset)}-curves.svg"
-            has_curve = curves(here, dataset, folder / curve)
+            has_curve = curves([r for r in aggregates.ranked if (r["detector"], r["dataset"]) == (detector, dataset)], dataset,
+                               folder / curve)
             sections.append({"dataset": dataset, "tables": tables, "curve": curve if has_curve else None,
                              "examples": examples(out_dir, here, folder / name / "examples" / slug(dataset), folder),
                              "flags": sorted({f for r in here for f in r.get("flags") or []})})
@@ -147,7 +143,7 @@ def entry_pages(out_dir: Path, site: Path, rows: list[dict], robust: list[dict],
             "entry": detector, "weights": mine[0].get("weights"), "budget": budget_text(mine[0].get("detector_config")),
             "detector_config": mine[0].get("detector_config"), "status": "measured here", "per_category": summary,
             "config_hashes": sorted({r.get("config_hash") for r in mine if r.get("config_hash")}),
-            "robust": [r for r in robust if r["detector"] == detector],  # with the map each image took
+            "robust": [r for r in aggregates.robust if r["detector"] == detector],  # with the map each image took
         }, indent=1, default=str) + "\n")
         pages[detector] = f"entries/{name}.html"
     return pages

@@ -1,108 +1,65 @@
 """Results → ``leaderboard.md`` (tabulate) and a static site (jinja2).
 
-Renderers only render: every number comes from ``results.jsonl``; nothing is recomputed.
+Renderers only render: every number comes from ``results.jsonl`` or from the aggregates the
+harness wrote beside it (``robust.jsonl``, ``summary.json``); nothing is computed here. Which
+metric columns each table shows comes from ``columns.py``.
 Metric fractions are shown as percentages; ε as k/255 where it is a multiple of 1/255.
 """
 
 from __future__ import annotations
 
 import html
-import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tabulate import tabulate
 
 from robustad_bench.core.errors import UserError
-from robustad_bench.harness.aggregate import robust_metrics
 from robustad_bench.harness.results import read_run_info, refuse_links
 from robustad_bench.harness.rows import is_clean, read_rows
+from robustad_bench.harness.summaries import read_aggregates
 
 from .board import Table, eps_text, main_tables, threat_text
+from .columns import category_cells, category_headers, settings_cells, settings_headers
 from .compare import Change, changes_markdown, compare, read_board, values, write_board
 from .entries import entry_pages
 from .plots import write_reliability_diagrams
 from .submit import merge, read_entries
 
 TEMPLATES = Path(__file__).parent / "templates"
-KEYS = ["detector", "weights", "dataset", "category", "seed"]
 
 
-def pct(value) -> str:
-    return "n/a" if value is None or pd.isna(value) else f"{100 * value:.1f}"
+def weights_text(weights: str | None) -> str:
+    return "random init" if weights == "random" else (weights or "unknown")
 
 
-def ece_text(r) -> str:
-    """ECE of the raw (min-max) score → of the Platt posterior, in percent."""
-    return f"{pct(r['ece_raw'])} → {pct(r['ece_platt'])}"
-
-
-def weights_text(weights: str) -> str:
-    return "random init" if weights == "random" else weights
-
-
-def load_frame(out_dir: Path) -> pd.DataFrame:
-    rows = read_rows(out_dir / "results.jsonl")
-    if not rows:
-        raise UserError(f"no results in {str(out_dir / 'results.jsonl')!r}; run a suite first")
-    records = []
-    for row in rows:
-        rec = {k: row.get(k) for k in ("cell_id", "detector", "dataset", "category", "attack", "norm", "eps", "steps", "knowledge", "task", "seed", "status", "weights", "threshold_rule")}
-        rec["attack_label"] = row.get("attack_label") or rec["attack"]
-        rec["attack_title"] = row.get("attack_title") or rec["attack_label"]
-        rec["attack_note"] = row.get("attack_note") or ""
-        rec["weights"] = weights_text(rec["weights"] or "unknown")
-        rec.update(row.get("metrics") or {})
-        rec["flags"] = ", ".join(row.get("flags") or [])
-        rec["clean"] = is_clean(row)
-        records.append(rec)
-    return pd.DataFrame.from_records(records)
-
-
-def attack_text(row) -> str:
-    if row["clean"]:
+def attack_text(row: dict) -> str:
+    """What a row (or a setting record) attacked with: title, steps, norm, ε, knowledge; ``clean``."""
+    if is_clean(row):
         return "clean"
+    title = row.get("attack_title") or row.get("attack_label") or row["attack"]
     norm = f" {row['norm']}" if row.get("norm") else ""
     steps = f"-{int(row['steps'])}" if row.get("steps") and row["steps"] > 1 else ""
-    return f"{row['attack_title']}{steps}{norm} ε={eps_text(row['eps'])} ({row['knowledge']})"
+    return f"{title}{steps}{norm} ε={eps_text(row['eps'])} ({row.get('knowledge')})"
 
 
-def attack_notes(frame: pd.DataFrame) -> list[tuple[str, str]]:
+def attack_notes(rows: list[dict]) -> list[tuple[str, str]]:
     """(attack title, note) for every attack on the board that declares a note."""
-    if "attack_note" not in frame:
-        return []
-    noted = frame[frame["attack_note"] != ""][["attack_title", "attack_note"]].drop_duplicates()
-    return list(noted.itertuples(index=False, name=None))
+    notes = {(r.get("attack_title") or r.get("attack_label") or r["attack"], r["attack_note"]): None
+             for r in rows if r.get("attack_note")}
+    return list(notes)
 
 
-def summary_table(frame: pd.DataFrame) -> list[dict]:
-    """One line per detector × dataset × attack × ε: clean and adversarial AUROCs, mean over categories."""
-    ok = frame[frame["status"] == "ok"].copy()
-    if ok.empty:
-        return []
-    for col in ("image_auroc", "pixel_auroc", "aupro", "f1", "image_ap", "ece_raw", "ece_platt", "flag_auroc"):
-        if col not in ok:
-            ok[col] = float("nan")
-    clean = ok[ok["clean"]].set_index(KEYS)[["image_auroc", "pixel_auroc"]]
-    clean.columns = ["clean_image_auroc", "clean_pixel_auroc"]
-    merged = ok.join(clean, on=KEYS)
-    merged["attack_text"] = merged.apply(attack_text, axis=1)
-    group = ["detector", "weights", "dataset", "attack_text", "eps"]
-    agg = merged.groupby(group, sort=False, dropna=False).agg(
-        categories=("category", "nunique"), clean_image_auroc=("clean_image_auroc", "mean"),
-        image_auroc=("image_auroc", "mean"), clean_pixel_auroc=("clean_pixel_auroc", "mean"),
-        pixel_auroc=("pixel_auroc", "mean"), aupro=("aupro", "mean"), f1=("f1", "mean"),
-        ece_raw=("ece_raw", "mean"), ece_platt=("ece_platt", "mean"), flag_auroc=("flag_auroc", "mean"),
-        flags=("flags", lambda s: ", ".join(sorted({f for v in s for f in v.split(", ") if f}))),
-    ).reset_index().sort_values(["detector", "dataset", "eps"], kind="stable")
-    return agg.to_dict("records")
+def settings_lines(settings: list[dict], text=str) -> list[list[str]]:
+    """The "All cells" lines: the harness's setting means, each metric cell as the columns table says."""
+    return [[text(r["detector"]), text(weights_text(r["weights"])), text(r["dataset"]), text(attack_text(r)),
+             str(r["categories"]), *settings_cells(r), text(", ".join(r["flags"]))] for r in settings]
 
 
-def threshold_words(frame: pd.DataFrame) -> tuple[str, str]:
+def threshold_words(rows: list[dict]) -> tuple[str, str]:
     """(column tag, explanation) of the F1 / G-mean threshold the rows used."""
-    rules = {r for r in frame.get("threshold_rule", pd.Series(dtype=object)).dropna()}
+    rules = {r["threshold_rule"] for r in rows if r.get("threshold_rule")}
     if rules and all(r.startswith("normal-quantile") for r in rules):
         return ("normal-quantile thr.", "F1 and G-mean use a threshold set without test labels: the Q-quantile of clean "
                 "scores on normal train images held out before fitting (" + "; ".join(sorted(rules)) + ").")
@@ -148,21 +105,11 @@ def md_text(value) -> str:
     return html.escape(str(value), quote=False).replace("|", "\\|")
 
 
-def render_markdown(frame: pd.DataFrame, title: str, tables: list[Table] = (), header: str = "") -> str:
-    tag, explanation = threshold_words(frame)
-    headers = ["Detector", "Weights", "Dataset", "Attack", "#cat", "Img AUROC clean", "Img AUROC adv",
-               "Px AUROC clean", "Px AUROC adv", "AUPRO", f"F1 ({tag})", "ECE raw → Platt", "Flag AUROC", "Flags"]
-    lines = []
-    for r in summary_table(frame):
-        adv = r["attack_text"] != "clean"
-        lines.append([
-            md_text(r["detector"]), md_text(r["weights"]), md_text(r["dataset"]), md_text(r["attack_text"]), r["categories"],
-            pct(r["clean_image_auroc"]), pct(r["image_auroc"]) if adv else "",
-            pct(r["clean_pixel_auroc"]), pct(r["pixel_auroc"]) if adv else "",
-            pct(r["aupro"]), pct(r["f1"]), ece_text(r), pct(r["flag_auroc"]) if adv else "", md_text(r["flags"]),
-        ])
-    failed = frame[frame["status"] != "ok"]
-    notes = [f"- **{md_text(title)}**: {md_text(note)}" for title, note in attack_notes(frame)]
+def render_markdown(rows: list[dict], settings: list[dict], title: str, tables: list[Table] = (), header: str = "") -> str:
+    tag, explanation = threshold_words(rows)
+    headers = ["Detector", "Weights", "Dataset", "Attack", "#cat", *(h.text for h in settings_headers(tag)), "Flags"]
+    failed = [r["cell_id"] for r in rows if r.get("status") != "ok"]
+    notes = [f"- **{md_text(title)}**: {md_text(note)}" for title, note in attack_notes(rows)]
     parts = [
         f"# {title}", "", *([header, ""] if header else []),
         *(main_markdown(tables) if tables else []),
@@ -172,22 +119,22 @@ def render_markdown(frame: pd.DataFrame, title: str, tables: list[Table] = (), h
         "unchanged to attacked ones); Flag AUROC: predictive entropy separating attacked from clean images. "
         "Rows with *random init* weights use randomly initialised backbones: their clean numbers "
         "are not the papers' numbers.", "",
-        tabulate(lines, headers=headers, tablefmt="github"), "",
+        tabulate(settings_lines(settings, md_text), headers=headers, tablefmt="github"), "",
         *(["## Notes on attacks", "", *notes, ""] if notes else []),
         "## Per category", "",
-        tabulate(_detail(frame, md_text), headers=["Detector", "Dataset", "Category", "Attack", "Img AUROC", "AP", f"F1 ({tag})", "F1-max", f"G-mean ({tag})", "Px AUROC", "AUPRO"], tablefmt="github"),
+        tabulate(category_lines(rows, md_text), headers=["Detector", "Dataset", "Category", "Attack",
+                                                        *(h.text for h in category_headers(tag))],
+                 tablefmt="github"),
     ]
-    if len(failed):
-        parts += ["", "## Failed cells", "", tabulate([[md_text(c)] for c in failed["cell_id"]], headers=["cell_id"], tablefmt="github")]
+    if failed:
+        parts += ["", "## Failed cells", "", tabulate([[md_text(c)] for c in failed], headers=["cell_id"], tablefmt="github")]
     return "\n".join(parts) + "\n"
 
 
-def _detail(frame: pd.DataFrame, text=str) -> list[list]:
-    ok = frame[frame["status"] == "ok"]
-    out = []
-    for _, r in ok.iterrows():
-        out.append([text(r["detector"]), text(r["dataset"]), text(r["category"]), text(attack_text(r))] + [pct(r.get(m)) for m in ("image_auroc", "image_ap", "f1", "f1_max", "gmean", "pixel_auroc", "aupro")])
-    return out
+def category_lines(rows: list[dict], text=str) -> list[list[str]]:
+    """The "Per category" lines: one per finished cell, each metric cell as the columns table says."""
+    return [[text(r["detector"]), text(r["dataset"]), text(r["category"]), text(attack_text(r)), *category_cells(r)]
+            for r in rows if r.get("status") == "ok"]
 
 
 def run_headline(suites: dict) -> tuple[str, float] | None:
@@ -197,7 +144,7 @@ def run_headline(suites: dict) -> tuple[str, float] | None:
 def board_tables(out_dir: Path) -> list[Table]:
     """The ranked main tables of a run folder."""
     rows = read_rows(out_dir / "results.jsonl")
-    return main_tables(rows, robust_metrics(out_dir, rows), run_headline(read_run_info(out_dir)))
+    return main_tables(rows, read_aggregates(out_dir).ranked, run_headline(read_run_info(out_dir)))
 
 
 def previous_values(folder: Path) -> dict[tuple, tuple[str, float | None]]:
@@ -230,16 +177,15 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     ``compare_to`` (a previous run folder) also ``changes.md``, and return its changes."""
     out_dir = Path(out_dir)
     refuse_links(out_dir, *([Path(site_dir)] if site_dir else []), key="DIR")
-    frame = load_frame(out_dir)
     rows = read_rows(out_dir / "results.jsonl")
+    if not rows:
+        raise UserError(f"no results in {str(out_dir / 'results.jsonl')!r}; run a suite first")
     suites = read_run_info(out_dir)
-    robust_records = robust_metrics(out_dir, rows)
-    tables = main_tables(rows, robust_records, run_headline(suites))
+    aggregates = read_aggregates(out_dir)  # written when the run finished; computed now only if the rows changed since
+    tables = main_tables(rows, aggregates.ranked, run_headline(suites))
     submitted = read_entries(entry_folders(entries))
     merge(tables, submitted)
     write_board(out_dir / "board.json", tables)
-    with (out_dir / "robust.jsonl").open("w") as f:  # every robust value, and which map each image took
-        f.writelines(json.dumps(r, default=str) + "\n" for r in robust_records)
     changes = []
     if compare_to is not None:
         changes = compare(values(tables), previous_values(Path(compare_to)), tolerance)
@@ -247,19 +193,21 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     header = header_text(suites, rows)
     title = title or f"robustad-bench leaderboard — {out_dir.name}"
     md_path = out_dir / "leaderboard.md"
-    md_path.write_text(render_markdown(frame, title, tables, header))
+    md_path.write_text(render_markdown(rows, aggregates.settings, title, tables, header))
     site = Path(site_dir) if site_dir else out_dir / "site"
     site.mkdir(parents=True, exist_ok=True)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
-    plots = write_reliability_diagrams(out_dir, frame, attack_text)
-    pages = entry_pages(out_dir, site, rows, robust_records, env)
+    plots = write_reliability_diagrams(out_dir, aggregates.reliability, attack_text)
+    pages = entry_pages(out_dir, site, rows, aggregates, env)
     (site / "plots").mkdir(exist_ok=True)
     for plot in plots:
         shutil.copyfile(plot, site / "plots" / plot.name)
+    tag, explanation = threshold_words(rows)
     page = env.get_template("index.html.j2").render(
-        title=title, summary=summary_table(frame), detail=_detail(frame), pct=pct, ece_text=ece_text,
-        failed=list(frame[frame["status"] != "ok"]["cell_id"]), plots=[f"plots/{p.name}" for p in plots],
-        notes=attack_notes(frame), threshold_tag=threshold_words(frame)[0], threshold_text=threshold_words(frame)[1],
+        title=title, settings=zip(aggregates.settings, settings_lines(aggregates.settings)),
+        settings_headers=settings_headers(tag), detail=category_lines(rows), detail_headers=category_headers(tag),
+        failed=[r["cell_id"] for r in rows if r.get("status") != "ok"], plots=[f"plots/{p.name}" for p in plots],
+        notes=attack_notes(rows), threshold_text=explanation,
         tables=tables, threat_text=threat_text, suites=list(suites.values()), meta=header, pages=pages,
         changes=(out_dir / "changes.md").is_file() and compare_to is not None,
         regressions=sum(c.regression for c in changes),
@@ -272,7 +220,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     for entry in submitted:  # the merged entries' files, linked from their rows
         (site / "submitted").mkdir(exist_ok=True)
         shutil.copyfile(entry["file"], site / "submitted" / entry["file"].name)
-    for name in ("results.jsonl", "robust.jsonl", "leaderboard.md", "changes.md", "board.json"):  # the page links them: the site stands alone
+    for name in ("results.jsonl", "robust.jsonl", "summary.json", "leaderboard.md", "changes.md", "board.json"):  # the page links them: the site stands alone
         if (out_dir / name).is_file() and (out_dir / name).resolve() != (site / name).resolve():
             shutil.copyfile(out_dir / name, site / name)
     return md_path, site / "index.html", changes

@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 
 from robustad_bench.core.errors import SuiteErrors, UserError
-from robustad_bench.harness.aggregate import robust_metrics
 from robustad_bench.harness.results import read_run_info
 from robustad_bench.harness.rows import read_rows
 from robustad_bench.harness.suite import read_yaml
+from robustad_bench.harness.summaries import read_aggregates
 
 from .board import Table, Value, main_tables, rank
 from .entries import category_tables, slug
@@ -57,15 +57,15 @@ def entry_file(run_dir: Path, card: dict, card_path: str) -> dict:
         raise UserError(f"the run measured {detectors}; say which one the card describes with detector: LABEL",
                         file=card_path, key="detector")
     mine = [r for r in rows if r["detector"] == detector]
-    robust = [r for r in robust_metrics(run_dir, rows) if r["detector"] == detector]
-    tables = main_tables(mine, robust)
+    aggregates = read_aggregates(run_dir)  # the records render reads: one place computes them
+    tables = main_tables(mine, aggregates.ranked)
     return {
         "format": FORMAT, "card": card, "detector": detector,
         "tables": [{"dataset": t.dataset, "task": t.task, "metric": t.title,
                     "values": {c.heading: t.rows[0]["values"][c.key].mean for c in t.columns}} for t in tables if t.rows],
         "per_category": [{"dataset": t.dataset, "task": t.task, "metric": t.title,
                           "rows": {r["detector"]: {c.heading: r["values"][c.key].mean for c in t.columns} for r in t.rows}}
-                         for t in category_tables(mine, robust)],
+                         for t in category_tables(mine, aggregates.ranked_by_category)],
         "suites": read_run_info(run_dir),
         "config_hashes": sorted({r["config_hash"] for r in mine if r.get("config_hash")}),
         "dataset_fingerprints": sorted({f"{r['dataset']}/{r['category']}:{r.get('dataset_fingerprint')}" for r in mine}),

@@ -1,5 +1,5 @@
 // robustad-bench leaderboard: sortable tables and a text filter, no dependencies (works from file://).
-// Click a column header of a table.sortable to sort by it (again to reverse); numbers sort by
+// Click a column header of a table.sortable to sort by it, best first (again to reverse); numbers sort by
 // the cell's data-value, "n/a" last. Typing in an input.filter hides the rows of the tables its
 // data-target selects that do not contain the text.
 "use strict";
@@ -14,7 +14,8 @@ function sortKey(row, col) {
 
 function sortBy(table, col, th) {
   const headers = table.tHead.rows[table.tHead.rows.length - 1].cells;
-  const dir = th.dataset.dir === "desc" ? "asc" : "desc";
+  // the first click sorts the way the column is better (data-first: asc for an error), a second reverses
+  const dir = th.dataset.dir ? (th.dataset.dir === "desc" ? "asc" : "desc") : (th.dataset.first || "desc");
   Array.from(headers).forEach((h) => delete h.dataset.dir);
   th.dataset.dir = dir;
   const body = table.tBodies[0];

@@ -331,7 +331,6 @@ def test_full_suite_is_the_complete_grid_and_dry_runs_without_the_data(capsys, m
 
 def test_version_verbosity_exit_codes_and_every_metric_column_listed(capsys, monkeypatch, tmp_path):
     from robustad_bench.harness import __version__
-    from robustad_bench.harness.calibration import calibration_metrics
     from robustad_bench.harness.cli import default_cache
     from robustad_bench.harness.metrics import compute_metrics
 
@@ -344,8 +343,7 @@ def test_version_verbosity_exit_codes_and_every_metric_column_listed(capsys, mon
     assert main(["-q", "list", "metrics"]) == 0
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
     labels, scores = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
-    metrics = compute_metrics(labels, scores, threshold=0.3)
-    metrics |= calibration_metrics(labels, scores, scores + 0.1, perturbed=True, seed=0)[0]
+    metrics = compute_metrics(labels, scores + 0.1, threshold=0.3, clean=scores, perturbed=True)
     assert set(metrics) <= listed, set(metrics) - listed
     monkeypatch.delenv("ROBUSTAD_BENCH_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

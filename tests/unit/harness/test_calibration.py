@@ -9,12 +9,13 @@ import pytest
 from robustad_bench.harness import calibration
 from robustad_bench.harness.calibration import (
     CALIBRATORS,
-    calibration_metrics,
     cross_fit,
     ece,
     entropy,
     minmax,
+    posterior_arrays,
 )
+from robustad_bench.harness.metrics import compute_metrics
 
 
 def test_ece_hand_worked_example():
@@ -65,17 +66,22 @@ def test_entropy_is_maximal_at_one_half():
     assert h.argmax() == 50 and h[50] == pytest.approx(1.0) and h[0] == pytest.approx(0.0, abs=1e-9)
 
 
+def cell_metrics(labels, clean, scores, *, perturbed):
+    """The calibration columns of a cell, computed as every metric is (``compute_metrics``)."""
+    return compute_metrics(labels, scores, clean=clean, perturbed=perturbed)
+
+
 def test_cell_metrics_flag_attacks_that_push_scores_towards_the_boundary():
     clean, labels = separable()
     boundary = np.full_like(clean, 4.0)  # attacked scores land between the classes: uncertain
-    metrics, arrays = calibration_metrics(labels, clean, boundary, perturbed=True)
+    metrics, arrays = cell_metrics(labels, clean, boundary, perturbed=True), posterior_arrays(labels, clean, boundary)
     assert metrics["ece_bins"] == 15
     assert metrics["entropy_adv"] > metrics["entropy_clean"]
     assert metrics["flag_auroc"] > 0.9
     assert arrays["posterior_platt"].shape == clean.shape
-    clean_metrics, _ = calibration_metrics(labels, clean, clean, perturbed=False)
+    clean_metrics = cell_metrics(labels, clean, clean, perturbed=False)
     assert clean_metrics["entropy_adv"] is None and clean_metrics["flag_auroc"] is None
     assert clean_metrics["ece_platt"] < clean_metrics["ece_raw"]
     assert clean_metrics["f1_platt"] > 0.9 and clean_metrics["gmean_platt"] > 0.9  # separable: P = 0.5 splits well
-    single, _ = calibration_metrics(np.zeros(5, int), clean[:5], clean[:5], perturbed=False)
+    single = cell_metrics(np.zeros(5, int), clean[:5], clean[:5], perturbed=False)
     assert single["ece_platt"] is None and single["ece_raw"] is not None

@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from robustad_bench.harness.aggregate import robust_metrics, worst_case
+from robustad_bench.harness.summaries import ranked_values
 from robustad_bench.leaderboards import render
 from robustad_bench.leaderboards.board import main_tables
 
@@ -57,7 +58,7 @@ def test_robust_metrics_from_saved_scores_and_the_ranking(tmp_path):
     assert records["a"]["robust_image_auroc"] == pytest.approx(0.25)
     assert records["b"]["robust_image_auroc"] == pytest.approx(0.75)
     assert records["a"]["attacks"] == ["pgd-a", "pgd-b"] and records["a"]["norm"] == "linf"
-    (table,) = main_tables(rows, list(records.values()))
+    (table,) = main_tables(rows, ranked_values(rows, list(records.values())))
     assert [r["detector"] for r in table.rows] == ["b", "a"]  # ranked by robust AUROC at the headline (8/255)
     assert table.rows[0]["budget"] == "8 epochs"
     assert table.rows[1]["values"]["gap"].mean == pytest.approx(1.0 - 0.25)
@@ -85,7 +86,7 @@ def test_pixel_worst_case_is_one_map_per_image_and_never_above_a_single_attack(t
 def test_seeds_give_mean_and_std(tmp_path):
     rows = write_run(tmp_path, "a", {"pgd-a": ATTACK_A})
     rows += [{**r, "seed": 1, "metrics": {"image_auroc": r["metrics"]["image_auroc"] - 0.1}} for r in rows]
-    (table,) = main_tables(rows, [])
+    (table,) = main_tables(rows, ranked_values(rows, []))
     value = table.rows[0]["values"]["pgd-a@('linf', 0.03137254901960784)"]
     assert value.mean == pytest.approx(0.75 - 0.05) and value.std == pytest.approx(0.05)
     assert value.text() == "70.0 ± 5.0"
