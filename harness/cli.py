@@ -96,6 +96,13 @@ def _parser() -> argparse.ArgumentParser:
     ren.add_argument("--tolerance", type=finite_number, default=0.01, help="AUROC change (fraction) below which nothing is reported (default 0.01)")
     ren.add_argument("--entries", action="append", default=[], metavar="DIR",
                      help="a folder of submitted entry files to merge (leaderboards/entries/ is read when present)")
+    ren.add_argument("--reported", action="append", default=[], metavar="DIR",
+                     help="a folder of reported tables (*.yaml) beside the shipped ones (leaderboards/reported/)")
+    rep = sub.add_parser("reproduce", help="the run's measurements beside the numbers the papers report; exit 3 beyond the tolerance")
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="the run folder (holds results.jsonl)")
+    rep.add_argument("--tolerance", type=finite_number, default=2.0, help="largest |measured − reported| in points (default 2.0)")
+    rep.add_argument("--reported", action="append", default=[], metavar="DIR",
+                     help="a folder of reported tables (*.yaml) beside the shipped ones")
     chd = sub.add_parser("check-detector", help="the admission check: does a detector keep the contract the attacks rely on?")
     chd.add_argument("detector", help="a registered detector name, or an import path mypkg.module:Class")
     chd.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
@@ -283,7 +290,8 @@ def cmd_render(args) -> int:
         raise UserError(f"--tolerance must be at least 0, got {args.tolerance}", key="--tolerance")
     if args.site is not None and Path(args.site).exists() and not Path(args.site).is_dir():
         raise UserError(f"{args.site!r} is a file; --site must be a folder", key="--site")
-    md, site, changes = render(args.dir, args.site, compare_to=args.compare, tolerance=args.tolerance, entries=args.entries)
+    md, site, changes = render(args.dir, args.site, compare_to=args.compare, tolerance=args.tolerance, entries=args.entries,
+                               reported=args.reported)
     print(f"leaderboard: {md}  site: {site}")
     if args.compare:
         regressions = [c for c in changes if c.regression]
@@ -323,6 +331,37 @@ def cmd_check_detector(args) -> int:
     failed = [c.name for c in checks if c.passed is False]
     print(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else "admitted: every check passes", file=sys.stderr if failed else sys.stdout)
     return 1 if failed else 0
+
+
+def cmd_reproduce(args) -> int:
+    from tabulate import tabulate
+
+    from robustad_bench.leaderboards.reported import compare_reported, read_reported
+
+    from .rows import read_rows
+
+    if args.tolerance < 0:
+        raise UserError(f"--tolerance must be at least 0, got {args.tolerance}", key="--tolerance")
+    path = Path(args.run_dir) / "results.jsonl"
+    rows = read_rows(path)
+    if not rows:
+        raise UserError(f"no results in {str(path)!r}; run a suite first", key="RUN_DIR")
+    reported = read_reported([Path(f) for f in args.reported])
+    comparisons = compare_reported(rows, reported)
+    if not comparisons:  # nothing to check passes nothing: say so, do not pass silently
+        methods = sorted({f"{d} on {r.dataset}" for r in reported for d in r.detectors})
+        raise UserError(f"{args.run_dir!r} measures no method, dataset and protocol a paper reports; reported: "
+                        f"{', '.join(methods[:12])}{' …' if len(methods) > 12 else ''} (clean, or {reported[0].protocol.text()})",
+                        key="RUN_DIR")
+    lines = [[c.detector, c.reported.method, c.reported.dataset, c.reported.metric, c.setting, f"{100 * c.measured:.1f}",
+              f"{100 * c.reported_value:.1f}", f"{c.delta:+.1f}", "ok" if abs(c.delta) <= args.tolerance else "MISS",
+              c.reported.table] for c in comparisons]
+    print(tabulate(lines, headers=["entry", "method", "dataset", "metric", "setting", "measured", "reported", "Δ", "", "source"],
+                   disable_numparse=True))
+    misses = [c for c in comparisons if abs(c.delta) > args.tolerance]
+    print(f"{len(comparisons)} reported value(s) measured, {len(misses)} beyond ±{args.tolerance:g} points",
+          file=sys.stderr if misses else sys.stdout)
+    return 3 if misses else 0
 
 
 def cmd_submit(args) -> int:
@@ -402,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     root, before = logging.getLogger(), logging.getLogger().level
     root.setLevel(level)
     handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "render": cmd_render, "data": cmd_data, "submit": cmd_submit,
+               "reproduce": cmd_reproduce,
                "check-detector": cmd_check_detector, "cache": cmd_cache}[args.command]
     try:
         return run_command(handler, args)

@@ -104,6 +104,27 @@ def ranked_values(rows: list[dict], robust: list[dict], by: tuple[str, ...] = EN
     return records
 
 
+def protocol_mean(rows: list[dict], detector: str, dataset: str, task: str, metric: str,
+                  protocol: tuple[str, int, str, float] | None) -> float | None:
+    """The run's value of ``metric`` for one entry (detector label) on one dataset (registered
+    name): its clean rows (``protocol`` None) or its rows of one (attack, steps, norm, ε) and
+    task; mean over categories per seed, then over seeds. None when no row has it."""
+    per_seed: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        if r.get("status") != "ok" or r["detector"] != detector or (r.get("dataset_config") or {}).get("name") != dataset:
+            continue
+        if protocol is None:
+            if not is_clean(r):
+                continue
+        elif is_clean(r) or r.get("task") != task or (r["attack"], r.get("steps"), r.get("norm")) != protocol[:3] or \
+                not math.isclose(float(r.get("eps") or 0), protocol[3], abs_tol=1e-9):
+            continue
+        value = (r.get("metrics") or {}).get(metric)
+        if is_number(value):
+            per_seed[r.get("seed", 0)].append(float(value))
+    return seed_mean(per_seed)[0]
+
+
 def ranked_record(key: tuple, mean: float | None, std: float | None, by: tuple[str, ...]) -> dict[str, Any]:
     dataset, entry, column, task, label, norm, eps, metric = key
     return {"dataset": dataset, **dict(zip(by, entry)), "column": column, "task": task, "label": label, "norm": norm,

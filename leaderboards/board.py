@@ -28,6 +28,8 @@ class Column:
     kind: str  # clean | attack | robust | gap
     threat: tuple[str, float] | None = None
     badge: str = ""  # what the attacker knows and uses: "white-box · label", "score-only", ...
+    attack: str | None = None  # attack columns: the registered attack and its steps (what a reported protocol matches)
+    steps: int | None = None
 
     @property
     def heading(self) -> str:
@@ -139,7 +141,8 @@ def build_table(table: Table, clean_rows, task_rows, index, headline, by) -> Tab
         for r in task_rows:
             if threat_of(r) == threat:
                 first.setdefault(r.get("attack_label") or r["attack"], r)
-        columns += [Column(f"{label}@{threat}", label, "attack", threat, badge(first[label])) for label in sorted(first)]
+        columns += [Column(f"{label}@{threat}", label, "attack", threat, badge(first[label]), first[label]["attack"],
+                           first[label].get("steps")) for label in sorted(first)]
         columns.append(Column(f"robust@{threat}", "robust", "robust", threat))
     if chosen is not None:
         columns.append(Column("gap", f"gap ({threat_text(chosen)})", "gap", chosen))
@@ -162,8 +165,10 @@ def build_table(table: Table, clean_rows, task_rows, index, headline, by) -> Tab
 
 
 def rank(table: Table) -> Table:
-    """Rows by robust value at the headline threat model, best first (no value last)."""
-    key = f"robust@{table.headline}" if table.headline is not None else "clean"
+    """Rows by robust value at the headline threat model, best first (no value last); a table
+    without robust values (reported ones only) by its first attack column there."""
+    at_headline = [c.key for c in table.columns if c.kind in ("robust", "attack") and c.threat == table.headline]
+    key = f"robust@{table.headline}" if f"robust@{table.headline}" in at_headline else (at_headline or ["clean"])[0]
     sign = -1.0 if table.higher_is_better else 1.0
     table.rows.sort(key=lambda r: (r["values"][key].mean is None, sign * (r["values"][key].mean or 0.0), r["detector"]))
     return table

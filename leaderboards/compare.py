@@ -36,6 +36,8 @@ def values(tables: list[Table]) -> dict[tuple, tuple[str, float | None]]:
     out = {}
     for t in tables:
         for r in t.rows:
+            if r.get("source") == "reported":  # a paper's number, not a measurement: never a change
+                continue
             for c in t.columns:
                 out[(t.dataset, t.task, t.title, r["detector"], c.heading if c.kind != "gap" else "gap")] = (c.kind, r["values"][c.key].mean)
     return out

@@ -25,6 +25,7 @@ from .columns import category_cells, category_headers, settings_cells, settings_
 from .compare import Change, changes_markdown, compare, read_board, values, write_board
 from .entries import entry_pages
 from .plots import write_reliability_diagrams
+from .reported import Comparison, add_reported, compare_reported, read_reported
 from .submit import merge, read_entries
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -76,14 +77,40 @@ def main_markdown(tables: list[Table]) -> list[str]:
     for t in tables:
         parts += [f"### {md_text(t.dataset)} — {t.task}: {t.title}", ""]
         if t.headline:
-            parts += [f"Ranked by robust {t.title} at {threat_text(t.headline)}.", ""]
+            parts += [f"{ranking_text(t)}.", ""]
         headers = ["#", "Entry", "Source", "Weights", "Budget", *(md_text(c.heading) for c in t.columns), "Flags"]
         parts += [f"> ⚠ **{md_text(r['detector'])}**: {md_text('; '.join(r['warnings']))}." for r in t.rows if r.get("warnings")]
         parts += [""] if any(r.get("warnings") for r in t.rows) else []
-        lines = [[i + 1, md_text(r["detector"]) + (" ⚠" if r.get("warnings") else ""), r.get("source", ""), md_text(r["weights"]), md_text(r["budget"]),
+        lines = [[i + 1, md_text(r["detector"]) + (" ⚠" if r.get("warnings") else ""), source_text(r), md_text(r["weights"]), md_text(r["budget"]),
                   *(r["values"][c.key].text() for c in t.columns), md_text(", ".join(r["flags"]))] for i, r in enumerate(t.rows)]
         parts += [tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True), ""]
     return parts
+
+
+def ranking_text(table: Table) -> str:
+    if any(c.kind == "robust" for c in table.columns):
+        return f"Ranked by robust {table.title} at {threat_text(table.headline)}"
+    return f"Values the papers report; ranked by the attacked {table.title} at {threat_text(table.headline)}"
+
+
+def source_text(row: dict) -> str:
+    """measured here | submitted | reported (Table N)."""
+    if row.get("source") == "reported":
+        return f"reported ({row['citation'].split(',')[0]})"
+    return row.get("source", "")
+
+
+def reproduction_markdown(comparisons: list[Comparison]) -> list[str]:
+    """Measured − reported for every value the run measured too (``robustad-bench reproduce``)."""
+    if not comparisons:
+        return []
+    lines = [[md_text(c.detector), md_text(c.reported.method), md_text(c.reported.dataset), c.reported.metric, c.setting,
+              f"{100 * c.measured:.1f}", f"{100 * c.reported_value:.1f}", f"{c.delta:+.1f}", c.reported.table]
+             for c in comparisons]
+    return ["## Measured vs reported", "",
+            "Where this run measured a method, benchmark and protocol a paper reports: measured − reported, in points.", "",
+            tabulate(lines, headers=["Entry", "Method", "Dataset", "Metric", "Setting", "Measured", "Reported", "Δ", "Source"],
+                     tablefmt="github", disable_numparse=True), ""]
 
 
 def header_text(suites: dict, rows: list[dict]) -> str:
@@ -105,7 +132,8 @@ def md_text(value) -> str:
     return html.escape(str(value), quote=False).replace("|", "\\|")
 
 
-def render_markdown(rows: list[dict], settings: list[dict], title: str, tables: list[Table] = (), header: str = "") -> str:
+def render_markdown(rows: list[dict], settings: list[dict], title: str, tables: list[Table] = (), header: str = "",
+                    comparisons: list[Comparison] = ()) -> str:
     tag, explanation = threshold_words(rows)
     headers = ["Detector", "Weights", "Dataset", "Attack", "#cat", *(h.text for h in settings_headers(tag)), "Flags"]
     failed = [r["cell_id"] for r in rows if r.get("status") != "ok"]
@@ -113,6 +141,7 @@ def render_markdown(rows: list[dict], settings: list[dict], title: str, tables: 
     parts = [
         f"# {title}", "", *([header, ""] if header else []),
         *(main_markdown(tables) if tables else []),
+        *reproduction_markdown(list(comparisons)),
         "## All cells", "",
         f"Metrics in percent, mean over categories. {explanation} "
         "ECE: 15 bins, raw min-max score → Platt posterior (5-fold cross-fitted on clean scores, applied "
@@ -172,9 +201,10 @@ def entry_folders(extra: list[str | Path] | None) -> list[Path]:
 
 def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str | None = None,
            compare_to: str | Path | None = None, tolerance: float = 0.01,
-           entries: list[str | Path] | None = None) -> tuple[Path, Path, list[Change]]:
+           entries: list[str | Path] | None = None, reported: list[str | Path] | None = None) -> tuple[Path, Path, list[Change]]:
     """Write ``leaderboard.md`` into ``out_dir`` and the static site into ``site_dir``; with
-    ``compare_to`` (a previous run folder) also ``changes.md``, and return its changes."""
+    ``compare_to`` (a previous run folder) also ``changes.md``, and return its changes.
+    ``reported``: folders of reported tables beside the shipped ones."""
     out_dir = Path(out_dir)
     refuse_links(out_dir, *([Path(site_dir)] if site_dir else []), key="DIR")
     rows = read_rows(out_dir / "results.jsonl")
@@ -185,7 +215,10 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     tables = main_tables(rows, aggregates.ranked, run_headline(suites))
     submitted = read_entries(entry_folders(entries))
     merge(tables, submitted)
-    write_board(out_dir / "board.json", tables)
+    write_board(out_dir / "board.json", tables)  # measured and submitted values: what --compare reads
+    papers = read_reported([Path(f) for f in reported or []])
+    tables = add_reported(tables, papers)
+    comparisons = compare_reported(rows, papers)
     changes = []
     if compare_to is not None:
         changes = compare(values(tables), previous_values(Path(compare_to)), tolerance)
@@ -193,7 +226,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
     header = header_text(suites, rows)
     title = title or f"robustad-bench leaderboard — {out_dir.name}"
     md_path = out_dir / "leaderboard.md"
-    md_path.write_text(render_markdown(rows, aggregates.settings, title, tables, header))
+    md_path.write_text(render_markdown(rows, aggregates.settings, title, tables, header, comparisons))
     site = Path(site_dir) if site_dir else out_dir / "site"
     site.mkdir(parents=True, exist_ok=True)
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]))
@@ -208,7 +241,7 @@ def render(out_dir: str | Path, site_dir: str | Path | None = None, title: str |
         settings_headers=settings_headers(tag), detail=category_lines(rows), detail_headers=category_headers(tag),
         failed=[r["cell_id"] for r in rows if r.get("status") != "ok"], plots=[f"plots/{p.name}" for p in plots],
         notes=attack_notes(rows), threshold_text=explanation,
-        tables=tables, threat_text=threat_text, suites=list(suites.values()), meta=header, pages=pages,
+        tables=tables, threat_text=threat_text, ranking_text=ranking_text, comparisons=comparisons, suites=list(suites.values()), meta=header, pages=pages,
         changes=(out_dir / "changes.md").is_file() and compare_to is not None,
         regressions=sum(c.regression for c in changes),
         badges=sorted({c.badge for t in tables for c in t.columns if c.badge}),

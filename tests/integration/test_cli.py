@@ -319,11 +319,12 @@ def test_full_suite_is_the_complete_grid_and_dry_runs_without_the_data(capsys, m
     assert main(["run", full, "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     cells, fits = map(int, re.fullmatch(r"(\d+) cells, (\d+) fit tasks", lines[-1]).groups())
-    assert len(lines) - 1 == cells > 10_000 and fits == 4 * (15 + 12 + 3 + 6 + 4 + 12 + 5 + 1 + 1) + (10 + 20 + 10 + 10)
+    assert len(lines) - 1 == cells > 10_000 and fits == 7 * (15 + 12 + 3 + 6 + 4 + 12 + 5 + 1 + 1) + (10 + 20 + 10 + 10)
     ids = lines[:-1]
     for dataset in ("mvtec", "visa", "btad", "mpdd", "wfdd", "dtd_synthetic", "mvtec_loco", "headct", "brats"):
         assert {i.split(".")[0] for i in ids if i.split(".")[1] == dataset} == {
-            "patchcore-wrn50", "anomalydino-vits14", "zarnd-r18-linf2", "patchguard-paper"}, dataset
+            "patchcore-wrn50", "anomalydino-vits14", "zarnd-r18-linf2", "patchguard-paper",
+            "anomalib-padim-wrn50", "anomalib-patchcore-wrn50", "anomalib-dfm-r50"}, dataset
     for dataset in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
         assert {i.split(".")[0] for i in ids if i.split(".")[1] == dataset} == {"zarnd-r18-linf2"}, dataset
     assert not [i for i in ids if ".headct." in i and ("segpgd" in i or "autoattack-al" in i)]  # no masks: AD only

@@ -1,0 +1,285 @@
+"""anomalib's image models behind our detector contract (``pip install robustad-bench[anomalib]``).
+
+Each ``anomalib_<model>`` detector builds anomalib's own torch model with the suite's keys
+(the torch model's constructor keys, one to one; ``weights: random | timm`` is its
+``pre_trained``), fits it as anomalib's Lightning module does, and scores [0, 1] images:
+the ImageNet normalisation of anomalib's default pre-processor happens inside (the harness
+resizes to ``input_size`` before any attack, so ε is in pixel units of what the model sees),
+and the score and map are the raw torch model's. anomalib's post-processor is not used: it
+min-max normalises and clamps with statistics of a validation set, which zeroes gradients
+outside that range.
+
+anomalib's forward passes cut the input gradient. What was done, per model (the clean scores
+equal anomalib's own inference on the same weights and images: ``tests/unit/adapters``):
+- ``anomalib_padim``: its forward runs the feature extractor and the embedding under
+  ``torch.no_grad``. Ours calls the same parts — the feature extractor with its
+  ``requires_grad`` flag set (so it does not enter ``no_grad`` either), ``generate_embedding``,
+  the Mahalanobis ``anomaly_map_generator`` — without it. Score: the map's maximum.
+- ``anomalib_patchcore``: the same for the feature extractor; the pooling, embedding,
+  nearest-neighbour search and the k-NN re-weighted score (anomalib's ``num_neighbors``) are
+  anomalib's, unchanged (differentiable: distances are recomputed by torch).
+- ``anomalib_dfm``: the same for the feature extractor and the pooling (``get_features``); the
+  PCA reconstruction error (``score``, ``score_type: fre``) is anomalib's, unchanged.
+The anomalib model stays in eval mode outside fitting (its extractor's BatchNorm statistics
+fixed, whatever the gradient flag), and its parameters are frozen: gradients reach the input only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import warnings
+from contextlib import contextmanager
+from unittest.mock import patch
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.schema import PositiveInt
+
+from .backbones import check_backbone
+from .base import AnomalyOutput, Detector, Normalize
+from .registry import register_detector
+
+EXTRA = "pip install 'robustad-bench[anomalib]'"
+SUPPORTED = ">=2.7,<2.8"  # the anomalib releases these adapters were written and tested against
+
+
+def anomalib_module(path: str):
+    """An anomalib module, or a UserError saying how to install the extra."""
+    try:
+        return importlib.import_module(path)
+    except ImportError as err:
+        raise UserError(f"the anomalib detectors need anomalib ({SUPPORTED}): {EXTRA} ({err})", key="detectors") from err
+
+
+def anomalib_problems(kwargs: dict) -> list[str]:
+    """``check_config`` of every anomalib detector: anomalib installed, a timm backbone, weights random or timm."""
+    problems = []
+    if importlib.util.find_spec("anomalib") is None:
+        problems.append(f"needs anomalib ({SUPPORTED}), which is not installed: {EXTRA}")
+    if "backbone" in kwargs and (problem := check_backbone(kwargs["backbone"])):
+        problems.append(problem)
+    if kwargs.get("weights", "random") not in ("random", "timm"):
+        problems.append(f"weights must be 'random' (random init) or 'timm' (anomalib's pretrained download), got {kwargs['weights']!r}")
+    if kwargs.get("input_size", 256) < 32:
+        problems.append(f"input_size must be at least 32, got {kwargs['input_size']}")
+    return problems
+
+
+@contextmanager
+def seeded_globals(seed: int):
+    """Seed torch's and numpy's global generators (which anomalib's fitting draws from), then
+    restore both: a fit depends on its seed only, and leaves no trace on other code's draws."""
+    state = np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            np.random.set_state(state)
+
+
+@contextmanager
+def quiet_progress():
+    """No progress bar from anomalib's coreset loop (one per fit would interleave with the run's own)."""
+    with patch("anomalib.models.components.sampling.k_center_greedy.tqdm", lambda iterable, **_: iterable):
+        yield
+
+
+class AnomalibDetector(Detector):
+    """What every anomalib adapter shares: the wrapped torch model ``self.model``, normalisation
+    inside, fitting by collecting the train embeddings, frozen weights, eval mode outside fitting."""
+
+    version = "1"
+    fit_batch_size = 32
+
+    def __init__(self, model: torch.nn.Module, *, input_size: int, weights: str):
+        super().__init__()
+        self.model = model
+        self.input_size, self.weights = input_size, "timm:anomalib" if weights == "timm" else "random"
+        self.normalize = Normalize()
+        self.model.requires_grad_(False)  # frozen: gradients flow to the input only
+        self.model.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()  # only fitting puts anomalib's model in training mode
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Fitted buffers (memory bank, Gaussian statistics) start empty: take the saved shapes."""
+        for key, value in state_dict.items():
+            if not key.startswith(prefix):
+                continue
+            owner, _, name = key.removeprefix(prefix).rpartition(".")
+            module = self.get_submodule(owner) if owner else self
+            if name in module._buffers and module._buffers[name] is not None and module._buffers[name].shape != value.shape:
+                module._buffers[name] = torch.empty_like(value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @torch.no_grad()
+    def fit(self, normal_images: Tensor, *, seed: int) -> None:
+        """anomalib's training loop for a model without an optimiser: one pass over the train
+        images in training mode collects their embeddings, then the model fits on them."""
+        device = next(self.model.buffers(), normal_images).device
+        with seeded_globals(seed):  # anomalib draws from torch's and numpy's global generators (coreset, projection)
+            self.model.train()
+            for extractor in self.extractors():
+                extractor.eval()  # frozen extractor: BatchNorm keeps its statistics (anomalib's behaviour)
+            for start in range(0, normal_images.shape[0], self.fit_batch_size):
+                self.model(self.normalize(normal_images[start : start + self.fit_batch_size].to(device).contiguous()))
+            self.finish_fit()
+            self.model.eval()
+
+    def extractors(self) -> list[torch.nn.Module]:
+        """anomalib's feature extractors inside the model (their ``requires_grad`` flag bypasses ``no_grad``)."""
+        return [m for m in self.model.modules() if type(m).__name__ == "TimmFeatureExtractor"]
+
+    def pass_gradients(self) -> None:
+        """Set each feature extractor's ``requires_grad`` flag: it then runs without ``no_grad``
+        (its mode stays ours: eval)."""
+        for extractor in self.extractors():
+            extractor.requires_grad = True
+
+    def finish_fit(self) -> None:
+        raise NotImplementedError
+
+    def anomalib_output(self, x: Tensor):
+        """anomalib's own inference (``InferenceBatch``) on images ``x`` in [0, 1]: what our
+        forward must equal on clean images."""
+        return self.model(self.normalize(x.contiguous()))
+
+
+@register_detector("anomalib_padim")
+class AnomalibPadim(AnomalibDetector):
+    """PaDiM (Defard et al., ICPR 2021) as anomalib implements it: a Gaussian per patch position
+    over concatenated multi-layer features (a random subset of ``n_features`` channels); the
+    map is the Mahalanobis distance, upsampled and blurred; the score its maximum."""
+
+    name = "anomalib_padim"
+    tiny = {"backbone": "resnet18", "input_size": 64, "n_features": 32}
+
+    def __init__(self, backbone: str = "resnet18", layers: list[str] | None = None, weights: str = "random",
+                 n_features: PositiveInt | None = None, input_size: PositiveInt = 256):
+        for problem in self.check_config(backbone=backbone, weights=weights, input_size=input_size):
+            raise UserError(problem)
+        padim = anomalib_module("anomalib.models.image.padim.torch_model")
+        model = padim.PadimModel(backbone=backbone, layers=list(layers or ["layer1", "layer2", "layer3"]),
+                                 pre_trained=weights == "timm", n_features=n_features)
+        super().__init__(model, input_size=input_size, weights=weights)
+        self.pass_gradients()
+
+    @staticmethod
+    def check_config(**kwargs) -> list[str]:
+        return anomalib_problems(kwargs)
+
+    def finish_fit(self) -> None:
+        self.model.fit()
+
+    def features(self, x: Tensor) -> Tensor:
+        """The embedding PaDiM models: (B, n_features, h, w)."""
+        return self.model.generate_embedding(self.model.feature_extractor(self.normalize(x)))
+
+    def forward(self, x: Tensor) -> AnomalyOutput:
+        embedding = self.features(x)
+        gaussian = self.model.gaussian
+        maps = self.model.anomaly_map_generator(embedding=embedding, mean=gaussian.mean,
+                                                inv_covariance=gaussian.inv_covariance, image_size=x.shape[-2:])[:, 0]
+        return AnomalyOutput(score=maps.flatten(1).amax(dim=1), map=maps)
+
+
+@register_detector("anomalib_patchcore")
+class AnomalibPatchcore(AnomalibDetector):
+    """PatchCore (Roth et al., CVPR 2022) as anomalib implements it: 3×3-pooled layer2 + layer3
+    patch features, a k-center-greedy coreset (``coreset_sampling_ratio``) as memory bank,
+    nearest-neighbour patch distances as the map (upsampled, blurred), and the largest one
+    re-weighted by its ``num_neighbors`` support samples as the score."""
+
+    name = "anomalib_patchcore"
+    tiny = {"backbone": "resnet18", "input_size": 64}
+
+    def __init__(self, backbone: str = "wide_resnet50_2", layers: list[str] | None = None, weights: str = "random",
+                 num_neighbors: PositiveInt = 9, coreset_sampling_ratio: float = 0.1, input_size: PositiveInt = 256):
+        for problem in self.check_config(backbone=backbone, weights=weights, input_size=input_size,
+                                         coreset_sampling_ratio=coreset_sampling_ratio):
+            raise UserError(problem)
+        patchcore = anomalib_module("anomalib.models.image.patchcore.torch_model")
+        model = patchcore.PatchcoreModel(layers=list(layers or ["layer2", "layer3"]), backbone=backbone,
+                                         pre_trained=weights == "timm", num_neighbors=num_neighbors)
+        super().__init__(model, input_size=input_size, weights=weights)
+        self.coreset_sampling_ratio = coreset_sampling_ratio
+        self.pass_gradients()
+
+    @staticmethod
+    def check_config(**kwargs) -> list[str]:
+        problems = anomalib_problems(kwargs)
+        if not 0 < kwargs.get("coreset_sampling_ratio", 0.1) <= 1:
+            problems.append(f"coreset_sampling_ratio must be in (0, 1], got {kwargs['coreset_sampling_ratio']}")
+        return problems
+
+    def finish_fit(self) -> None:
+        with warnings.catch_warnings(), quiet_progress():
+            warnings.simplefilter("ignore", DeprecationWarning)  # anomalib 2.7 warns of ``embeddings`` even when not given
+            self.model.subsample_embedding(sampling_ratio=self.coreset_sampling_ratio)
+
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled, concatenated patch features: (B, C, h, w)."""
+        model = self.model
+        features = model.feature_extractor(self.normalize(x))
+        return model.generate_embedding({layer: model.feature_pooler(f) for layer, f in features.items()})
+
+    def forward(self, x: Tensor) -> AnomalyOutput:
+        model = self.model
+        embedding = self.features(x)
+        b, _, h, w = embedding.shape
+        embedding = model.reshape_embedding(embedding)
+        patch_scores, locations = model.nearest_neighbors(embedding=embedding, n_neighbors=1)
+        score = model.compute_anomaly_score(patch_scores.reshape(b, -1), locations.reshape(b, -1), embedding)
+        maps = model.anomaly_map_generator(patch_scores.reshape(b, 1, h, w), x.shape[-2:])[:, 0]
+        return AnomalyOutput(score=score, map=maps)
+
+
+@register_detector("anomalib_dfm")
+class AnomalibDfm(AnomalibDetector):
+    """DFM (Ahuja et al., 2019) as anomalib implements it: average-pooled features of one
+    layer, a PCA keeping ``n_comps`` of the variance fitted on the train images, and the
+    feature reconstruction error (``score_type: fre``) as score, its per-position sum as the map."""
+
+    name = "anomalib_dfm"
+    tiny = {"backbone": "resnet18", "input_size": 64, "pooling_kernel_size": 2}
+
+    def __init__(self, backbone: str = "resnet50", layer: str = "layer3", weights: str = "random",
+                 pooling_kernel_size: PositiveInt = 4, n_comps: float = 0.97, input_size: PositiveInt = 256):
+        for problem in self.check_config(backbone=backbone, weights=weights, input_size=input_size, n_comps=n_comps):
+            raise UserError(problem)
+        dfm = anomalib_module("anomalib.models.image.dfm.torch_model")
+        model = dfm.DFMModel(backbone=backbone, layer=layer, pre_trained=weights == "timm",
+                             pooling_kernel_size=pooling_kernel_size, n_comps=n_comps, score_type="fre")
+        super().__init__(model, input_size=input_size, weights=weights)
+        self.pass_gradients()
+
+    @staticmethod
+    def check_config(**kwargs) -> list[str]:
+        problems = anomalib_problems(kwargs)
+        if not 0 < kwargs.get("n_comps", 0.97) <= 1:
+            problems.append(f"n_comps (the fraction of variance the PCA keeps) must be in (0, 1], got {kwargs['n_comps']}")
+        return problems
+
+    def finish_fit(self) -> None:
+        self.model.fit()
+
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled layer features DFM models: (B, C, h, w)."""
+        model = self.model
+        features = model.feature_extractor(self.normalize(x))[model.layer]
+        return torch.nn.functional.avg_pool2d(features, model.pooling_kernel_size) if model.pooling_kernel_size > 1 else features
+
+    def forward(self, x: Tensor) -> AnomalyOutput:
+        features = self.features(x)
+        score, maps = self.model.score(features.reshape(features.shape[0], -1), features.shape)
+        maps = torch.nn.functional.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return AnomalyOutput(score=score, map=maps)

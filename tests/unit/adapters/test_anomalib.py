@@ -1,0 +1,68 @@
+"""anomalib's models through our contract: clean scores equal anomalib's own inference, and
+PGD through the adapter lowers image AUROC on the embedded textures. (Shapes, gradients,
+batch independence, eval mode and the state_dict round trip are the admission check's, run
+over the whole registry by ``test_admission.py``.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robustad_bench.adapters import DETECTORS, create_detector, list_detectors
+from robustad_bench.core.errors import UserError
+from robustad_bench.harness.attacks import run_attack
+from robustad_bench.harness.datasets import DATASETS
+from robustad_bench.harness.metrics import auroc
+from robustad_bench.harness.tasks import seeded
+
+pytest.importorskip("anomalib")  # the extra (``robustad-bench[anomalib]``, in ``dev``)
+ANOMALIB = list_detectors("anomalib_*")
+
+
+@pytest.fixture(scope="module")
+def textures(data_dir):
+    dataset = DATASETS.get("textures")(image_size=64, crop_size=96, n_train=8, n_test_normal=6, n_test_anomalous=6)
+    return dataset.load("brick", seed=0, data_dir=data_dir)
+
+
+@pytest.fixture(scope="module", params=ANOMALIB)
+def fitted(request, textures):
+    with seeded(0):
+        detector = create_detector(request.param, **DETECTORS.get(request.param).tiny)
+    split = textures.resized(detector.input_size)
+    detector.fit(split.train, seed=0)
+    return detector.eval(), split
+
+
+def test_the_anomalib_models_are_registered():
+    assert {"anomalib_padim", "anomalib_patchcore", "anomalib_dfm"} <= set(ANOMALIB)
+
+
+def test_clean_scores_and_maps_equal_anomalibs_own_inference(fitted):
+    detector, split = fitted
+    ours = detector(split.test)
+    with torch.no_grad():
+        theirs = detector.anomalib_output(split.test)  # anomalib's forward, with its no_grad
+    assert torch.equal(ours.score, theirs.pred_score.flatten())
+    assert torch.equal(ours.map, theirs.anomaly_map[:, 0])
+
+
+def test_pgd_through_the_adapter_lowers_image_auroc(fitted):
+    detector, split = fitted
+    labels = torch.as_tensor(split.labels)
+    clean = auroc(split.labels, detector(split.test).score.detach().numpy())
+    adversarial = run_attack("pgd", detector, split.test, labels, None, eps=8 / 255, steps=10)
+    attacked = auroc(split.labels, detector(adversarial).score.detach().numpy())
+    assert clean > 0.6 and attacked < clean - 0.3, (clean, attacked)
+
+
+def test_configuration_problems_name_the_key(monkeypatch):
+    with pytest.raises(UserError, match="weights must be 'random'"):
+        create_detector("anomalib_padim", weights="imagenet")
+    with pytest.raises(UserError, match="coreset_sampling_ratio"):
+        create_detector("anomalib_patchcore", backbone="resnet18", coreset_sampling_ratio=0)
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "anomalib" else real(name, *a))
+    assert any("robustad-bench[anomalib]" in p for p in DETECTORS.get("anomalib_dfm").check_config())
