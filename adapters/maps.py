@@ -23,7 +23,9 @@ def gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
     return x.squeeze(1)
 
 
-def patch_map(patch_scores: Tensor, size: tuple[int, int], sigma: float) -> Tensor:
-    """(B, h, w) patch scores → (B, H, W): bilinear upsampling, then a Gaussian blur (σ in pixels)."""
-    maps = F.interpolate(patch_scores.unsqueeze(1), size=size, mode="bilinear", align_corners=False)
+def patch_map(patch_scores: Tensor, size: tuple[int, int], sigma: float, mode: str = "bilinear") -> Tensor:
+    """(B, h, w) patch scores → (B, H, W): upsampling (bilinear, or nearest as anomalib), then a
+    Gaussian blur (σ in pixels)."""
+    corners = {"align_corners": False} if mode == "bilinear" else {}
+    maps = F.interpolate(patch_scores.unsqueeze(1), size=size, mode=mode, **corners)
     return gaussian_blur(maps.squeeze(1), sigma)

@@ -66,3 +66,19 @@ def test_configuration_problems_name_the_key(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "anomalib" else real(name, *a))
     assert any("robustad-bench[anomalib]" in p for p in DETECTORS.get("anomalib_dfm").check_config())
+
+
+def test_our_patchcore_with_anomalibs_choices_gives_anomalibs_scores_and_maps(textures):
+    """Same backbone weights (same seed), no subsampling: with ``score: reweighted`` and
+    ``upsampling: nearest`` our PatchCore equals anomalib's; its defaults differ only there."""
+    def fitted(name, **kwargs):
+        with seeded(0):
+            detector = create_detector(name, backbone="resnet18", input_size=64, **kwargs).eval()
+        detector.fit(textures.train, seed=0)
+        return detector
+
+    theirs = fitted("anomalib_patchcore", coreset_sampling_ratio=1.0)(textures.test)
+    ours = fitted("patchcore", coreset_ratio=1.0, score="reweighted", upsampling="nearest")(textures.test)
+    assert torch.allclose(ours.score, theirs.score, atol=1e-5) and torch.allclose(ours.map, theirs.map, atol=1e-5)
+    default = fitted("patchcore", coreset_ratio=1.0)(textures.test)
+    assert not torch.allclose(default.score, theirs.score, atol=1e-3)  # the max of the smoothed map is another score
