@@ -20,6 +20,12 @@ equal anomalib's own inference on the same weights and images: ``tests/unit/adap
   anomalib's, unchanged (differentiable: distances are recomputed by torch).
 - ``anomalib_dfm``: the same for the feature extractor and the pooling (``get_features``); the
   PCA reconstruction error (``score``, ``score_type: fre``) is anomalib's, unchanged.
+- ``anomalib_stfpm``, ``anomalib_reverse_distillation``, ``anomalib_fastflow`` (trained):
+  fitted by their Lightning module's own ``training_step`` and ``configure_optimizers`` for
+  ``epochs`` over the train images (our loop, seeded: no Trainer, so no validation, callbacks
+  or early stopping); scored by anomalib's own forward, unchanged — with the extractors'
+  ``requires_grad`` flag set it keeps the input gradient. ``weights: random`` also randomly
+  initialises what anomalib hard-codes as pretrained (STFPM's teacher).
 The anomalib model stays in eval mode outside fitting (its extractor's BatchNorm statistics
 fixed, whatever the gradient flag), and its parameters are frozen: gradients reach the input only.
 """
@@ -50,7 +56,9 @@ SUPPORTED = ">=2.7,<2.8"  # the anomalib releases these adapters were written an
 def anomalib_module(path: str):
     """An anomalib module, or a UserError saying how to install the extra."""
     try:
-        return importlib.import_module(path)
+        with warnings.catch_warnings():  # anomalib 2.7's own deprecation notices (dinov2, timm.models.layers) on import
+            warnings.simplefilter("ignore", FutureWarning)
+            return importlib.import_module(path)
     except ImportError as err:
         raise UserError(f"the anomalib detectors need anomalib ({SUPPORTED}): {EXTRA} ({err})", key="detectors") from err
 
@@ -90,6 +98,11 @@ def quiet_progress():
         yield
 
 
+def fraction_problems(kwargs: dict, key: str, default: float, what: str) -> list[str]:
+    value = kwargs.get(key, default)
+    return [] if 0 < value <= 1 else [f"{key} ({what}) must be in (0, 1], got {value}"]
+
+
 class AnomalibDetector(Detector):
     """What every anomalib adapter shares: the wrapped torch model ``self.model``, normalisation
     inside, fitting by collecting the train embeddings, frozen weights, eval mode outside fitting."""
@@ -102,6 +115,7 @@ class AnomalibDetector(Detector):
         self.model = model
         self.input_size, self.weights = input_size, "timm:anomalib" if weights == "timm" else "random"
         self.normalize = Normalize()
+        self.trainable = [name for name, p in model.named_parameters() if p.requires_grad]  # what anomalib trains
         self.model.requires_grad_(False)  # frozen: gradients flow to the input only
         self.model.eval()
 
@@ -109,6 +123,11 @@ class AnomalibDetector(Detector):
         super().train(mode)
         self.model.eval()  # only fitting puts anomalib's model in training mode
         return self
+
+    @staticmethod
+    def check_config(**kwargs) -> list[str]:
+        """Cheap checks run by ``validate`` (no model is built)."""
+        return anomalib_problems(kwargs)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Fitted buffers (memory bank, Gaussian statistics) start empty: take the saved shapes."""
@@ -135,6 +154,11 @@ class AnomalibDetector(Detector):
             self.finish_fit()
             self.model.eval()
 
+    def prepare(self, x: Tensor) -> Tensor:
+        """Images in [0, 1] as anomalib's models take them: contiguous (a view of another
+        layout changes convolution rounding, and DFM's ``view`` needs it), ImageNet-normalised."""
+        return self.normalize(x.contiguous())
+
     def extractors(self) -> list[torch.nn.Module]:
         """anomalib's feature extractors inside the model (their ``requires_grad`` flag bypasses ``no_grad``)."""
         return [m for m in self.model.modules() if type(m).__name__ == "TimmFeatureExtractor"]
@@ -148,10 +172,18 @@ class AnomalibDetector(Detector):
     def finish_fit(self) -> None:
         raise NotImplementedError
 
+    @torch.no_grad()
     def anomalib_output(self, x: Tensor):
-        """anomalib's own inference (``InferenceBatch``) on images ``x`` in [0, 1]: what our
-        forward must equal on clean images."""
-        return self.model(self.normalize(x.contiguous()))
+        """anomalib's own inference (``InferenceBatch``) on images ``x`` in [0, 1], its feature
+        extractors' flags as anomalib sets them: what our forward must equal on clean images."""
+        flags = [(e, e.requires_grad) for e in self.extractors()]
+        for extractor, _ in flags:
+            extractor.requires_grad = False
+        try:
+            return self.model(self.prepare(x))
+        finally:
+            for extractor, flag in flags:
+                extractor.requires_grad = flag
 
 
 @register_detector("anomalib_padim")
@@ -173,16 +205,12 @@ class AnomalibPadim(AnomalibDetector):
         super().__init__(model, input_size=input_size, weights=weights)
         self.pass_gradients()
 
-    @staticmethod
-    def check_config(**kwargs) -> list[str]:
-        return anomalib_problems(kwargs)
-
     def finish_fit(self) -> None:
         self.model.fit()
 
     def features(self, x: Tensor) -> Tensor:
         """The embedding PaDiM models: (B, n_features, h, w)."""
-        return self.model.generate_embedding(self.model.feature_extractor(self.normalize(x)))
+        return self.model.generate_embedding(self.model.feature_extractor(self.prepare(x)))
 
     def forward(self, x: Tensor) -> AnomalyOutput:
         embedding = self.features(x)
@@ -216,10 +244,7 @@ class AnomalibPatchcore(AnomalibDetector):
 
     @staticmethod
     def check_config(**kwargs) -> list[str]:
-        problems = anomalib_problems(kwargs)
-        if not 0 < kwargs.get("coreset_sampling_ratio", 0.1) <= 1:
-            problems.append(f"coreset_sampling_ratio must be in (0, 1], got {kwargs['coreset_sampling_ratio']}")
-        return problems
+        return anomalib_problems(kwargs) + fraction_problems(kwargs, "coreset_sampling_ratio", 0.1, "the share of patches kept")
 
     def finish_fit(self) -> None:
         with warnings.catch_warnings(), quiet_progress():
@@ -229,7 +254,7 @@ class AnomalibPatchcore(AnomalibDetector):
     def features(self, x: Tensor) -> Tensor:
         """The pooled, concatenated patch features: (B, C, h, w)."""
         model = self.model
-        features = model.feature_extractor(self.normalize(x))
+        features = model.feature_extractor(self.prepare(x))
         return model.generate_embedding({layer: model.feature_pooler(f) for layer, f in features.items()})
 
     def forward(self, x: Tensor) -> AnomalyOutput:
@@ -264,10 +289,7 @@ class AnomalibDfm(AnomalibDetector):
 
     @staticmethod
     def check_config(**kwargs) -> list[str]:
-        problems = anomalib_problems(kwargs)
-        if not 0 < kwargs.get("n_comps", 0.97) <= 1:
-            problems.append(f"n_comps (the fraction of variance the PCA keeps) must be in (0, 1], got {kwargs['n_comps']}")
-        return problems
+        return anomalib_problems(kwargs) + fraction_problems(kwargs, "n_comps", 0.97, "the share of variance the PCA keeps")
 
     def finish_fit(self) -> None:
         self.model.fit()
@@ -275,7 +297,7 @@ class AnomalibDfm(AnomalibDetector):
     def features(self, x: Tensor) -> Tensor:
         """The pooled layer features DFM models: (B, C, h, w)."""
         model = self.model
-        features = model.feature_extractor(self.normalize(x))[model.layer]
+        features = model.feature_extractor(self.prepare(x))[model.layer]
         return torch.nn.functional.avg_pool2d(features, model.pooling_kernel_size) if model.pooling_kernel_size > 1 else features
 
     def forward(self, x: Tensor) -> AnomalyOutput:
@@ -283,3 +305,155 @@ class AnomalibDfm(AnomalibDetector):
         score, maps = self.model.score(features.reshape(features.shape[0], -1), features.shape)
         maps = torch.nn.functional.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return AnomalyOutput(score=score, map=maps)
+
+
+@contextmanager
+def without_downloads(weights: str):
+    """``weights: random``: every timm model anomalib builds is randomly initialised, also where
+    anomalib hard-codes ``pretrained=True`` (STFPM's teacher, ...) — the documented switch for
+    runs without the model hub (tests, the embedded suites). ``timm``: anomalib's own downloads."""
+    if weights != "random":
+        yield
+        return
+    import timm
+
+    create = timm.create_model
+
+    def random_init(*args, **kwargs):
+        return create(*args, **{**kwargs, "pretrained": False})
+
+    with patch.object(timm, "create_model", random_init):
+        yield
+
+
+def lightning_module(name: str, input_size: int, weights: str, **kwargs):
+    """anomalib's Lightning module ``name`` with the suite's keys, a pre-processor that only
+    states the input size (the harness resizes; normalisation is ours), and no post-processor,
+    evaluator or visualiser."""
+    models = anomalib_module("anomalib.models")
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms import v2
+
+    from .base import IMAGENET_MEAN, IMAGENET_STD
+
+    pre = PreProcessor(transform=v2.Compose([v2.Resize((input_size, input_size)), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]))
+    with without_downloads(weights):
+        return getattr(models, name)(**kwargs, pre_processor=pre, post_processor=False, evaluator=False, visualizer=False)
+
+
+class AnomalibTrained(AnomalibDetector):
+    """A trained anomalib model: its Lightning module's own ``training_step`` and
+    ``configure_optimizers`` run for ``epochs`` over the train images (batches of
+    ``fit_batch_size``, seeded), then anomalib's own forward scores — with the feature
+    extractors' ``requires_grad`` flag set, it has an input gradient, and nothing else changes."""
+
+    lightning_name = ""
+
+    def __init__(self, *, input_size: int, weights: str, epochs: int, fit_batch_size: int, **kwargs):
+        for problem in self.check_config(weights=weights, input_size=input_size, **kwargs):
+            raise UserError(problem)
+        module = lightning_module(self.lightning_name, input_size, weights, **kwargs)
+        if not module.automatic_optimization:
+            raise UserError(f"{self.name}: anomalib's {self.lightning_name} optimises manually; the adapter does not run it yet")
+        super().__init__(module.model, input_size=input_size, weights=weights)
+        object.__setattr__(self, "lightning", module)  # its loss and optimiser settings; its model is ``self.model``
+        self.epochs, self.fit_batch_size = epochs, fit_batch_size
+
+    def fit(self, normal_images: Tensor, *, seed: int) -> None:
+        from anomalib.data import ImageBatch
+
+        device = next(self.model.parameters()).device
+        with seeded_globals(seed):
+            parameters = dict(self.model.named_parameters())
+            for name in self.trainable:  # what anomalib's module leaves trainable, and nothing else
+                parameters[name].requires_grad_(True)
+            optimizer, schedulers = optimizers(self.lightning.configure_optimizers())
+            order = torch.Generator().manual_seed(seed)
+            self.lightning.train()
+            for _ in range(self.epochs):
+                for index in torch.randperm(normal_images.shape[0], generator=order).split(self.fit_batch_size):
+                    batch = self.normalize(normal_images[index].to(device).contiguous())
+                    with warnings.catch_warnings():  # its self.log() outside a Trainer warns once per step
+                        warnings.simplefilter("ignore")
+                        loss = self.lightning.training_step(ImageBatch(image=batch), 0)["loss"]
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                for scheduler in schedulers:
+                    scheduler.step()
+        self.model.requires_grad_(False)
+        self.train(False)
+        self.pass_gradients()
+
+    def features(self, x: Tensor) -> Tensor:
+        """The frozen feature extractor's first feature map: (B, C, h, w)."""
+        extractor = (self.extractors() or [self.model.feature_extractor])[0]
+        features = extractor(self.prepare(x))
+        return next(iter(features.values())) if isinstance(features, dict) else features[0]
+
+    def forward(self, x: Tensor) -> AnomalyOutput:
+        out = self.model(self.prepare(x))
+        return AnomalyOutput(score=out.pred_score.reshape(x.shape[0]), map=out.anomaly_map.reshape(x.shape[0], *x.shape[-2:]))
+
+
+def optimizers(configured) -> tuple[torch.optim.Optimizer, list]:
+    """The optimiser and schedulers of a Lightning ``configure_optimizers`` answer."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured, []
+    if isinstance(configured, dict):
+        scheduler = configured.get("lr_scheduler")
+        scheduler = scheduler.get("scheduler") if isinstance(scheduler, dict) else scheduler
+        return configured["optimizer"], [scheduler] if scheduler is not None else []
+    optimizers_, schedulers = configured if isinstance(configured, tuple) and len(configured) == 2 else (configured, [])
+    return list(optimizers_)[0], list(schedulers)
+
+
+@register_detector("anomalib_stfpm")
+class AnomalibStfpm(AnomalibTrained):
+    """STFPM (Wang et al., BMVC 2021) as anomalib implements it: a student trained to match a
+    frozen teacher's multi-layer features; the map is the layer-wise feature discrepancy,
+    the score its maximum. ``weights: random`` also randomly initialises the teacher (anomalib
+    downloads ImageNet weights for it)."""
+
+    name = "anomalib_stfpm"
+    lightning_name = "Stfpm"
+    tiny = {"backbone": "resnet18", "input_size": 64, "epochs": 5}
+
+    def __init__(self, backbone: str = "resnet18", layers: list[str] | None = None, weights: str = "random",
+                 epochs: PositiveInt = 100, fit_batch_size: PositiveInt = 32, input_size: PositiveInt = 256):
+        super().__init__(input_size=input_size, weights=weights, epochs=epochs, fit_batch_size=fit_batch_size,
+                         backbone=backbone, layers=list(layers or ["layer1", "layer2", "layer3"]))
+
+
+@register_detector("anomalib_reverse_distillation")
+class AnomalibReverseDistillation(AnomalibTrained):
+    """Reverse Distillation (Deng & Li, CVPR 2022) as anomalib implements it: a frozen encoder,
+    a trained bottleneck and decoder reconstructing its features; the map is the layer-wise
+    cosine discrepancy."""
+
+    name = "anomalib_reverse_distillation"
+    lightning_name = "ReverseDistillation"
+    tiny = {"backbone": "resnet18", "input_size": 64, "epochs": 10}
+
+    def __init__(self, backbone: str = "wide_resnet50_2", layers: list[str] | None = None, weights: str = "random",
+                 epochs: PositiveInt = 200, fit_batch_size: PositiveInt = 32, input_size: PositiveInt = 256):
+        super().__init__(input_size=input_size, weights=weights, epochs=epochs, fit_batch_size=fit_batch_size,
+                         backbone=backbone, layers=list(layers or ["layer1", "layer2", "layer3"]),
+                         pre_trained=weights == "timm")
+
+
+@register_detector("anomalib_fastflow")
+class AnomalibFastflow(AnomalibTrained):
+    """FastFlow (Yu et al., 2021) as anomalib implements it: 2-D normalising flows trained on
+    frozen backbone features; the map is the negative log-likelihood, the score its maximum."""
+
+    name = "anomalib_fastflow"
+    lightning_name = "Fastflow"
+    tiny = {"backbone": "resnet18", "input_size": 64, "epochs": 4, "flow_steps": 2}
+
+    def __init__(self, backbone: str = "resnet18", weights: str = "random", flow_steps: PositiveInt = 8,
+                 conv3x3_only: bool = False, hidden_ratio: float = 1.0, epochs: PositiveInt = 500,
+                 fit_batch_size: PositiveInt = 32, input_size: PositiveInt = 256):
+        super().__init__(input_size=input_size, weights=weights, epochs=epochs, fit_batch_size=fit_batch_size,
+                         backbone=backbone, pre_trained=weights == "timm", flow_steps=flow_steps,
+                         conv3x3_only=conv3x3_only, hidden_ratio=hidden_ratio)

@@ -52,6 +52,9 @@ def test_reproduce_passes_within_the_tolerance_and_exits_3_on_a_planted_miss(tin
     assert deltas(captured.out) == pytest.approx({"clean": 0.0, "PGD-2": -5.0}, abs=0.11)
     assert "MISS" in captured.out and "beyond ±2 points" in captured.err
     assert main(["reproduce", str(out), "--reported", str(missed), "--tolerance", "6"]) == 0
+    capsys.readouterr()
+    assert main(["reproduce", str(out)]) == 2  # the shipped tables only: nothing this run measured is reported
+    assert "measures no method, dataset and protocol a paper reports" in capsys.readouterr().err
 
     # the site shows the reported row beside the measured one, in the measured table's PGD column
     assert main(["render", str(out), "--reported", str(close)]) == 0
