@@ -150,7 +150,7 @@ class AnomalibDetector(Detector):
             for extractor in self.extractors():
                 extractor.eval()  # frozen extractor: BatchNorm keeps its statistics (anomalib's behaviour)
             for start in range(0, normal_images.shape[0], self.fit_batch_size):
-                self.model(self.normalize(normal_images[start : start + self.fit_batch_size].to(device).contiguous()))
+                self.model(self.prepare(normal_images[start : start + self.fit_batch_size].to(device)))
             self.finish_fit()
             self.model.eval()
 
@@ -372,7 +372,7 @@ class AnomalibTrained(AnomalibDetector):
             self.lightning.train()
             for _ in range(self.epochs):
                 for index in torch.randperm(normal_images.shape[0], generator=order).split(self.fit_batch_size):
-                    batch = self.normalize(normal_images[index].to(device).contiguous())
+                    batch = self.prepare(normal_images[index].to(device))
                     with warnings.catch_warnings():  # its self.log() outside a Trainer warns once per step
                         warnings.simplefilter("ignore")
                         loss = self.lightning.training_step(ImageBatch(image=batch), 0)["loss"]

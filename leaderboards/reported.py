@@ -154,8 +154,11 @@ def add_reported(tables: list[Table], reported: list[Reported]) -> list[Table]:
             for c in table.columns:
                 row["values"].setdefault(c.key, Value(None))
         rank(table)
-    return sorted(tables, key=lambda t: (t.rows and t.rows[0].get("source") == "reported" and all(
-        r.get("source") == "reported" for r in t.rows), t.dataset, t.task))
+    return sorted(tables, key=lambda t: (reported_only(t), t.dataset, t.task))  # measured tables first
+
+
+def reported_only(table: Table) -> bool:
+    return bool(table.rows) and all(r.get("source") == "reported" for r in table.rows)
 
 
 def matching_column(table: Table, protocol: Protocol) -> Column | None:
