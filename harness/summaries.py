@@ -105,9 +105,9 @@ def ranked_values(rows: list[dict], robust: list[dict], by: tuple[str, ...] = EN
 
 
 def protocol_mean(rows: list[dict], detector: str, dataset: str, task: str, metric: str,
-                  protocol: tuple[str, int, str, float] | None) -> float | None:
+                  protocol: tuple[str, int | None, str, float] | None) -> float | None:
     """The run's value of ``metric`` for one entry (detector label) on one dataset (registered
-    name): its clean rows (``protocol`` None) or its rows of one (attack, steps, norm, ε) and
+    name): its clean rows (``protocol`` None) or its rows of one (attack, steps — None: any —, norm, ε) and
     task; mean over categories per seed, then over seeds. None when no row has it."""
     per_seed: dict[int, list[float]] = defaultdict(list)
     for r in rows:
@@ -116,8 +116,8 @@ def protocol_mean(rows: list[dict], detector: str, dataset: str, task: str, metr
         if protocol is None:
             if not is_clean(r):
                 continue
-        elif is_clean(r) or r.get("task") != task or (r["attack"], r.get("steps"), r.get("norm")) != protocol[:3] or \
-                not math.isclose(float(r.get("eps") or 0), protocol[3], abs_tol=1e-9):
+        elif is_clean(r) or r.get("task") != task or r["attack"] != protocol[0] or protocol[1] not in (None, r.get("steps")) or \
+                r.get("norm") != protocol[2] or not math.isclose(float(r.get("eps") or 0), protocol[3], abs_tol=1e-9):
             continue
         value = (r.get("metrics") or {}).get(metric)
         if is_number(value):

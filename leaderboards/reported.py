@@ -35,7 +35,7 @@ TABLE_KEYS = {"table", "task", "metric", "protocol", "methods", "rows"}
 @dataclass(frozen=True)
 class Protocol:
     attack: str
-    steps: int
+    steps: int | None  # None: the paper does not say (any steps of that attack match)
     norm: str
     eps: float
 
@@ -43,8 +43,12 @@ class Protocol:
     def threat(self) -> tuple[str, float]:
         return self.norm, self.eps
 
+    @property
+    def name(self) -> str:
+        return self.attack + (f"-{self.steps}" if self.steps is not None else "")
+
     def text(self) -> str:
-        return f"{self.attack.upper()}-{self.steps} {threat_text(self.threat)}"
+        return f"{self.name.upper()} {threat_text(self.threat)}"
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,8 @@ def parse_table(table: Any, paper: str, file: str, key: str) -> list[Reported]:
 
 def parse_protocol(raw: Any, file: str, key: str) -> Protocol:
     try:
-        protocol = Protocol(str(raw["attack"]), int(raw["steps"]), str(raw["norm"]), parse_float(raw["eps"]))
+        steps = None if raw["steps"] is None else int(raw["steps"])
+        protocol = Protocol(str(raw["attack"]), steps, str(raw["norm"]), parse_float(raw["eps"]))
     except (TypeError, KeyError, ValueError) as err:
         raise UserError(f"protocol needs attack, steps, norm and eps ({err})", file=file, key=key) from None
     if protocol.norm not in {n.value for n in Norm}:
@@ -123,8 +128,7 @@ def fraction(percent: float | None) -> float | None:
 
 
 def protocol_column(protocol: Protocol) -> Column:
-    return Column(f"reported@{protocol}", f"{protocol.attack}-{protocol.steps} (reported)", "attack", protocol.threat,
-                  "white-box · label")
+    return Column(f"reported@{protocol}", f"{protocol.name} (reported)", "attack", protocol.threat, "white-box")
 
 
 def add_reported(tables: list[Table], reported: list[Reported]) -> list[Table]:
@@ -139,18 +143,23 @@ def add_reported(tables: list[Table], reported: list[Reported]) -> list[Table]:
         if table is None:
             table = Table(dataset, task, values[0].metric, title, values[0].protocol.threat, [Column("clean", "clean", "clean")])
             tables.append(table)
+        rows: dict[tuple[str, str], dict] = {}  # one row per method and table of a paper, whatever its attacks
         for value in values:
             column = matching_column(table, value.protocol)
             if column is None:
                 column = protocol_column(value.protocol)
                 table.columns.append(column)
-            table.rows.append({
-                "detector": value.method, "weights": "as published", "budget": "", "flags": [], "source": "reported",
-                "citation": f"{value.table}, {value.paper}", "protocol": value.protocol.text(),
-                "values": {c.key: Value(value.clean if c.kind == "clean" else value.adversarial if c is column else None)
-                           for c in table.columns},
-            })
-        for row in table.rows:  # columns added for reported values are n/a for the other rows
+            row = rows.get((value.method, value.table))
+            if row is None:
+                row = rows[(value.method, value.table)] = {
+                    "detector": value.method, "weights": "as published", "budget": "", "flags": [], "source": "reported",
+                    "citation": f"{value.table}, {value.paper}", "protocol": value.protocol.text(),
+                    "values": {"clean": Value(value.clean)}}
+                table.rows.append(row)
+            elif value.clean is not None:
+                row["values"]["clean"] = Value(value.clean)
+            row["values"][column.key] = Value(value.adversarial)
+        for row in table.rows:  # n/a where a row has no value (columns added for reported values, other attacks)
             for c in table.columns:
                 row["values"].setdefault(c.key, Value(None))
         rank(table)
@@ -166,7 +175,8 @@ def matching_column(table: Table, protocol: Protocol) -> Column | None:
     for column in table.columns:
         if column.kind == "attack" and column.threat is not None and column.threat[0] == protocol.norm and \
                 math.isclose(column.threat[1], protocol.eps, abs_tol=1e-9) and \
-                (column.key == f"reported@{protocol}" or (column.attack, column.steps) == (protocol.attack, protocol.steps)):
+                (column.key == f"reported@{protocol}" or
+                 (column.attack == protocol.attack and protocol.steps in (None, column.steps))):
             return column
     return None
 
