@@ -94,16 +94,20 @@ def test_a_malformed_reported_table_names_its_key():
 
 def test_one_row_per_method_and_table_whatever_its_attacks():
     """Seed 002's Table 4 (PatchGuard under five attacks, the paper gives no steps) is one row
-    with a value in each attack's column, beside Table 1's PatchGuard row."""
+    with a value in each attack's column, beside Table 1's PatchGuard row (and Table 21's, L2)."""
     from robustad_bench.leaderboards.reported import add_reported
 
     tables = add_reported([], read_reported())
     (table,) = [t for t in tables if (t.dataset, t.task) == ("mvtec", "detection")]
     rows = {r["citation"].split(",")[0]: r for r in table.rows if r["detector"] == "PatchGuard"}
-    assert set(rows) == {"Table 1", "Table 4"}
+    assert set(rows) == {"Table 1", "Table 4", "Table 21"}
     headings = {c.key: c.heading for c in table.columns}
     table4 = {headings[k]: v.mean for k, v in rows["Table 4"]["values"].items() if v.mean is not None}
     assert table4 == pytest.approx({"L∞ ε=8/255 · caa (reported)": 0.748, "L∞ ε=8/255 · autoattack (reported)": 0.708,
                                     "L∞ ε=8/255 · a3 (reported)": 0.698, "L∞ ε=8/255 · segpgd (reported)": 0.719,
                                     "L∞ ε=8/255 · sea (reported)": 0.692})
     assert rows["Table 1"]["values"]["clean"].mean == pytest.approx(0.881)
+    table21 = {headings[k]: v.mean for k, v in rows["Table 21"]["values"].items() if v.mean is not None}
+    assert table21 == pytest.approx({"clean": 0.881, "L2 ε=16/255 · pgd-1000 (reported)": 0.843,
+                                     "L2 ε=32/255 · pgd-1000 (reported)": 0.821, "L2 ε=64/255 · pgd-1000 (reported)": 0.782,
+                                     "L2 ε=128/255 · pgd-1000 (reported)": 0.772})
