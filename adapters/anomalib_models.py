@@ -20,7 +20,7 @@ equal anomalib's own inference on the same weights and images: ``tests/unit/adap
   anomalib's, unchanged (differentiable: distances are recomputed by torch).
 - ``anomalib_dfm``: the same for the feature extractor and the pooling (``get_features``); the
   PCA reconstruction error (``score``, ``score_type: fre``) is anomalib's, unchanged.
-- ``anomalib_stfpm``, ``anomalib_reverse_distillation``, ``anomalib_fastflow`` (trained):
+- ``anomalib_stfpm``, ``anomalib_reverse_distillation``, ``anomalib_fastflow``, ``anomalib_uflow`` (trained):
   fitted by their Lightning module's own ``training_step`` and ``configure_optimizers`` for
   ``epochs`` over the train images (our loop, seeded: no Trainer, so no validation, callbacks
   or early stopping); scored by anomalib's own forward, unchanged — with the extractors'
@@ -36,6 +36,7 @@ import importlib
 import importlib.util
 import warnings
 from contextlib import contextmanager
+from typing import Literal
 from unittest.mock import patch
 
 import numpy as np
@@ -457,3 +458,26 @@ class AnomalibFastflow(AnomalibTrained):
         super().__init__(input_size=input_size, weights=weights, epochs=epochs, fit_batch_size=fit_batch_size,
                          backbone=backbone, pre_trained=weights == "timm", flow_steps=flow_steps,
                          conv3x3_only=conv3x3_only, hidden_ratio=hidden_ratio)
+
+
+@register_detector("anomalib_uflow")
+class AnomalibUflow(AnomalibTrained):
+    """U-Flow (Tailanian et al., 2022) as anomalib implements it: a multi-scale normalising flow
+    trained on frozen features (``backbone``: two CaiT models, ``mcait``, or a ResNet); the
+    map is the likelihood-based score, the score its maximum."""
+
+    name = "anomalib_uflow"
+    lightning_name = "Uflow"
+    tiny = {"backbone": "resnet18", "input_size": 64, "epochs": 4, "flow_steps": 2}
+
+    def __init__(self, backbone: Literal["mcait", "resnet18", "wide_resnet50_2"] = "mcait", weights: str = "random",
+                 flow_steps: PositiveInt = 4, affine_clamp: float = 2.0, affine_subnet_channels_ratio: float = 1.0,
+                 permute_soft: bool = False, epochs: PositiveInt = 200, fit_batch_size: PositiveInt = 32,
+                 input_size: PositiveInt = 448):
+        super().__init__(input_size=input_size, weights=weights, epochs=epochs, fit_batch_size=fit_batch_size,
+                         backbone=backbone, flow_steps=flow_steps, affine_clamp=affine_clamp,
+                         affine_subnet_channels_ratio=affine_subnet_channels_ratio, permute_soft=permute_soft)
+
+    @staticmethod
+    def check_config(**kwargs) -> list[str]:  # its backbones are anomalib's names, not timm's
+        return anomalib_problems({k: v for k, v in kwargs.items() if k != "backbone"})
