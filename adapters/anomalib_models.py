@@ -20,6 +20,8 @@ equal anomalib's own inference on the same weights and images: ``tests/unit/adap
   anomalib's, unchanged (differentiable: distances are recomputed by torch).
 - ``anomalib_dfm``: the same for the feature extractor and the pooling (``get_features``); the
   PCA reconstruction error (``score``, ``score_type: fre``) is anomalib's, unchanged.
+- ``anomalib_dfkde``: its feature extraction ends in ``.detach()``; ours pools the one layer as
+  anomalib does, without it; the KDE classifier is anomalib's, unchanged. Image-level only.
 - ``anomalib_stfpm``, ``anomalib_reverse_distillation``, ``anomalib_fastflow``, ``anomalib_uflow`` (trained):
   fitted by their Lightning module's own ``training_step`` and ``configure_optimizers`` for
   ``epochs`` over the train images (our loop, seeded: no Trainer, so no validation, callbacks
@@ -481,3 +483,44 @@ class AnomalibUflow(AnomalibTrained):
     @staticmethod
     def check_config(**kwargs) -> list[str]:  # its backbones are anomalib's names, not timm's
         return anomalib_problems({k: v for k, v in kwargs.items() if k != "backbone"})
+
+
+@register_detector("anomalib_dfkde")
+class AnomalibDfkde(AnomalibDetector):
+    """DFKDE as anomalib implements it: globally pooled features of ``layers``, PCA to
+    ``n_pca_components``, a Gaussian KDE of the train images, the score a probability from the
+    KDE log-likelihood. Image-level only: the map is the score broadcast (pixel metrics n/a)."""
+
+    name = "anomalib_dfkde"
+    localization = False
+    tiny = {"backbone": "resnet18", "input_size": 64, "layers": ["layer3"], "n_pca_components": 4}
+
+    def __init__(self, backbone: str = "resnet18", layers: list[str] | None = None, weights: str = "random",
+                 n_pca_components: PositiveInt = 16, max_training_points: PositiveInt = 40000,
+                 input_size: PositiveInt = 256):
+        for problem in self.check_config(backbone=backbone, weights=weights, input_size=input_size, layers=layers):
+            raise UserError(problem)
+        dfkde = anomalib_module("anomalib.models.image.dfkde.torch_model")
+        model = dfkde.DfkdeModel(backbone=backbone, layers=list(layers or ["layer4"]), pre_trained=weights == "timm",
+                                 n_pca_components=n_pca_components, max_training_points=max_training_points)
+        super().__init__(model, input_size=input_size, weights=weights)
+        self.pass_gradients()
+
+    def finish_fit(self) -> None:
+        self.model.fit()
+
+    @staticmethod
+    def check_config(**kwargs) -> list[str]:
+        problems = anomalib_problems(kwargs)
+        if len(kwargs.get("layers") or ["layer4"]) != 1:  # anomalib concatenates the layers along the batch axis
+            problems.append(f"layers must name exactly one layer (anomalib's DFKDE stacks several along the batch), got {kwargs['layers']}")
+        return problems
+
+    def features(self, x: Tensor) -> Tensor:
+        """The globally pooled layer features DFKDE models: (B, C), pooled as anomalib pools them."""
+        (features,) = self.model.feature_extractor(self.prepare(x)).values()
+        return torch.nn.functional.adaptive_avg_pool2d(features, (1, 1)).reshape(features.shape[0], -1)
+
+    def forward(self, x: Tensor) -> AnomalyOutput:
+        score = self.model.classifier(self.features(x))
+        return AnomalyOutput(score=score, map=score[:, None, None].expand(-1, *x.shape[-2:]))
