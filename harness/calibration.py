@@ -166,7 +166,17 @@ def posteriors(name: str, labels: np.ndarray, clean: np.ndarray | None, scores: 
     without the clean scores or without two images of each class (every fold needs both)."""
     if clean is None or min(labels.sum(), len(labels) - labels.sum()) < 2:
         return None
-    return tuple(cross_fit(name, np.asarray(clean, np.float64), labels, [np.asarray(scores, np.float64)], seed=seed))
+    clean, scores = np.asarray(clean, np.float64), np.asarray(scores, np.float64)
+    key = hashlib.sha256(b"|".join([name.encode(), clean.tobytes(), np.asarray(labels, np.int64).tobytes(),
+                                    scores.tobytes(), str(seed).encode()])).hexdigest()
+    if key not in POSTERIORS:  # a cell's calibration columns and its saved arrays share one cross-fit per calibrator
+        if len(POSTERIORS) > 16:
+            POSTERIORS.clear()
+        POSTERIORS[key] = tuple(cross_fit(name, clean, labels, [scores], seed=seed))
+    return POSTERIORS[key]
+
+
+POSTERIORS: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # by content: the few cells being scored
 
 
 # The calibration columns are metrics like the rest (``harness/metrics.py``): each receives the
