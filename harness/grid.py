@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from .attacks import ATTACKS, AttackSpec
@@ -71,8 +72,8 @@ class Cell:
         config |= {"threshold": self.threshold} if self.threshold != "oracle" else {}
         return config | ({"source": self.source.config()} if self.source else {})
 
-    @property
-    def cell_id(self) -> str:
+    @cached_property
+    def cell_id(self) -> str:  # computed once per cell: the plan, the runner and every row ask for it
         parts = [self.detector.label, self.dataset.label, self.category, self.attack.label]
         if "norm" in self.attack.kwargs:
             parts.append(self.attack.kwargs["norm"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ class FitTask:
         return config | ({"holdout": self.holdout} if self.holdout else {})  # held-out normals change what is fitted
 
     def key(self) -> str:
+        return self._key
+
+    @cached_property
+    def _key(self) -> str:  # computed once: every task of the fit asks for it
         if self.fingerprint is None:
             raise ValueError("an unkeyed plan (made for --dry-run) has no keys")
         return digest({
@@ -72,6 +77,10 @@ class EvalTask:
         return self.cell.cell_id
 
     def key(self) -> str:
+        return self._key
+
+    @cached_property
+    def _key(self) -> str:  # computed once: status, grouping, rows and the cache all ask for it
         config = {"fit": self.fit.key(), "attack": self.cell.attack.config(), "map_size": self.cell.map_size}
         if self.cell.threshold != "oracle":
             config["threshold"] = self.cell.threshold
