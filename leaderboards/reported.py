@@ -198,15 +198,18 @@ class Comparison:
 def compare_reported(rows: list[dict], reported: list[Reported]) -> list[Comparison]:
     """Every reported value the run measured too: same registered detector, dataset (its
     registered name), task, metric and, for the adversarial value, attack, steps and threat model."""
+    by_entry: dict[tuple, list[dict]] = {}  # (label, registered detector, registered dataset) → its rows, indexed once
+    for r in rows:
+        if r.get("status") == "ok":
+            key = (r["detector"], (r.get("detector_config") or {}).get("name"), (r.get("dataset_config") or {}).get("name"))
+            by_entry.setdefault(key, []).append(r)
     out = []
-    labels = sorted({(r["detector"], (r.get("detector_config") or {}).get("name"), (r.get("dataset_config") or {}).get("name"))
-                     for r in rows if r.get("status") == "ok"})
     for value in reported:
-        for label, name, dataset in labels:
+        for (label, name, dataset), mine in sorted(by_entry.items()):
             if name not in value.detectors or dataset != value.dataset:
                 continue
             for setting, number, protocol in (("clean", value.clean, None), (value.protocol.text(), value.adversarial, value.protocol)):
-                measured = protocol_mean(rows, label, dataset, value.task, value.metric,
+                measured = protocol_mean(mine, label, dataset, value.task, value.metric,
                                          None if protocol is None else (protocol.attack, protocol.steps, protocol.norm, protocol.eps))
                 if number is not None and measured is not None:
                     out.append(Comparison(value, setting, label, measured, number))
