@@ -38,6 +38,7 @@ import importlib
 import importlib.util
 import warnings
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Literal
 from unittest.mock import patch
 
@@ -175,18 +176,37 @@ class AnomalibDetector(Detector):
     def finish_fit(self) -> None:
         raise NotImplementedError
 
+    def forward(self, x: Tensor) -> AnomalyOutput:
+        """One image at a time: anomalib's batched operations (distance matmuls, einsums) round
+        differently with the batch size, and an image's score must not depend on its batch."""
+        outputs = [self.score_images(image) for image in x.split(1)]
+        return AnomalyOutput(torch.cat([o.score for o in outputs]), torch.cat([o.map for o in outputs]))
+
+    def features(self, x: Tensor) -> Tensor:
+        return torch.cat([self.image_features(image) for image in x.split(1)])
+
+    def score_images(self, x: Tensor) -> AnomalyOutput:
+        raise NotImplementedError
+
+    def image_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
     @torch.no_grad()
-    def anomalib_output(self, x: Tensor):
-        """anomalib's own inference (``InferenceBatch``) on images ``x`` in [0, 1], its feature
-        extractors' flags as anomalib sets them: what our forward must equal on clean images."""
+    def anomalib_output(self, x: Tensor) -> SimpleNamespace:
+        """anomalib's own inference on each image ``x`` in [0, 1] (``pred_score``, ``anomaly_map``
+        or None), its feature extractors' flags as anomalib sets them: what our forward must
+        equal on clean images."""
         flags = [(e, e.requires_grad) for e in self.extractors()]
         for extractor, _ in flags:
             extractor.requires_grad = False
         try:
-            return self.model(self.prepare(x))
+            outputs = [self.model(self.prepare(image)) for image in x.split(1)]
         finally:
             for extractor, flag in flags:
                 extractor.requires_grad = flag
+        maps = [o.anomaly_map for o in outputs]
+        return SimpleNamespace(pred_score=torch.cat([o.pred_score.reshape(1) for o in outputs]),
+                               anomaly_map=None if maps[0] is None else torch.cat(maps))
 
 
 @register_detector("anomalib_padim")
@@ -211,12 +231,12 @@ class AnomalibPadim(AnomalibDetector):
     def finish_fit(self) -> None:
         self.model.fit()
 
-    def features(self, x: Tensor) -> Tensor:
+    def image_features(self, x: Tensor) -> Tensor:
         """The embedding PaDiM models: (B, n_features, h, w)."""
         return self.model.generate_embedding(self.model.feature_extractor(self.prepare(x)))
 
-    def forward(self, x: Tensor) -> AnomalyOutput:
-        embedding = self.features(x)
+    def score_images(self, x: Tensor) -> AnomalyOutput:
+        embedding = self.image_features(x)
         gaussian = self.model.gaussian
         maps = self.model.anomaly_map_generator(embedding=embedding, mean=gaussian.mean,
                                                 inv_covariance=gaussian.inv_covariance, image_size=x.shape[-2:])[:, 0]
@@ -254,15 +274,15 @@ class AnomalibPatchcore(AnomalibDetector):
             warnings.simplefilter("ignore", DeprecationWarning)  # anomalib 2.7 warns of ``embeddings`` even when not given
             self.model.subsample_embedding(sampling_ratio=self.coreset_sampling_ratio)
 
-    def features(self, x: Tensor) -> Tensor:
+    def image_features(self, x: Tensor) -> Tensor:
         """The pooled, concatenated patch features: (B, C, h, w)."""
         model = self.model
         features = model.feature_extractor(self.prepare(x))
         return model.generate_embedding({layer: model.feature_pooler(f) for layer, f in features.items()})
 
-    def forward(self, x: Tensor) -> AnomalyOutput:
+    def score_images(self, x: Tensor) -> AnomalyOutput:
         model = self.model
-        embedding = self.features(x)
+        embedding = self.image_features(x)
         b, _, h, w = embedding.shape
         embedding = model.reshape_embedding(embedding)
         patch_scores, locations = model.nearest_neighbors(embedding=embedding, n_neighbors=1)
@@ -297,14 +317,14 @@ class AnomalibDfm(AnomalibDetector):
     def finish_fit(self) -> None:
         self.model.fit()
 
-    def features(self, x: Tensor) -> Tensor:
+    def image_features(self, x: Tensor) -> Tensor:
         """The pooled layer features DFM models: (B, C, h, w)."""
         model = self.model
         features = model.feature_extractor(self.prepare(x))[model.layer]
         return torch.nn.functional.avg_pool2d(features, model.pooling_kernel_size) if model.pooling_kernel_size > 1 else features
 
-    def forward(self, x: Tensor) -> AnomalyOutput:
-        features = self.features(x)
+    def score_images(self, x: Tensor) -> AnomalyOutput:
+        features = self.image_features(x)
         score, maps = self.model.score(features.reshape(features.shape[0], -1), features.shape)
         maps = torch.nn.functional.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return AnomalyOutput(score=score, map=maps)
@@ -388,13 +408,13 @@ class AnomalibTrained(AnomalibDetector):
         self.train(False)
         self.pass_gradients()
 
-    def features(self, x: Tensor) -> Tensor:
+    def image_features(self, x: Tensor) -> Tensor:
         """The frozen feature extractor's first feature map: (B, C, h, w)."""
         extractor = (self.extractors() or [self.model.feature_extractor])[0]
         features = extractor(self.prepare(x))
         return next(iter(features.values())) if isinstance(features, dict) else features[0]
 
-    def forward(self, x: Tensor) -> AnomalyOutput:
+    def score_images(self, x: Tensor) -> AnomalyOutput:
         out = self.model(self.prepare(x))
         return AnomalyOutput(score=out.pred_score.reshape(x.shape[0]), map=out.anomaly_map.reshape(x.shape[0], *x.shape[-2:]))
 
@@ -516,11 +536,11 @@ class AnomalibDfkde(AnomalibDetector):
             problems.append(f"layers must name exactly one layer (anomalib's DFKDE stacks several along the batch), got {kwargs['layers']}")
         return problems
 
-    def features(self, x: Tensor) -> Tensor:
+    def image_features(self, x: Tensor) -> Tensor:
         """The globally pooled layer features DFKDE models: (B, C), pooled as anomalib pools them."""
         (features,) = self.model.feature_extractor(self.prepare(x)).values()
         return torch.nn.functional.adaptive_avg_pool2d(features, (1, 1)).reshape(features.shape[0], -1)
 
-    def forward(self, x: Tensor) -> AnomalyOutput:
-        score = self.model.classifier(self.features(x))
+    def score_images(self, x: Tensor) -> AnomalyOutput:
+        score = self.model.classifier(self.image_features(x))
         return AnomalyOutput(score=score, map=score[:, None, None].expand(-1, *x.shape[-2:]))

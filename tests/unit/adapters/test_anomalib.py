@@ -85,3 +85,17 @@ def test_our_patchcore_with_anomalibs_choices_gives_anomalibs_scores_and_maps(te
     assert torch.allclose(ours.score, theirs.score, atol=1e-5) and torch.allclose(ours.map, theirs.map, atol=1e-5)
     default = fitted("patchcore", coreset_ratio=1.0)(textures.test)
     assert not torch.allclose(default.score, theirs.score, atol=1e-3)  # the max of the smoothed map is another score
+
+
+def test_an_images_score_and_gradient_do_not_depend_on_its_batch(fitted):
+    """Exactly, not within a tolerance: anomalib's batched distance matmuls and einsums round
+    differently with the batch size, so the adapter scores one image at a time."""
+    detector, split = fitted
+    x = split.test[:5].clone().requires_grad_(True)
+    together = detector(x).score
+    (grad_together,) = torch.autograd.grad(together.sum(), x)
+    for i in (0, 3):
+        alone_x = split.test[i : i + 1].clone().requires_grad_(True)
+        alone = detector(alone_x).score
+        (grad_alone,) = torch.autograd.grad(alone.sum(), alone_x)
+        assert torch.equal(alone[0], together[i]) and torch.equal(grad_alone[0], grad_together[i])
