@@ -371,10 +371,13 @@ class AnomalibTrained(AnomalibDetector):
     extractors' ``requires_grad`` flag set, it has an input gradient, and nothing else changes."""
 
     lightning_name = ""
+    epochs_key: str | None = None  # the Lightning module's own argument that takes the epoch count (a schedule's length)
 
     def __init__(self, *, input_size: int, weights: str, epochs: int, fit_batch_size: int, **kwargs):
         for problem in self.check_config(weights=weights, input_size=input_size, **kwargs):
             raise UserError(problem)
+        if self.epochs_key:
+            kwargs[self.epochs_key] = epochs
         module = lightning_module(self.lightning_name, input_size, weights, **kwargs)
         if not module.automatic_optimization:
             raise UserError(f"{self.name}: anomalib's {self.lightning_name} optimises manually; the adapter does not run it yet")

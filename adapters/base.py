@@ -36,6 +36,7 @@ class Detector(nn.Module, ABC):
     input_size: int = 224
     weights: str = "random"
     localization: bool = True  # False: ``map`` is the score broadcast; pixel metrics are n/a
+    differentiable: bool = True  # False: no input gradient (score-only admission): only attacks that need none run on it
     precision: str = "fp32"  # bf16: the network runs under autocast; scores, maps and kNN distances stay fp32
     tiny: dict = {}  # constructor keys of a configuration that fits and scores in seconds on a CPU (as timm registers variants)
 

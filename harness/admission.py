@@ -8,7 +8,9 @@ size, then:
 - ``input size``: ``score`` is (B,) and ``map`` is (B, H, W) at the input size
 - ``finite``: scores, maps and features are finite
 - ``differentiable``: every image gets a finite, non-zero gradient of its score
-  (``no_grad``, numpy or faiss on the gradient path cut it), and the fitted model stays frozen
+  (``no_grad``, numpy or faiss on the gradient path cut it), and the fitted model stays frozen;
+  n/a for a detector admitted score-only (``differentiable = False``): the harness runs no
+  attack on it that needs its gradient
 - ``deterministic``: two forwards of the same images are equal (dropout or sampling left on breaks it)
 - ``eval mode``: after ``eval()`` and a forward, no module is in training mode
 - ``batch independent``: an image scores the same alone and in a batch
@@ -101,6 +103,9 @@ def finite_check(detector: nn.Module, x: Tensor) -> Check:
 
 
 def gradient_check(detector: nn.Module, x: Tensor) -> Check:
+    if not getattr(detector, "differentiable", True):
+        return Check("differentiable", None, "score-only: declared without an input gradient, so only score-only, "
+                                             "transfer and noise attacks run on it")
     x = x.clone().requires_grad_(True)
     for p in detector.parameters():
         p.grad = None

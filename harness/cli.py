@@ -329,7 +329,9 @@ def cmd_check_detector(args) -> int:
     print(f"{args.detector} with {config}")
     print(checks_table(checks))
     failed = [c.name for c in checks if c.passed is False]
-    print(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else "admitted: every check passes", file=sys.stderr if failed else sys.stdout)
+    verdict = ("admitted score-only: every check passes (no gradient or surrogate attack runs on it)"
+               if not getattr(cls, "differentiable", True) else "admitted: every check passes")
+    print(f"{len(failed)} check(s) failed: {', '.join(failed)}" if failed else verdict, file=sys.stderr if failed else sys.stdout)
     return 1 if failed else 0
 
 

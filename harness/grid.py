@@ -23,7 +23,7 @@ from .validity import validity_points
 
 log = logging.getLogger(__name__)
 NO_CELLS = ("the suite resolves to 0 cells (e.g. only localization attacks on data without masks or on detectors "
-            "without an anomaly map)")
+            "without an anomaly map, or only gradient attacks on score-only detectors)")
 
 
 @dataclass(frozen=True)
@@ -114,6 +114,7 @@ def expand(suite: Suite, datasets: dict[str, Dataset] | None = None) -> list[Cel
     by_label = {d.label: d for d in suite.detectors}
     skipped: dict[str, set[str]] = {}  # detector without a map → the localization attacks it cannot serve
     unmasked: dict[str, set[str]] = {}  # dataset without masks → the same
+    gradless: dict[str, set[str]] = {}  # score-only detector → the attacks that would differentiate it
     for seed in suite.seeds:
         for det in suite.detectors:
             for ds_entry in suite.datasets:
@@ -131,6 +132,9 @@ def expand(suite: Suite, datasets: dict[str, Dataset] | None = None) -> list[Cel
                         source = by_label[attack.kwargs["source"]] if ATTACKS.get(attack.name).kind == "transfer" else None
                         if source is det:  # crafting on the target itself is the white-box attack
                             continue
+                        if not gradient_ok(det, attack, source):
+                            gradless.setdefault((source or det).label, set()).add(attack.label)
+                            continue
                         cells.append(Cell(suite.name, seed, det, ds_entry, str(category), attack, suite.batch_size, suite.map_size, source,
                                           threshold=suite.threshold, holdout=suite.holdout, examples=suite.examples))
     for label, names in sorted(unmasked.items()):
@@ -139,7 +143,25 @@ def expand(suite: Suite, datasets: dict[str, Dataset] | None = None) -> list[Cel
     for label, names in sorted(skipped.items()):
         log.warning("%s: detector %r has no anomaly map, so no localization cell is run for it (skipped: %s)",
                     suite.file or suite.name, label, ", ".join(sorted(names)))
+    for label, names in sorted(gradless.items()):
+        log.warning("%s: detector %r is score-only (no input gradient), so no attack that differentiates it is run "
+                    "(skipped: %s)", suite.file or suite.name, label, ", ".join(sorted(names)))
     return cells
+
+
+def gradient_ok(det: Entry, attack: Entry, source: Entry | None) -> bool:
+    """Whether every gradient the attack asks for exists: the target's for a gradient or
+    surrogate attack, the source's for a transfer crafted by a gradient attack."""
+    if source is not None:
+        return differentiable(source) or not ATTACKS.get(attack.kwargs["attack"]).needs_gradient
+    return differentiable(det) or not ATTACKS.get(attack.name).needs_gradient
+
+
+def differentiable(entry: Entry) -> bool:
+    """Whether the entry's detector has an input gradient (``Detector.differentiable``)."""
+    from robustad_bench.adapters import DETECTORS
+
+    return bool(getattr(DETECTORS.get(entry.name), "differentiable", True))
 
 
 def localizes(entry: Entry) -> bool:

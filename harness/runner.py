@@ -191,6 +191,7 @@ def prepare_group(task: EvalTask, cache: Cache, device: str) -> Group:
         "holdout": {"fraction": cell.holdout, "images": int(split.holdout.shape[0])} if split.holdout is not None else None,
         "versions": {**_versions(), "detector": fit.detector_version, "dataset": fit.dataset_version},
         "weights": getattr(detector, "weights", "unknown"), "fit_seconds": round(fitted.fit_seconds, 3),
+        "score_only": not getattr(detector, "differentiable", True),
         "dataset_fingerprint": fit.fingerprint, "flags": [],
     }
     return Group(fitted, thresholds, row_fields, raw_split)

@@ -16,6 +16,9 @@ adds a flag to the rows it concerns:
 - ``noise-as-strong``    (e) random noise of the same ε is about as harmful as the attack;
                            noise is task-free, so it is compared with each task's rows on
                            that task's metric
+- ``score-only``         (f) the detector has no input gradient (admitted score-only): no
+                           gradient attack ran on it, so its robust numbers rest on score-only,
+                           transfer and noise attacks alone; every attack row gets the flag
 
 ``validity: true`` in a suite adds what the checks need: PGD at ε = 1, noise at every ε the
 suite attacks with, and each iterative gradient attack's largest-ε point again with 5× the
@@ -63,6 +66,8 @@ def validity_flags(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
     for row in rows:
         if row.get("status") == "ok" and not is_clean(row) and row.get("metrics"):
             groups[row["detector"], row["dataset"], row["category"], row["seed"]].append(row)
+            if row.get("score_only"):
+                flags[row["cell_id"]].add("score-only")
     for group in groups.values():
         noise = [r for r in group if _kind(r) == "noise"]
         attacked = [r for r in group if _kind(r) != "noise"]

@@ -42,6 +42,8 @@ BADGES = {"gradient": "white-box", "score-only": "score-only", "surrogate": "sur
 WARNINGS = {  # flags that put an entry's robust numbers in doubt: shown beside its name and above its table
     "unbounded-not-broken": "an unbounded attack (L∞ ε = 1) does not break it, so a gradient is masked and its robust "
                             "numbers are likely overstated (run the gradient attacks with bpda: true)",
+    "score-only": "it has no input gradient, so no gradient attack ran on it: its robust numbers rest on score-only and "
+                  "transfer attacks alone and may be overstated",
 }
 
 

@@ -41,6 +41,7 @@ from .threat import THREAT_FIELDS, ThreatModel
 
 Kind = Literal["none", "gradient", "score-only", "transfer", "surrogate", "noise"]
 KINDS: tuple[str, ...] = typing.get_args(Kind)
+NEEDS_TARGET_GRADIENT = ("gradient", "surrogate")  # kinds that never run on a score-only detector
 GRADIENT_KINDS = ("gradient", "transfer", "surrogate")  # attacks that differentiate an objective: ``bpda`` applies
 KNOWLEDGE = {"detection": "label", "localization": "mask"}  # what a white-box attacker of a task knows
 THREAT_HINTS = typing.get_type_hints(ThreatModel, include_extras=True)
@@ -107,6 +108,12 @@ class AttackSpec:
         if self.schedule is not None:
             record |= self.schedule(threat, **options)
         return record
+
+    @property
+    def needs_gradient(self) -> bool:
+        """Whether it differentiates the attacked detector itself (a transfer attack's crafting
+        attack may need the source's gradient, never the target's)."""
+        return self.kind in NEEDS_TARGET_GRADIENT
 
     @property
     def uses_objective(self) -> bool:

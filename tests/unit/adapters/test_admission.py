@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from robustad_bench import check_detector
-from robustad_bench.adapters import AnomalyOutput, Detector, list_detectors
+from robustad_bench.adapters import DETECTORS, AnomalyOutput, Detector, list_detectors
 from robustad_bench.harness.cli import main
 
 
@@ -41,6 +41,10 @@ class NoGrad(Sound):
             return super().forward(x)
 
 
+class DeclaredScoreOnly(NoGrad):
+    differentiable = False  # admitted score-only: the gradient check is n/a, the harness runs no gradient attack
+
+
 class DropoutOn(Sound):
     def forward(self, x):
         m = F.dropout(self.anomaly_map(x), p=0.5)  # functional dropout: training=True whatever the mode
@@ -61,6 +65,8 @@ def failed(model) -> set[str]:
 def test_a_sound_detector_passes_and_planted_bugs_fail_their_check():
     assert failed(Sound()) == set()
     assert failed(NoGrad()) == {"differentiable"}
+    assert failed(DeclaredScoreOnly()) == set()
+    assert {c.name: c.status for c in check_detector(DeclaredScoreOnly())}["differentiable"] == "n/a"
     assert "deterministic" in failed(DropoutOn())
     assert failed(MixesBatch()) == {"batch independent"}
 
@@ -83,4 +89,6 @@ def test_check_detector_cli_names_the_broken_check(capsys, monkeypatch):
 @pytest.mark.parametrize("name", sorted(list_detectors()))
 def test_every_built_in_is_admitted(name, capsys):
     assert main(["check-detector", name]) == 0
-    assert "admitted: every check passes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "every check passes" in out
+    assert ("admitted score-only" in out) == (not DETECTORS.get(name).differentiable)
