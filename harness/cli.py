@@ -13,6 +13,8 @@ import logging
 import math
 import os
 import sys
+import urllib.parse
+from functools import partial
 from pathlib import Path
 
 from robustad_bench.core.errors import SuiteErrors, UserError
@@ -120,6 +122,19 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--root", help="folder to write to (textures, digits, brats)")
     prep.add_argument("--seed", type=int, default=0)
     prep.add_argument("--from", dest="source", help="brats: the folder of BraTS2021_XXXXX/*_flair.nii.gz volumes to export")
+    dl = data_sub.add_parser("download", help="fetch a published dataset's archives (resumable, checksummed), unpack them "
+                                              "safely into its root and check the layout; sets behind a login print the steps")
+    dl.add_argument("name", help="a registered dataset (robustad-bench list datasets)")
+    dl.add_argument("--root", help="the dataset's folder (default $ROBUSTAD_DATA/<name>)")
+    dl.add_argument("--categories", nargs="+", help="unpack and check only these categories (default: all)")
+    dl.add_argument("--url", action="append", default=[], help="a mirror, one per archive in order (the published "
+                                                               "checksums still apply unless --sha256 is given)")
+    dl.add_argument("--sha256", action="append", default=[], help="the expected sha256 per --url, in order")
+    dl.add_argument("--cache", help=f"where archives are kept and reused (default <cache>/downloads, cache "
+                                    f"$ROBUSTAD_BENCH_CACHE or {default_cache()})")
+    dl.add_argument("--retries", type=int, default=3, help="retries of a transient failure (default 3)")
+    dl.add_argument("--timeout", type=finite_number, default=30.0, help="seconds without data before a try fails (default 30)")
+    dl.add_argument("--no-progress", action="store_true", help="no progress bar")
     chk = data_sub.add_parser("check", help="verify a folder's layout, pairing, sizes and counts against the published ones")
     chk.add_argument("name", help="a registered dataset (robustad-bench list datasets)")
     chk.add_argument("--root", help="the dataset's folder (default $ROBUSTAD_DATA/<name>)")
@@ -304,7 +319,6 @@ def cmd_render(args) -> int:
 
 
 def cmd_check_detector(args) -> int:
-    from functools import partial
 
     import yaml
 
@@ -375,7 +389,70 @@ def cmd_submit(args) -> int:
 
 
 def cmd_data(args) -> int:
-    return {"prepare": cmd_data_prepare, "check": cmd_data_check}[args.data_command](args)
+    return {"prepare": cmd_data_prepare, "check": cmd_data_check, "download": cmd_data_download}[args.data_command](args)
+
+
+def cmd_data_download(args) -> int:
+    from robustad_bench.core.archives import install
+    from robustad_bench.core.download import fetch
+
+    from .datasets import DATASETS
+
+    cls = DATASETS.get(args.name, key="name")
+    download = getattr(cls, "download", None)
+    if download is None:
+        raise UserError(f"{args.name} is generated here, not downloaded: robustad-bench data prepare {args.name}", key="name")
+    archives = download_archives(download, args.url, args.sha256)
+    if not archives:
+        print(download.instructions(args.name), file=sys.stderr)
+        raise UserError(f"{args.name} has no direct download (it needs a login, a licence click, or has no direct link): "
+                        f"follow the steps above, then run robustad-bench data check {args.name} --root PATH", key="name")
+    if args.retries < 0 or args.timeout <= 0:
+        raise UserError(f"--retries must be at least 0 and --timeout positive, got {args.retries} and {args.timeout}", key="--retries")
+    if not args.root and not os.environ.get("ROBUSTAD_DATA"):
+        raise UserError("give --root DIR (or set ROBUSTAD_DATA): where the dataset is unpacked", key="--root")
+    problems = cls.check_config(root=args.root, categories=args.categories)
+    if problems:
+        raise UserError("; ".join(problems), key="--root" if "root" in problems[0] else "--categories")
+    root = cls(root=args.root, categories=args.categories).root
+    print(f"{args.name}: licence {download.licence} ({download.page})")
+    folder = Path(args.cache).expanduser() if args.cache else default_cache() / "downloads"
+    fetched = []
+    for url, checksum in archives:
+        name = Path(urllib.parse.urlparse(url).path).name
+        if not name:
+            raise UserError(f"{url!r} names no file", key="--url")
+        got = fetch(url, folder / args.name / name, checksum, retries=args.retries, timeout=args.timeout,
+                    progress=not args.no_progress and sys.stderr.isatty())
+        how = "reused" if got.reused else f"resumed at byte {got.resumed_from:,}" if got.resumed_from else "fetched"
+        print(f"  {how} {got.path} ({got.digest}{'' if checksum else '; no published checksum: recorded here'})")
+        fetched.append(got.path)
+    chosen = set(args.categories or ())
+    known = set(getattr(cls, "published", None) or ())
+    placed = install(fetched, root, strip=download.strip, keep=partial(category_kept, chosen, known))
+    print(f"  unpacked {placed} files under {root}")
+    return cmd_data_check(argparse.Namespace(name=args.name, root=str(root), categories=args.categories))
+
+
+def download_archives(download, urls: list[str], sha256: list[str]) -> list[tuple[str, str]]:
+    """(url, checksum) per archive: the published ones, or the --url mirrors (with --sha256, or
+    the published checksums, which a faithful mirror matches)."""
+    if not urls:
+        if sha256:
+            raise UserError("--sha256 goes with --url (one per mirror URL)", key="--sha256")
+        return list(download.archives)
+    if download.archives and len(urls) != len(download.archives):
+        raise UserError(f"give one --url per archive: {len(download.archives)} published, {len(urls)} given", key="--url")
+    if sha256 and len(sha256) != len(urls):
+        raise UserError(f"give one --sha256 per --url: {len(urls)} URLs, {len(sha256)} checksums", key="--sha256")
+    published = [c for _, c in download.archives] or [""] * len(urls)
+    return [(url, f"sha256:{sha256[i]}" if sha256 else published[i]) for i, url in enumerate(urls)]
+
+
+def category_kept(chosen: set[str], known: set[str], name: str) -> bool:
+    """With --categories, a member under another published category is left out; the rest stays."""
+    first = name.split("/", 1)[0]
+    return not chosen or first not in known or first in chosen
 
 
 def cmd_data_check(args) -> int:

@@ -26,6 +26,7 @@ class BTAD(MVTecLayout):
         archives=(("https://avires.dimi.uniud.it/papers/btad/btad.zip",
                    "sha256:461c9387e515bfed41ecaae07c50cf6b10def647b36c9e31d239ab2736b10d2a"),),
         extract="unzip btad.zip -d /tmp/btad && mv /tmp/btad/BTech_Dataset_transformed $ROBUSTAD_DATA/btad",
+        strip="BTech_Dataset_transformed",
     )
 
 

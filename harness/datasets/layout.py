@@ -59,13 +59,20 @@ class Listing:
 
 @dataclass(frozen=True)
 class Download:
-    """Where a user gets the data; nothing here downloads (most sets need a licence click)."""
+    """Where a user gets the data. With ``archives`` (a direct download), ``data download``
+    fetches, verifies and unpacks them into the root, dropping the leading folder ``strip``;
+    without (a login, a licence click or no direct link), it prints these steps."""
 
     page: str
     licence: str
     archives: tuple[tuple[str, str], ...] = ()  # (url, "sha256:…" | "md5:…" | "") per archive
     extract: str = ""
     note: str = ""
+    strip: str = ""  # the archive's leading folder above the dataset's root layout
+
+    @property
+    def direct(self) -> bool:
+        return bool(self.archives)
 
     def instructions(self, name: str) -> str:
         lines = [f"{name}: download page {self.page}", f"  licence: {self.licence}"]
