@@ -28,6 +28,9 @@ from .layout import (
     split_normals,
 )
 
+KAGGLE = ("Kaggle asks for a login: the kaggle CLI (pip install kaggle) reads your API token from ~/.kaggle/kaggle.json "
+          "(kaggle.com → Settings → API → Create New Token); robustad-bench stores no credentials")
+
 SINGLE = "all"  # the one category of a set that has no categories
 
 
@@ -77,6 +80,7 @@ class HeadCT(HeldOutNormals):
         page="https://www.kaggle.com/datasets/felipekitamura/head-ct-hemorrhage",
         licence="see the Kaggle page (Data files © original authors)",
         extract="kaggle datasets download felipekitamura/head-ct-hemorrhage && unzip head-ct-hemorrhage.zip -d $ROBUSTAD_DATA/headct",
+        note=KAGGLE,
     )
 
     def images(self) -> tuple[list, list]:
@@ -115,6 +119,7 @@ class BrainMRI(HeldOutNormals):
         licence="see the Kaggle page",
         extract="kaggle datasets download navoneel/brain-mri-images-for-brain-tumor-detection && "
                 "unzip brain-mri-images-for-brain-tumor-detection.zip -d $ROBUSTAD_DATA/brainmri",
+        note=KAGGLE,
     )
 
     def images(self) -> tuple[list, list]:
@@ -138,6 +143,7 @@ class Covid(HeldOutNormals):
         licence="see the Kaggle page (research use, cite the two papers)",
         extract="kaggle datasets download tawsifurrahman/covid19-radiography-database && "
                 "unzip covid19-radiography-database.zip -d $ROBUSTAD_DATA/covid",
+        note=KAGGLE,
     )
 
     def images(self) -> tuple[list, list]:
@@ -167,6 +173,7 @@ class Tumor(FolderDataset):
         licence="MIT (stated on the Kaggle page)",
         extract="kaggle datasets download sartajbhuvaji/brain-tumor-classification-mri && "
                 "unzip brain-tumor-classification-mri.zip -d $ROBUSTAD_DATA/tumor",
+        note=KAGGLE,
     )
 
     def index(self, category: str) -> Listing:
