@@ -507,6 +507,12 @@ class AnomalibUflow(AnomalibTrained):
     def check_config(**kwargs) -> list[str]:  # its backbones are anomalib's names, not timm's
         return anomalib_problems({k: v for k, v in kwargs.items() if k != "backbone"})
 
+    @classmethod
+    def weights_needed(cls, **kwargs) -> list[str]:
+        """``mcait`` is two timm CaiT models (anomalib's names map to them)."""
+        needed = super().weights_needed(**kwargs)
+        return ["timm:cait_m48_448", "timm:cait_s24_224"] if needed == ["timm:mcait"] else needed
+
 
 @register_detector("anomalib_dfkde")
 class AnomalibDfkde(AnomalibDetector):

@@ -39,6 +39,24 @@ class Detector(nn.Module, ABC):
     differentiable: bool = True  # False: no input gradient (score-only admission): only attacks that need none run on it
     precision: str = "fp32"  # bf16: the network runs under autocast; scores, maps and kNN distances stay fp32
     tiny: dict = {}  # constructor keys of a configuration that fits and scores in seconds on a CPU (as timm registers variants)
+    weight_keys: tuple[tuple[str, str], ...] = (("backbone", "weights"),)  # (architecture key, weights key) per network it loads
+
+    @classmethod
+    def weights_needed(cls, **kwargs) -> list[str]:
+        """The pretrained weights an entry with these constructor keys loads (defaults filled in):
+        ``timm:<architecture>``, ``robustness:<name>`` or a checkpoint path; ``random`` needs none."""
+        import inspect
+
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                    if p.default is not inspect.Parameter.empty}
+        config = {**defaults, **kwargs}
+        needed = []
+        for arch_key, weights_key in cls.weight_keys:
+            weights = config.get(weights_key)
+            if not isinstance(weights, str) or weights == "random" or arch_key not in config:
+                continue
+            needed.append(f"timm:{config[arch_key]}" if weights == "timm" else weights)
+        return needed
 
     def set_category(self, category: str) -> None:
         """Called before ``fit`` (and before loading a fitted state) with the category's name,

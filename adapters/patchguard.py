@@ -104,6 +104,7 @@ class PatchGuard(Detector):
     tiny = {"backbone": "vit_tiny_patch16_224", "input_size": 64, "epochs": 1, "batch_size": 8,
             "train_steps": 1, "hidden_dim": 64}  # a seconds-on-CPU configuration: contract tests and check-detector
     version = "1"
+    weight_keys = (("backbone", "weights"), ("cam_backbone", "cam_weights"))  # the ViT, and the saliency CNN
 
     def __init__(
         self,

@@ -89,6 +89,28 @@ def fetch(url: str, dest: Path, checksum: str = "", *, retries: int = 3, timeout
     return Fetched(dest, "sha256:" + file_digest(dest, "sha256"), False, resumed_from)
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the redirect itself carries the metadata; its target (a CDN) does not
+
+
+def published_sha256(url: str, timeout: float = 10.0) -> str | None:
+    """The sha256 the host publishes for ``url`` without sending the file: the Hugging Face hub
+    answers a HEAD with the LFS object id (``X-Linked-Etag``, the content's sha256) before it
+    redirects to its CDN. None when the host says nothing of the kind or cannot be reached."""
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        response = urllib.request.build_opener(NoRedirect).open(request, timeout=timeout)
+        headers = response.headers
+        response.close()
+    except urllib.error.HTTPError as err:  # the unfollowed redirect
+        headers = err.headers
+    except (urllib.error.URLError, OSError, http.client.HTTPException):
+        return None
+    etag = (headers.get("X-Linked-Etag") or "").strip().strip('"').lower() if headers is not None else ""
+    return etag if len(etag) == 64 and all(c in "0123456789abcdef" for c in etag) else None
+
+
 def stream(url: str, part: Path, *, timeout: float, progress: bool) -> None:
     """One request: continue ``part`` from its size (``Range``), or write it from the start."""
     have = part.stat().st_size if part.is_file() else 0

@@ -139,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("name", help="a registered dataset (robustad-bench list datasets)")
     chk.add_argument("--root", help="the dataset's folder (default $ROBUSTAD_DATA/<name>)")
     chk.add_argument("--categories", nargs="+", help="only these categories (default: all published ones)")
+    wts = sub.add_parser("weights", help="the pretrained weights a suite needs: fetch them ahead of a run (offline nodes, clusters)")
+    wts_sub = wts.add_subparsers(dest="weights_command", required=True)
+    wfetch = wts_sub.add_parser("fetch", help="download every backbone and checkpoint SUITE loads into the caches timm and "
+                                              "torch read ($HF_HOME, $TORCH_HOME), record their sha256, print what was fetched")
+    wfetch.add_argument("suite", help="the suite YAML")
+    wfetch.add_argument("--verify", action="store_true", help="fetch nothing: re-check every file against the publisher's "
+                                                              "sha256 (hub files) or the one recorded at its first fetch; exit 2 on a mismatch or a missing file")
+    wfetch.add_argument("--cache", help=f"where the sha256 records are kept (default $ROBUSTAD_BENCH_CACHE or {default_cache()})")
     cache = sub.add_parser("cache", help="what the cache holds (info) and removing what is no longer used (prune)")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True)
     info = cache_sub.add_parser("info", help="size by kind (fit, eval, data) and by suite")
@@ -188,10 +196,12 @@ def cmd_validate(args) -> int:
     from .datacheck import check_suite_data
     from .plan import make_plan
     from .suite import load_suite
+    from .weights import check_weights
 
     suite = load_suite(args.suite)
     notes = check_suite_data(suite, defer_unreachable=True)
     plan = make_plan(suite, keyed=False)  # raises when the suite resolves to no cell
+    notes += check_weights(suite, strict=False)  # offline: every missing weight file is an error, named
     for note in notes:
         print(f"note: {note}")
     print(f"{args.suite}: ok ({len(plan.cell_ids)} cells)")
@@ -388,6 +398,58 @@ def cmd_submit(args) -> int:
     return 0
 
 
+def cmd_weights(args) -> int:
+    from tabulate import tabulate
+
+    from robustad_bench.core.files import file_sha256
+
+    from . import weights
+    from .suite import load_suite
+
+    suite = load_suite(args.suite)
+    cache = Path(args.cache).expanduser() if args.cache else default_cache()
+    wanted = weights.needed(suite)
+    if not wanted:
+        print(f"{args.suite}: every detector is randomly initialised or trained here; no pretrained weights to fetch")
+        return 0
+    recorded, lines, bad = weights.read_manifest(cache), [], []
+    for spec, labels in wanted.items():
+        found = weights.locate(spec)
+        if args.verify:
+            status, digest = verify_weight(found, recorded.get(spec, {}))
+        else:
+            status = "already here" if found.present else "fetched"
+            found = found if found.present else weights.fetch(spec)
+            digest = file_sha256(found.path)
+            if found.published_sha256 and digest != found.published_sha256:
+                status = "MISMATCH (publisher)"
+            else:
+                weights.record(cache, found, digest)
+        bad += [spec] if status.startswith(("MISMATCH", "MISSING")) else []
+        lines.append([spec, ", ".join(labels), found.source, str(found.path or "-"), digest or "-", status])
+    print(tabulate(lines, headers=["weights", "detectors", "source", "file", "sha256", "status"], tablefmt="github"))
+    if bad:
+        print(f"{len(bad)} weight file(s) failed: {', '.join(bad)} (delete a mismatched file and fetch again)", file=sys.stderr)
+        return 2
+    print(f"sha256 records: {weights.manifest_path(cache)}")
+    return 0
+
+
+def verify_weight(found, record: dict) -> tuple[str, str]:
+    """(status, sha256) of one located weight against the publisher's digest, else the recorded one."""
+    from robustad_bench.core.files import file_sha256
+
+    if not found.present:
+        return "MISSING", ""
+    digest = file_sha256(found.path)
+    expected = found.published_sha256 or record.get("sha256")
+    if expected is None:
+        return "no digest recorded (fetch it with weights fetch)", digest
+    if digest != expected:
+        return f"MISMATCH: expected {expected}", digest
+    return "ok (publisher's sha256)" if found.published_sha256 else "ok (recorded sha256)", digest
+
+
 def cmd_data(args) -> int:
     return {"prepare": cmd_data_prepare, "check": cmd_data_check, "download": cmd_data_download}[args.data_command](args)
 
@@ -521,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     root.setLevel(level)
     handler = {"run": cmd_run, "validate": cmd_validate, "list": cmd_list, "render": cmd_render, "data": cmd_data, "submit": cmd_submit,
                "reproduce": cmd_reproduce,
-               "check-detector": cmd_check_detector, "cache": cmd_cache}[args.command]
+               "check-detector": cmd_check_detector, "cache": cmd_cache, "weights": cmd_weights}[args.command]
     try:
         return run_command(handler, args)
     finally:

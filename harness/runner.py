@@ -58,6 +58,7 @@ from .tasks import (
     restore_fit,
     seeded,
 )
+from .weights import check_weights
 
 log = logging.getLogger(__name__)
 FROM_CACHE = "_from_cache"  # marks a row another run computed while this one waited (not saved)
@@ -288,6 +289,8 @@ def run_suite(suite: Suite, *, out_dir: str | Path, cache_dir: str | Path, devic
     for note in check_suite_data(suite, defer_unreachable=False):  # raises on a layout problem, before any compute
         log.warning("%s", note)
     deep_check(suite)  # the components' own checks (timm names, ...)
+    for note in check_weights(suite, strict=backend != "local"):  # offline or on a cluster: every missing file, now
+        log.warning("%s", note)
     refuse_links(Path(out_dir))
     cache = Cache(cache_dir, recompute=force)
     plan = make_plan(suite, only, hashes=cache.root / "file-hashes.json")

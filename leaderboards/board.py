@@ -43,7 +43,7 @@ WARNINGS = {  # flags that put an entry's robust numbers in doubt: shown beside 
     "unbounded-not-broken": "an unbounded attack (L∞ ε = 1) does not break it, so a gradient is masked and its robust "
                             "numbers are likely overstated (run the gradient attacks with bpda: true)",
     "score-only": "it has no input gradient, so no gradient attack ran on it: its robust numbers rest on score-only and "
-                  "transfer attacks alone and may be overstated",
+                  "transfer attacks alone and may be overstated (ranked after the entries gradient attacks evaluated)",
 }
 
 
@@ -168,9 +168,12 @@ def build_table(table: Table, clean_rows, task_rows, index, headline, by) -> Tab
 
 def rank(table: Table) -> Table:
     """Rows by robust value at the headline threat model, best first (no value last); a table
-    without robust values (reported ones only) by its first attack column there."""
+    without robust values (reported ones only) by its first attack column there. Score-only
+    entries come after every entry the gradient attacks evaluated: their robust values rest on
+    weaker attacks, so they never outrank one that faced the stronger ones."""
     at_headline = [c.key for c in table.columns if c.kind in ("robust", "attack") and c.threat == table.headline]
     key = f"robust@{table.headline}" if f"robust@{table.headline}" in at_headline else (at_headline or ["clean"])[0]
     sign = -1.0 if table.higher_is_better else 1.0
-    table.rows.sort(key=lambda r: (r["values"][key].mean is None, sign * (r["values"][key].mean or 0.0), r["detector"]))
+    table.rows.sort(key=lambda r: ("score-only" in r.get("flags", ()), r["values"][key].mean is None,
+                                   sign * (r["values"][key].mean or 0.0), r["detector"]))
     return table

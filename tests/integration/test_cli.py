@@ -268,9 +268,9 @@ def test_missing_suite_and_missing_data_root(tmp_path, capsys):
 
 
 def test_quick_suite_validates():
+    """The embedded suite needs no data and no weights (every shipped suite: tests/unit/harness/test_suite.py)."""
     root = Path(__file__).resolve().parents[2]
-    for path in sorted((root / "suites").glob("**/*.yaml")):
-        assert main(["validate", str(path)]) == 0, path
+    assert main(["validate", str(root / "suites" / "quick.yaml")]) == 0
 
 
 def test_cuda_requested_without_cuda_exits_2(tiny_suite, tmp_path, capsys, monkeypatch):
@@ -312,6 +312,7 @@ def test_pixel_metrics_default_to_the_detectors_input_size(tiny_suite, tmp_path)
 
 def test_full_suite_is_the_complete_grid_and_dry_runs_without_the_data(capsys, monkeypatch):
     monkeypatch.delenv("ROBUSTAD_DATA", raising=False)
+    monkeypatch.setattr("robustad_bench.harness.weights.hub_reachable", lambda: True)  # online: weights come at first use
     full = str(Path(__file__).resolve().parents[2] / "suites" / "full.yaml")
     assert main(["validate", full]) == 0
     out = capsys.readouterr().out

@@ -47,6 +47,8 @@ def test_a_score_only_detector_gets_only_the_attacks_that_need_no_gradient_and_i
         assert ("score-only" in r["flags"]) == (r["detector"] == "rad" and r["attack"] != "none"), r
     board = (out / "leaderboard.md").read_text()
     assert "**rad**: it has no input gradient" in board, board
+    ranked = [line.split("|")[2].strip() for line in board.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert ranked[:2] == ["pc", "rad ⚠"], ranked  # after the entry the gradient attacks evaluated, whatever its numbers
 
 
 def test_a_suite_with_only_gradient_attacks_on_a_score_only_detector_is_an_error(tmp_path, capsys):

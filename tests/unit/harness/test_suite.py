@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -141,10 +142,21 @@ SHIPPED = sorted((Path(__file__).resolve().parents[3] / "suites").rglob("*.yaml"
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_shipped_suites_validate(path, capsys):
+def test_shipped_suites_validate(path, capsys, monkeypatch, tmp_path):
+    """Offline, with empty weight caches: a suite that loads pretrained weights fails, naming
+    the fetch command; every other suite validates."""
     from robustad_bench.harness.cli import main
 
-    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    text = path.read_text()
+    pretrained = re.search(r"weights: (timm|\"?robustness:)", text) is not None
+    assert main(["validate", str(path)]) == (2 if pretrained else 0), capsys.readouterr().err
+    if pretrained:
+        assert f"robustad-bench weights fetch {path}" in capsys.readouterr().err
 
 
 def test_an_attacks_own_check_runs_at_validation():
