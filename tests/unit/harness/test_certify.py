@@ -60,7 +60,7 @@ def test_the_certificate_is_never_beaten_by_a_brute_force_search_of_the_ball():
     for radius in (0.2, 0.4):
         lower, upper = percentile_bounds(samples, smoothing, radius)
         for i, x in enumerate(points):
-            smoothed = [torch.quantile(score((x + rho * d + noise)), smoothing.percentile).item()
+            smoothed = [torch.quantile(score(x + rho * d + noise), smoothing.percentile).item()
                         for rho in torch.linspace(0, radius, 6, dtype=torch.float64) for d in directions]
             worst_low, worst_high = min(smoothed), max(smoothed)
             assert lower[i] <= worst_low and worst_high <= upper[i], (radius, i, lower[i], worst_low, worst_high, upper[i])
