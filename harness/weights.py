@@ -15,8 +15,9 @@ hub is stored under its LFS object id, which is the publisher's sha256: that one
 against it; the others against the recorded digest (``weights fetch --verify``).
 
 Offline (``HF_HUB_OFFLINE=1``, or the hub unreachable) and for every cluster backend (whose
-nodes may have no network), a missing weight is an error before any compute, naming each file
-and the command that fetches it.
+nodes may have no network), a missing weight stops ``run`` before any compute, naming each file
+and the command that fetches it; ``validate`` names the same files and that ``run`` will stop,
+and passes (like data that is not here yet, weights are deferred: the suite itself is valid).
 """
 
 from __future__ import annotations
@@ -144,15 +145,20 @@ def missing(suite: Suite) -> list[tuple[Weight, list[str]]]:
     return [(w, labels) for spec, labels in needed(suite).items() if not (w := locate(spec)).present]
 
 
-def check_weights(suite: Suite, *, strict: bool) -> list[str]:
+def check_weights(suite: Suite, *, strict: bool, defer: bool = False) -> list[str]:
     """Raise a UserError naming every missing weight when ``strict`` (a cluster backend) or
-    offline; else return notes (timm fetches them at first use)."""
+    offline; else return notes (timm fetches them at first use). ``defer`` (validate): offline,
+    return notes saying that ``run`` will stop, instead of raising."""
     absent = missing(suite)
     if not absent:
         return []
     fetch_command = f"robustad-bench weights fetch {suite.file or 'SUITE'}"
     lines = [f"{w.spec} (for {', '.join(labels)}): {w.source} → {w.home}" for w, labels in absent]
-    if strict or not hub_reachable():
+    offline = not hub_reachable()
+    if defer and offline:
+        return [f"weights {line}: missing and offline, so `run` will stop here; fetch first: {fetch_command}"
+                for line in lines]
+    if strict or offline:
         why = "the cluster's nodes may have no network" if strict else \
             "offline: HF_HUB_OFFLINE is set or the model hub is unreachable"
         raise UserError(f"{len(absent)} pretrained weight file(s) missing ({why}):\n  " + "\n  ".join(lines) +

@@ -1,5 +1,5 @@
 """Pretrained weights ahead of a run: offline, ``validate`` and ``run`` name every missing file
-and the fetch command before any compute; with the files in the caches timm and torch read,
+and the fetch command (``run`` stops there, before any compute; ``validate`` passes); with the files in the caches timm and torch read,
 an offline run loads them; ``weights fetch`` downloads (from a server on 127.0.0.1 here),
 records sha256, and ``--verify`` catches a changed file."""
 
@@ -62,15 +62,17 @@ def plant_hub_file(hf_home: Path) -> Path:
     return blob
 
 
-def test_offline_a_missing_weight_stops_validate_and_run_naming_it_then_the_cached_file_runs(tmp_path):
+def test_offline_a_missing_weight_is_named_by_validate_and_stops_run_then_the_cached_file_runs(tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text(SUITE)
     env = offline_env(tmp_path)
-    for command in (["validate", str(suite)], ["run", str(suite), "--out", str(tmp_path / "o"), "--no-progress"]):
+    for command, rc in ((["validate", str(suite)], 0), (["run", str(suite), "--out", str(tmp_path / "o"), "--no-progress"], 2)):
         done = cli(env, *command)
-        assert done.returncode == 2, done.stderr
-        assert "timm:resnet18 (for pc): hf:timm/resnet18.a1_in1k/model.safetensors" in done.stderr, done.stderr
-        assert f"robustad-bench weights fetch {suite}" in done.stderr and "Traceback" not in done.stderr
+        said = done.stdout + done.stderr
+        assert done.returncode == rc, said  # validate names them and passes: the suite is valid, run stops
+        assert "timm:resnet18 (for pc): hf:timm/resnet18.a1_in1k/model.safetensors" in said, said
+        assert f"robustad-bench weights fetch {suite}" in said and "Traceback" not in said
+    assert "run` will stop here" in cli(env, "validate", str(suite)).stdout
     assert not (tmp_path / "o" / "results.jsonl").exists()  # nothing was computed
 
     blob = plant_hub_file(tmp_path / "hf")
