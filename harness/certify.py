@@ -23,7 +23,6 @@ the certified pixel AUROC (per-pixel confidence, or Bonferroni over the pixels t
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -31,6 +30,8 @@ import numpy as np
 import torch
 from scipy.stats import binom, norm
 from torch import Tensor
+
+from .attacks.rng import image_seed
 
 NOISE_CHUNK = 64  # noisy copies of one image forwarded together (fixed: the draws must not depend on it)
 
@@ -113,18 +114,12 @@ def certified_pixel_auroc(masks: np.ndarray, lower: np.ndarray, upper: np.ndarra
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def image_seeds(seed: int, images: Sequence[str | int]) -> list[int]:
-    """A stable seed per (cell seed, image id): the noise an image gets depends on nothing else."""
-    return [int.from_bytes(hashlib.sha256(f"smoothing:{seed}:{i}".encode()).digest()[:8], "little") & (2**63 - 1)
-            for i in images]
-
-
 def noisy_values(score: Callable[[Tensor], Tensor], x: Tensor, smoothing: Smoothing, *, seed: int,
                  images: Sequence[str | int]) -> Tensor:
     """(B, n, ...) base values ``score(x + noise)`` (``score`` maps a (m, *x.shape[1:]) batch to
     (m, ...)): image b's n noise draws come from its own stream (cell seed, image id), drawn
     ``NOISE_CHUNK`` at a time whatever the batch, so a value depends on the image only."""
-    generators = [torch.Generator(device=x.device).manual_seed(s) for s in image_seeds(seed, images)]
+    generators = [torch.Generator(device=x.device).manual_seed(image_seed(seed, f"smoothing/{i}")) for i in images]
     out = []
     for b in range(x.shape[0]):
         values = []
