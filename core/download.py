@@ -12,7 +12,6 @@ both digests. A final file whose digest matches is reused without a request.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import socket
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .files import file_digests
 
 CHUNK = 1 << 16
 BACKOFF_SECONDS = 1.0  # the first retry waits this long, each next one twice as long
@@ -53,12 +53,10 @@ def parse_checksum(checksum: str) -> tuple[str, str]:
     return kind.lower(), value
 
 
-def file_digest(path: Path, kind: str) -> str:
-    h = hashlib.new(kind)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def digests(path: Path, kind: str) -> tuple[str, str]:
+    """(the ``kind`` digest, or "" without one; the sha256), in one read of the file."""
+    found = file_digests(path, tuple({kind, "sha256"} - {""}))
+    return found.get(kind, ""), found["sha256"]
 
 
 def fetch(url: str, dest: Path, checksum: str = "", *, retries: int = 3, timeout: float = 30.0,
@@ -66,8 +64,10 @@ def fetch(url: str, dest: Path, checksum: str = "", *, retries: int = 3, timeout
     """``url`` into ``dest`` (its folder is created), verified against ``checksum``."""
     kind, expected = parse_checksum(checksum)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.is_file() and (not expected or file_digest(dest, kind) == expected):
-        return Fetched(dest, "sha256:" + file_digest(dest, "sha256"), True, 0)
+    if dest.is_file():
+        actual, sha256 = digests(dest, kind)
+        if actual == expected:
+            return Fetched(dest, "sha256:" + sha256, True, 0)
     part = dest.with_name(dest.name + ".part")
     resumed_from = part.stat().st_size if part.is_file() else 0
     for attempt in range(retries + 1):
@@ -79,14 +79,13 @@ def fetch(url: str, dest: Path, checksum: str = "", *, retries: int = 3, timeout
                 raise UserError(f"{url}: {err}; gave up after {retries + 1} attempt(s) (the partial file {str(part)!r} "
                                 "is kept: the next run resumes it)", key="--url") from err
             time.sleep(BACKOFF_SECONDS * 2**attempt)
-    if expected:
-        actual = file_digest(part, kind)
-        if actual != expected:
-            part.unlink()
-            raise UserError(f"{url}: {kind} mismatch: expected {expected}, got {actual} (the download was deleted; "
-                            "a changed mirror or a corrupted transfer — check the URL, or give the right --sha256)", key="--sha256")
+    actual, sha256 = digests(part, kind)
+    if actual != expected:
+        part.unlink()
+        raise UserError(f"{url}: {kind} mismatch: expected {expected}, got {actual} (the download was deleted; "
+                        "a changed mirror or a corrupted transfer — check the URL, or give the right --sha256)", key="--sha256")
     part.replace(dest)
-    return Fetched(dest, "sha256:" + file_digest(dest, "sha256"), False, resumed_from)
+    return Fetched(dest, "sha256:" + sha256, False, resumed_from)
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

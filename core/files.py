@@ -88,6 +88,16 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         raise
 
 
+def file_digests(path: Path, kinds: tuple[str, ...]) -> dict[str, str]:
+    """Hex digests of a file's content by each hashlib algorithm in ``kinds``, in one read."""
+    hashes = {kind: hashlib.new(kind) for kind in kinds}
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            for h in hashes.values():
+                h.update(chunk)
+    return {kind: h.hexdigest() for kind, h in hashes.items()}
+
+
 def file_sha256(path: Path, memo: Path | None = None) -> str:
     """sha256 of a file's content, remembered in ``memo`` (a JSON file) per path, mtime and
     size, so a large checkpoint is hashed once — and again as soon as it is replaced."""
@@ -98,11 +108,7 @@ def file_sha256(path: Path, memo: Path | None = None) -> str:
     except (OSError, ValueError):
         table = {}
     if key not in table:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        table[key] = h.hexdigest()
+        table[key] = file_digests(path, ("sha256",))["sha256"]
         if memo is not None:
             atomic_write_bytes(memo, json.dumps(table, indent=0).encode())
     return table[key]
