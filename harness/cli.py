@@ -329,7 +329,6 @@ def cmd_render(args) -> int:
 
 
 def cmd_check_detector(args) -> int:
-
     import yaml
 
     from robustad_bench.adapters import DETECTORS
@@ -416,7 +415,7 @@ def cmd_weights(args) -> int:
     for spec, labels in wanted.items():
         found = weights.locate(spec)
         if args.verify:
-            status, digest = verify_weight(found, recorded.get(spec, {}))
+            status, digest = weights.verify(found, recorded.get(spec, {}))
         else:
             status = "already here" if found.present else "fetched"
             found = found if found.present else weights.fetch(spec)
@@ -433,21 +432,6 @@ def cmd_weights(args) -> int:
         return 2
     print(f"sha256 records: {weights.manifest_path(cache)}")
     return 0
-
-
-def verify_weight(found, record: dict) -> tuple[str, str]:
-    """(status, sha256) of one located weight against the publisher's digest, else the recorded one."""
-    from robustad_bench.core.files import file_sha256
-
-    if not found.present:
-        return "MISSING", ""
-    digest = file_sha256(found.path)
-    expected = found.published_sha256 or record.get("sha256")
-    if expected is None:
-        return "no digest recorded (fetch it with weights fetch)", digest
-    if digest != expected:
-        return f"MISMATCH: expected {expected}", digest
-    return "ok (publisher's sha256)" if found.published_sha256 else "ok (recorded sha256)", digest
 
 
 def cmd_data(args) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from robustad_bench.core.errors import UserError
-from robustad_bench.core.files import atomic_write_bytes
+from robustad_bench.core.files import atomic_write_bytes, file_sha256
 
 from .suite import Suite
 
@@ -165,6 +165,19 @@ def check_weights(suite: Suite, *, strict: bool, defer: bool = False) -> list[st
                         f"\nfetch them first, on a machine with internet: {fetch_command} "
                         "(then share $HF_HOME and $TORCH_HOME with this one)", file=suite.file, key="detectors")
     return [f"weights {line}: not here yet, fetched at first use (prefetch: {fetch_command})" for line in lines]
+
+
+def verify(found: Weight, record: dict) -> tuple[str, str]:
+    """(status, sha256) of one located weight against the publisher's digest, else the recorded one."""
+    if not found.present:
+        return "MISSING", ""
+    digest = file_sha256(found.path)
+    expected = found.published_sha256 or record.get("sha256")
+    if expected is None:
+        return "no digest recorded (fetch it with weights fetch)", digest
+    if digest != expected:
+        return f"MISMATCH: expected {expected}", digest
+    return "ok (publisher's sha256)" if found.published_sha256 else "ok (recorded sha256)", digest
 
 
 def manifest_path(cache: Path) -> Path:
