@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import anomalib_models, anomalib_recent, anomalydino, patchcore, patchguard, zarnd  # noqa: F401  (registers)
+from . import anomalib_models, anomalib_recent, anomalydino, patchcore, patchguard, smoothed, zarnd  # noqa: F401  (registers)
 from .base import AnomalyOutput, Detector
 from .registry import (
     DETECTORS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ class Detector(nn.Module, ABC):
     weights: str = "random"
     localization: bool = True  # False: ``map`` is the score broadcast; pixel metrics are n/a
     differentiable: bool = True  # False: no input gradient (score-only admission): only attacks that need none run on it
+    certifiable: bool = False  # True: ``samples`` gives noisy base outputs a certificate cell bounds (``smoothed``)
     precision: str = "fp32"  # bf16: the network runs under autocast; scores, maps and kNN distances stay fp32
     tiny: dict = {}  # constructor keys of a configuration that fits and scores in seconds on a CPU (as timm registers variants)
     weight_keys: tuple[tuple[str, str], ...] = (("backbone", "weights"),)  # (architecture key, weights key) per network it loads
@@ -57,6 +58,13 @@ class Detector(nn.Module, ABC):
                 continue
             needed.append(f"timm:{config[arch_key]}" if weights == "timm" else weights)
         return needed
+
+    @classmethod
+    def declared(cls, key: str, **kwargs) -> Any:
+        """A trait the harness reads before building the detector (``localization``,
+        ``differentiable``) for an entry with these keys: the class attribute; a wrapper
+        (``smoothed``) answers for its base."""
+        return getattr(cls, key)
 
     def set_category(self, category: str) -> None:
         """Called before ``fit`` (and before loading a fitted state) with the category's name,

@@ -44,8 +44,9 @@ def worst_case(labels: np.ndarray, clean: np.ndarray, attacked: list[np.ndarray]
 
 
 def threat_of(row: dict) -> tuple[str, float] | None:
-    """(norm, ε) of an attacked row; None for the clean row and ε = 0."""
-    if is_clean(row) or not row.get("eps"):
+    """(norm, ε) of an attacked row; None for the clean row, ε = 0 and a certificate (a bound,
+    not an image an attacker made: it never enters a worst case or an attack column)."""
+    if is_clean(row) or not row.get("eps") or row.get("attack_kind") == "certificate":
         return None
     return str(row.get("norm") or "linf"), float(row["eps"])
 

@@ -23,17 +23,23 @@ the certified pixel AUROC (per-pixel confidence, or Bonferroni over the pixels t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.stats import binom, norm
 from torch import Tensor
 
-from .attacks.rng import image_seed
+from robustad_bench.adapters.smoothed import noisy_copies
+from robustad_bench.core.errors import UserError
 
-NOISE_CHUNK = 64  # noisy copies of one image forwarded together (fixed: the draws must not depend on it)
+from .attacks.rng import image_seed
+from .tasks import MASK_RULE, evaluation_maps, resized_maps
+
+ABSTAINED = 1e30  # an abstained pixel bound in a saved map: −1e30 (lower), +1e30 (upper)
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ def certified_pixel_auroc(masks: np.ndarray, lower: np.ndarray, upper: np.ndarra
     positive = np.asarray(masks).astype(bool).ravel()
     if positive.all() or not positive.any():
         return float("nan")
-    values = np.where(positive, np.asarray(lower).ravel(), np.asarray(upper).ravel())
+    values = np.where(positive, np.asarray(lower, np.float64).ravel(), np.asarray(upper, np.float64).ravel())
     values = np.nan_to_num(values, posinf=np.finfo(np.float64).max, neginf=-np.finfo(np.float64).max)
     from scipy.stats import rankdata
 
@@ -116,17 +122,82 @@ def certified_pixel_auroc(masks: np.ndarray, lower: np.ndarray, upper: np.ndarra
 
 def noisy_values(score: Callable[[Tensor], Tensor], x: Tensor, smoothing: Smoothing, *, seed: int,
                  images: Sequence[str | int]) -> Tensor:
-    """(B, n, ...) base values ``score(x + noise)`` (``score`` maps a (m, *x.shape[1:]) batch to
-    (m, ...)): image b's n noise draws come from its own stream (cell seed, image id), drawn
-    ``NOISE_CHUNK`` at a time whatever the batch, so a value depends on the image only."""
-    generators = [torch.Generator(device=x.device).manual_seed(image_seed(seed, f"smoothing/{i}")) for i in images]
-    out = []
-    for b in range(x.shape[0]):
-        values = []
-        for start in range(0, smoothing.n, NOISE_CHUNK):
-            m = min(NOISE_CHUNK, smoothing.n - start)
-            noise = torch.randn((m, *x.shape[1:]), generator=generators[b], device=x.device) * smoothing.sigma
-            with torch.no_grad():
-                values.append(score(x[b : b + 1] + noise))
-        out.append(torch.cat(values))
-    return torch.stack(out)
+    """(B, n, ...) base values ``score(x + noise)`` of any function (``score`` maps a
+    (m, *x.shape[1:]) batch to (m, ...)), image b's noise from its own stream (cell seed, image
+    id). The ``smoothed`` detector draws the same way, its stream seeded by the image's content."""
+    with torch.no_grad():
+        return torch.stack([torch.cat([score(copies) for copies in noisy_copies(x[b : b + 1], smoothing.sigma, smoothing.n,
+                                                                              image_seed(seed, f"smoothing/{i}"))])
+                            for b, i in enumerate(images)])
+
+
+PIXEL_GUARANTEE = ("per pixel: each pixel's interval holds with probability ≥ 1 − α (not simultaneously over the "
+                   "pixels); an evaluation pixel averages input pixels' bounds (bilinear or area weights ≥ 0)")
+
+
+def certificate_cell(cell, fitted, *, thresholds, device, progress: bool = False, source=None,
+                     batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A ``certify`` cell (``evaluate_cell``'s signature): the smoothed detector's n noisy base
+    scores and maps per clean test image, their certified bounds at the radius ``eps``, and the
+    certified image and pixel AUROC; the bounds are saved so every number can be recomputed."""
+    detector, split, point = fitted.detector, fitted.split, cell.attack.kwargs
+    if not getattr(detector, "certifiable", False):
+        raise UserError(f"{cell.detector.label!r} is not a smoothed detector: certify needs {{name: smoothed, base: ...}}",
+                        key=cell.attack.key or "attacks")
+    smoothing = Smoothing(detector.sigma, detector.n, detector.percentile, float(point.get("alpha", 0.001)))
+    radius = cell.eps
+    start = time.perf_counter()
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("value", "lower", "upper", "map", "map_lower", "map_upper")}
+    detector.eval()
+    with torch.no_grad():
+        for image in split.test.split(1):
+            noisy = detector.samples(image.to(device))  # (1, n), (1, n, H, W)
+            scores = noisy.score.double().cpu().numpy()
+            maps = noisy.map.double().cpu().numpy().transpose(0, 2, 3, 1)  # (1, H, W, n)
+            lower, upper = percentile_bounds(scores, smoothing, radius)
+            map_lower, map_upper = percentile_bounds(maps, smoothing, radius)
+            parts["value"].append(smoothed_value(scores, smoothing.percentile))
+            parts["lower"].append(lower)
+            parts["upper"].append(upper)
+            parts["map"].append(evaluation_maps(torch.from_numpy(smoothed_value(maps, smoothing.percentile)), fitted.map_size))
+            for key, values in (("map_lower", map_lower), ("map_upper", map_upper)):  # float32, not rounded
+                parts[key].append(resized_maps(torch.from_numpy(finite(values)), fitted.map_size).numpy())
+    joined = {key: np.concatenate(values) for key, values in parts.items()}
+    labels = split.labels.astype(np.int64)
+    arrays = {"labels": labels, "scores": joined["value"].astype(np.float32),
+              "lower": joined["lower"], "upper": joined["upper"]}
+    metrics = {"smoothed_image_auroc": certified_auroc(labels, joined["value"], joined["value"]),
+               "certified_image_auroc": certified_auroc(labels, joined["lower"], joined["upper"]),
+               "certified_pixel_auroc": None}
+    if fitted.masks is not None:
+        arrays |= {"maps": joined["map"].astype(np.float16), "masks": fitted.masks.astype(np.uint8),
+                   "map_lower": joined["map_lower"].astype(np.float32), "map_upper": joined["map_upper"].astype(np.float32)}
+        metrics["certified_pixel_auroc"] = certified_pixel_auroc(fitted.masks, arrays["map_lower"], arrays["map_upper"])
+    n_images = len(labels)
+    k_low, k_high = order_indices(smoothing.n, smoothing.percentile, radius, smoothing.sigma, smoothing.alpha)
+    fields = {
+        "metrics": metrics,
+        "threshold": thresholds.metric, "threshold_rule": thresholds.rule,
+        "attack_thresholds": {"image": thresholds.image, "pixel": thresholds.pixel},
+        "pixel_evaluation": {"resolution": fitted.map_size, "mask_rule": MASK_RULE} if fitted.masks is not None else None,
+        "threat": {"norm": "l2", "eps": radius},
+        "certificate": {
+            "sigma": smoothing.sigma, "n": smoothing.n, "n0": 0, "alpha": smoothing.alpha, "percentile": smoothing.percentile,
+            "radius": radius, "ranks": {"lower": k_low, "upper": k_high},
+            "confidence": "each image's interval holds with probability ≥ 1 − α at this radius (α/2 below, α/2 above); "
+                          "not simultaneous over the images or the radii (Bonferroni: α × images × radii)",
+            "pixel_guarantee": PIXEL_GUARANTEE if fitted.masks is not None else None,
+            "abstained": {"lower": int(np.isinf(joined["lower"]).sum()), "upper": int(np.isinf(joined["upper"]).sum()),
+                          "images": n_images},
+        },
+        "seconds": round(time.perf_counter() - start, 3),
+        "passes": {"forward": smoothing.n * n_images, "gradient": 0},
+        "perturbation": {"linf_max": 0.0, "l2_max": 0.0},
+    }
+    return fields, arrays
+
+
+def finite(values: np.ndarray) -> np.ndarray:
+    """±∞ (an abstained bound) as ±ABSTAINED, so that maps can be resized (a weighted mean of
+    sentinels stays far beyond every score) and saved as float32."""
+    return np.clip(np.asarray(values, np.float64), -ABSTAINED, ABSTAINED).astype(np.float32)

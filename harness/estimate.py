@@ -79,6 +79,8 @@ def count_passes(cell: Cell, images: int = 2) -> Passes:
     spec, point = cell.spec, cell.attack.kwargs
     if spec.kind == "none":
         return Passes(0.0, 0.0)
+    if spec.kind == "certificate":  # one forward of the smoothed detector per image: its n noisy base passes
+        return Passes(1.0, 0.0)
     x = torch.rand(images, 3, STAND_IN_SIZE, STAND_IN_SIZE, generator=torch.Generator().manual_seed(0))
     labels = torch.zeros(images, dtype=torch.long)  # normal images and an unreachable threshold: no early success
     masks = torch.zeros(images, STAND_IN_SIZE, STAND_IN_SIZE)
@@ -264,7 +266,7 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
             continue
         n_test = count.test_normal + count.test_anomalous
         source = costs[cell.source.label] if cell.source is not None else cost
-        scoring = n_test * cost.forward if cell.spec.kind != "none" else 0.0  # the adversarial images scored once more
+        scoring = n_test * cost.forward if cell.spec.perturbs else 0.0  # the adversarial images scored once more
         line.images += n_test
         line.seconds += n_test * (p.gradient * cost.gradient + p.forward * cost.forward
                                   + p.source_gradient * source.gradient + p.source_forward * source.forward) + scoring

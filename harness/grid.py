@@ -23,7 +23,7 @@ from .validity import validity_points
 
 log = logging.getLogger(__name__)
 NO_CELLS = ("the suite resolves to 0 cells (e.g. only localization attacks on data without masks or on detectors "
-            "without an anomaly map, or only gradient attacks on score-only detectors)")
+            "without an anomaly map, or only gradient attacks on score-only detectors, or certificates of detectors that are not smoothed)")
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,7 @@ def expand(suite: Suite, datasets: dict[str, Dataset] | None = None) -> list[Cel
     skipped: dict[str, set[str]] = {}  # detector without a map → the localization attacks it cannot serve
     unmasked: dict[str, set[str]] = {}  # dataset without masks → the same
     gradless: dict[str, set[str]] = {}  # score-only detector → the attacks that would differentiate it
+    uncertified: dict[str, set[str]] = {}  # detector that is not smoothed → the certificate cells it cannot have
     for seed in suite.seeds:
         for det in suite.detectors:
             for ds_entry in suite.datasets:
@@ -132,6 +133,9 @@ def expand(suite: Suite, datasets: dict[str, Dataset] | None = None) -> list[Cel
                         source = by_label[attack.kwargs["source"]] if ATTACKS.get(attack.name).kind == "transfer" else None
                         if source is det:  # crafting on the target itself is the white-box attack
                             continue
+                        if ATTACKS.get(attack.name).kind == "certificate" and not declared(det, "certifiable"):
+                            uncertified.setdefault(det.label, set()).add(attack.label)  # nothing to certify
+                            continue
                         if not gradient_ok(det, attack, source):
                             gradless.setdefault((source or det).label, set()).add(attack.label)
                             continue
@@ -146,6 +150,9 @@ def expand(suite: Suite, datasets: dict[str, Dataset] | None = None) -> list[Cel
     for label, names in sorted(gradless.items()):
         log.warning("%s: detector %r is score-only (no input gradient), so no attack that differentiates it is run "
                     "(skipped: %s)", suite.file or suite.name, label, ", ".join(sorted(names)))
+    for label, names in sorted(uncertified.items()):
+        log.warning("%s: detector %r is not smoothed (wrap it: {name: smoothed, base: {...}}), so it gets no certificate "
+                    "(skipped: %s)", suite.file or suite.name, label, ", ".join(sorted(names)))
     return cells
 
 
@@ -159,16 +166,19 @@ def gradient_ok(det: Entry, attack: Entry, source: Entry | None) -> bool:
 
 def differentiable(entry: Entry) -> bool:
     """Whether the entry's detector has an input gradient (``Detector.differentiable``)."""
+    return declared(entry, "differentiable")
+
+
+def declared(entry: Entry, trait: str) -> bool:
+    """A trait the entry's detector declares (``Detector.declared``), read before it is built."""
     from robustad_bench.adapters import DETECTORS
 
-    return bool(getattr(DETECTORS.get(entry.name), "differentiable", True))
+    return bool(DETECTORS.get(entry.name).declared(trait, **entry.kwargs))
 
 
 def localizes(entry: Entry) -> bool:
     """Whether the entry's detector returns a real anomaly map (``Detector.localization``)."""
-    from robustad_bench.adapters import DETECTORS
-
-    return bool(getattr(DETECTORS.get(entry.name), "localization", True))
+    return declared(entry, "localization")
 
 
 def select(cells: list[Cell], only: str | None) -> list[Cell]:

@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ class ResultStore:
         planned = set(cell_ids)
         rows = [self.rows.get(c) or on_disk[c] for c in cell_ids if c in self.rows or c in on_disk]
         others = [r for c, r in on_disk.items() if c not in planned and suite is not None and r.get("suite") != suite]
-        flags = validity_flags(rows + others)
+        flags = validity_flags(rows + others, arrays=partial(cell_scores, self.out_dir))
         for row in rows + others:
             row["flags"] = sorted(flags.get(row["cell_id"], ()))
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows + others).encode())

@@ -29,6 +29,7 @@ from robustad_bench.core.files import remove_orphans
 from . import __version__
 from .backends import BACKENDS, check_backend
 from .cache import Cache
+from .certify import certificate_cell
 from .complete import forget
 from .datacheck import check_suite_data
 from .datasets.base import Split
@@ -263,8 +264,9 @@ def evaluate_retrying_smaller(cell: Cell, group: Group, device: str, progress: b
     batch_size = cell.batch_size
     while True:
         try:
-            fields, arrays = evaluate_cell(cell, group.fitted, thresholds=group.thresholds, device=device,
-                                           progress=progress, source=source, batch_size=batch_size)
+            evaluate = certificate_cell if cell.spec.kind == "certificate" else evaluate_cell
+            fields, arrays = evaluate(cell, group.fitted, thresholds=group.thresholds, device=device,
+                                      progress=progress, source=source, batch_size=batch_size)
             return {**fields, "batch_size": batch_size}, arrays
         except torch.OutOfMemoryError as err:
             if torch.cuda.is_available():

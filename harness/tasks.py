@@ -75,11 +75,17 @@ def evaluation_maps(maps: Tensor, size: int) -> np.ndarray:
     """(B, H, W) maps at the evaluation resolution, as saved (float16, returned as float32 so
     that the metrics are computed from exactly what ``scores.npz`` holds): bilinearly
     upsampled when smaller, area-averaged when a suite asks for a smaller ``map_size``."""
+    return resized_maps(maps, size).half().float().cpu().numpy()
+
+
+def resized_maps(maps: Tensor, size: int) -> Tensor:
+    """(B, H, W) maps at ``size``, float32: bilinear up, area-averaged down (weights ≥ 0 that
+    sum to 1, so a per-pixel bound resized stays a bound of the resized map)."""
     maps = maps.float()
     if tuple(maps.shape[-2:]) != (size, size):
         mode = "area" if maps.shape[-1] > size else "bilinear"
         maps = F.interpolate(maps[:, None], size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))[:, 0]
-    return maps.half().float().cpu().numpy()
+    return maps
 
 
 def evaluation_masks(masks: Tensor, size: int) -> np.ndarray:

@@ -19,6 +19,13 @@ adds a flag to the rows it concerns:
 - ``score-only``         (f) the detector has no input gradient (admitted score-only): no
                            gradient attack ran on it, so its robust numbers rest on score-only,
                            transfer and noise attacks alone; every attack row gets the flag
+- ``certificate-violated`` (g) an attack at L2 ε = r beat a certificate at radius r of the same
+                           smoothed detector: its image AUROC is below the certified one (beyond
+                           the tolerance), or more images crossed their certified bound (an
+                           anomalous one below its lower bound, a normal one above its upper
+                           bound) than the confidence allows (the 99.9% quantile of Bin(N, α));
+                           a wrong certificate or a wrong attack. The certificate row and the
+                           attack row both get the flag
 
 ``validity: true`` in a suite adds what the checks need: PGD at ε = 1, noise at every ε the
 suite attacks with, and each iterative gradient attack's largest-ε point again with 5× the
@@ -28,8 +35,13 @@ steps (score-only queries are left alone: at 5× they would dominate a CPU run).
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
+
+import numpy as np
+from scipy.stats import binom
 
 from .attacks.threat import Norm
 from .rows import is_clean
@@ -59,15 +71,20 @@ def _config(row: dict[str, Any], *drop: str) -> str:
     return json.dumps([row.get("attack_label"), kept], sort_keys=True, default=str)
 
 
-def validity_flags(rows: list[dict[str, Any]]) -> dict[str, set[str]]:
-    """cell_id → flags, from the finished rows of a run."""
+def validity_flags(rows: list[dict[str, Any]], arrays: Callable[[dict], dict | None] | None = None) -> dict[str, set[str]]:
+    """cell_id → flags, from the finished rows of a run; ``arrays(row)`` (a cell's saved
+    arrays, or None) lets the certificate check compare images one by one."""
     flags: dict[str, set[str]] = defaultdict(set)
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    certificates: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         if row.get("status") == "ok" and not is_clean(row) and row.get("metrics"):
-            groups[row["detector"], row["dataset"], row["category"], row["seed"]].append(row)
+            group = row["detector"], row["dataset"], row["category"], row["seed"]
+            (certificates if _kind(row) == "certificate" else groups)[group].append(row)
             if row.get("score_only"):
                 flags[row["cell_id"]].add("score-only")
+    for key, certified in certificates.items():
+        _check_certificates(certified, groups.get(key, []), arrays, flags)
     for group in groups.values():
         noise = [r for r in group if _kind(r) == "noise"]
         attacked = [r for r in group if _kind(r) != "noise"]
@@ -106,6 +123,30 @@ def _check_task(rows: list[dict], noise: list[dict], task: str, flags: dict[str,
             for r in budget:
                 if metric(r) >= min(same_noise) - TOLERANCE:
                     flags[r["cell_id"]].add("noise-as-strong")
+
+
+def _check_certificates(certified: list[dict], attacked: list[dict], arrays: Callable[[dict], dict | None] | None,
+                        flags: dict[str, set[str]]) -> None:
+    for cert in certified:
+        bound = cert["metrics"].get("certified_image_auroc")
+        same = [r for r in attacked if r.get("norm") == Norm.L2 and r.get("task") == "detection" and _kind(r) != "noise"
+                and math.isclose(float(r["eps"]), float(cert["eps"]), rel_tol=1e-9) and _metric(r, "detection") is not None]
+        for row in same:
+            beaten = bound is not None and _metric(row, "detection") < bound - TOLERANCE
+            if beaten or (arrays is not None and _crossings_beyond_confidence(cert, row, arrays)):
+                flags[cert["cell_id"]].add("certificate-violated")
+                flags[row["cell_id"]].add("certificate-violated")
+
+
+def _crossings_beyond_confidence(cert: dict, row: dict, arrays: Callable[[dict], dict | None]) -> bool:
+    """More images past their certified bound under the attack than Bin(N, α) allows at 99.9%."""
+    bounds, attacked = arrays(cert), arrays(row)
+    if bounds is None or attacked is None or "lower" not in bounds or len(attacked["scores"]) != len(bounds["lower"]):
+        return False
+    anomalous = bounds["labels"] == 1
+    crossed = np.where(anomalous, attacked["scores"] < bounds["lower"], attacked["scores"] > bounds["upper"])
+    alpha = float((cert.get("certificate") or {}).get("alpha", 0.001))
+    return int(crossed.sum()) > int(binom.ppf(0.999, len(crossed), alpha))
 
 
 def _check_unbounded(group: list[dict], flags: dict[str, set[str]]) -> None:

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from . import a3, apgd, blackbox, caa, ensemble, gradient, sea, segpgd, simba, surrogate, transfer  # noqa: F401  (registers)
+from . import (  # noqa: F401  (registers)
+    a3,
+    apgd,
+    blackbox,
+    caa,
+    certificate,
+    ensemble,
+    gradient,
+    sea,
+    segpgd,
+    simba,
+    surrogate,
+    transfer,
+)
 from .base import (
     ATTACKS,
     KNOWLEDGE,

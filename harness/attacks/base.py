@@ -39,7 +39,7 @@ from .objective import TASKS, Objective
 from .rng import ImageRandom
 from .threat import THREAT_FIELDS, ThreatModel
 
-Kind = Literal["none", "gradient", "score-only", "transfer", "surrogate", "noise"]
+Kind = Literal["none", "gradient", "score-only", "transfer", "surrogate", "noise", "certificate"]
 KINDS: tuple[str, ...] = typing.get_args(Kind)
 NEEDS_TARGET_GRADIENT = ("gradient", "surrogate")  # kinds that never run on a score-only detector
 GRADIENT_KINDS = ("gradient", "transfer", "surrogate")  # attacks that differentiate an objective: ``bpda`` applies
@@ -116,8 +116,13 @@ class AttackSpec:
         return self.kind in NEEDS_TARGET_GRADIENT
 
     @property
+    def perturbs(self) -> bool:
+        """Whether it makes adversarial images (the clean cell and a certificate make none)."""
+        return self.kind not in ("none", "certificate")
+
+    @property
     def uses_objective(self) -> bool:
-        return self.kind not in ("none", "noise")
+        return self.kind not in ("none", "noise", "certificate")
 
     def options(self) -> dict[str, tuple[Any, Any]]:
         """The attack's own keyword arguments: name → (annotation, default)."""
@@ -137,7 +142,7 @@ class AttackSpec:
 
     def knowledge(self, task: str) -> str:
         """What the attacker knows, from its kind and task (shown on the leaderboard)."""
-        fixed = {"none": "none", "noise": "none", "score-only": "blackbox", "surrogate": "surrogate"}
+        fixed = {"none": "none", "noise": "none", "score-only": "blackbox", "surrogate": "surrogate", "certificate": "certified"}
         return fixed.get(self.kind, KNOWLEDGE[task])
 
     def resolve(self, given: Mapping[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from robustad_bench.harness.tasks import (
 )
 
 EPS = 8 / 255
-ATTACKED = sorted(set(ATTACKS.names()) - {"none"})
+ATTACKED = sorted(name for name in ATTACKS.names() if ATTACKS.get(name).perturbs)
 
 
 class TinyDetector(Detector):

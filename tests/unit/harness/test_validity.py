@@ -90,3 +90,36 @@ def test_more_steps_compares_only_entries_that_differ_in_steps_alone():
     assert flags_of([plain, adaptive])[adaptive["cell_id"]] == []
     more = pgd(50, 0.5, 0.0)
     assert flags_of([plain, more])[more["cell_id"]] == ["more-steps-weaker"]
+
+
+def certificate_row(eps, certified, alpha=0.01):
+    return {"cell_id": f"d.certify.{eps}", "status": "ok", "detector": "d", "dataset": "t", "category": "c", "seed": 0,
+            "task": "detection", "attack": "certify", "attack_label": "certify", "attack_kind": "certificate", "norm": "l2",
+            "eps": eps, "steps": 0, "certificate": {"alpha": alpha},
+            "metrics": {"certified_image_auroc": certified, "certified_pixel_auroc": None}}
+
+
+def test_an_attack_below_the_certificate_at_its_radius_flags_both():
+    cert, pgd = certificate_row(0.5, 0.8), row("pgd", 0.5, 0.6, norm="l2")
+    assert flags_of([cert, pgd]) == {cert["cell_id"]: ["certificate-violated"], pgd["cell_id"]: ["certificate-violated"]}
+    fine = row("pgd", 0.5, 0.79, norm="l2")  # within tolerance of the bound
+    other_radius, linf = row("pgd", 0.25, 0.1, norm="l2"), row("pgd", 0.5, 0.1, norm="linf")
+    flags = flags_of([cert, fine, other_radius, linf])  # another radius or norm is no comparison
+    assert flags[cert["cell_id"]] == [] and not any("certificate-violated" in f for f in flags.values())
+
+
+def test_images_crossing_their_bounds_beyond_the_confidence_flag_the_certificate():
+    """The AUROCs agree, yet under the attack two of 40 images left their certified interval:
+    at α = 0.001, Bin(40, α) allows one at 99.9%; one crossing is within the confidence."""
+    import numpy as np
+
+    labels = np.r_[np.zeros(20), np.ones(20)].astype(int)
+    lower, upper = np.where(labels == 1, 1.0, -np.inf), np.where(labels == 1, np.inf, 0.0)
+    saved = {"d.certify.0.5": {"labels": labels, "lower": lower, "upper": upper}}
+    cert, pgd = certificate_row(0.5, 1.0, alpha=0.001), row("pgd", 0.5, 1.0, norm="l2")
+    for crossed, flagged in ((2, True), (1, False)):
+        scores = np.where(labels == 1, 2.0, -1.0)
+        scores[20 : 20 + crossed] = 0.5  # anomalous images pushed below their lower bound, still above every normal one
+        saved[pgd["cell_id"]] = {"labels": labels, "scores": scores}
+        flags = validity_flags([cert, pgd], arrays=lambda r: saved.get(r["cell_id"]))
+        assert ("certificate-violated" in flags.get(cert["cell_id"], set())) == flagged

@@ -1,0 +1,143 @@
+"""Percentile smoothing of any registered detector (Chiang et al., NeurIPS 2020; Gaussian noise
+as in Cohen et al., ICML 2019): the ``smoothed`` entry wraps a ``base`` entry.
+
+The smoothed score of an image is the ``percentile`` (default the median) of the base score
+over ``n`` copies of the image with Gaussian noise of standard deviation ``sigma`` (in [0, 1]
+pixel units) added; the smoothed map is the per-pixel percentile of the base maps. The noise
+an image gets is drawn from a stream seeded by the fit's seed and the image's content (its
+bytes), so the smoothed detector is a deterministic function of the image: the same image
+scores the same alone, in any batch and in any cell, and an attack that moves the image gets
+fresh noise at every step (expectation over the same noise, as EOT asks). ``samples`` returns
+the noisy base scores and maps themselves: the harness's certificate cell (``certify``) turns
+them into certified bounds (``harness/certify.py``).
+
+Everything else — fitting, features, category, pretrained weights, whether the base localizes
+or has an input gradient — is the base's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from robustad_bench.core.errors import UserError
+from robustad_bench.core.schema import BadValue, PositiveInt, coerce, parameters
+
+from .base import AnomalyOutput, Detector
+from .registry import DETECTORS, create_detector, register_detector
+
+NOISE_CHUNK = 64  # noisy copies of one image forwarded together (fixed: the draws must not depend on it)
+
+
+def noisy_copies(image: Tensor, sigma: float, n: int, seed: int) -> Iterator[Tensor]:
+    """``n`` copies of ``image`` (1, ...) with Gaussian noise σ, ``NOISE_CHUNK`` at a time, from
+    the stream ``seed``: the draws depend on the seed alone, never on a batch."""
+    generator = torch.Generator(device=image.device).manual_seed(seed)
+    for start in range(0, n, NOISE_CHUNK):
+        m = min(NOISE_CHUNK, n - start)
+        yield image + sigma * torch.randn((m, *image.shape[1:]), generator=generator, device=image.device, dtype=image.dtype)
+
+
+def base_problems(base: Any) -> list[str]:
+    """What is wrong with a ``base`` entry: a registered, non-smoothed detector with its own keys."""
+    if not isinstance(base, dict) or not isinstance(base.get("name"), str):
+        return [f"base: a detector entry {{name: <detector>, ...}}, got {base!r}"]
+    name, kwargs = base["name"], {k: v for k, v in base.items() if k != "name"}
+    if name not in DETECTORS:
+        return [f"base.name: {DETECTORS.unknown_message(name)}"]
+    if name == "smoothed":
+        return ["base.name: a smoothed detector's base is not itself smoothed (one σ, one n)"]
+    cls, found = DETECTORS.get(name), []
+    params = parameters(cls)
+    for key, value in kwargs.items():
+        if key not in params:
+            found.append(f"base.{key}: unknown key for {name!r}; allowed: {', '.join(params)}")
+            continue
+        try:
+            coerce(value, params[key][0])
+        except BadValue as err:
+            found.append(f"base.{key}: {err}")
+    if found:
+        return found
+    return [f"base: {p}" for p in getattr(cls, "check_config", lambda **_: [])(**kwargs)]
+
+
+@register_detector("smoothed")
+class Smoothed(Detector):
+    """Percentile smoothing of the ``base`` detector under Gaussian noise (module docstring)."""
+
+    name = "smoothed"
+    version = "1"
+    certifiable = True
+    tiny = {"base": {"name": "patchcore", "backbone": "resnet18", "input_size": 64, "layers": ["layer2"]},
+            "sigma": 0.25, "n": 8}
+
+    def __init__(self, base: dict, sigma: float = 0.25, n: PositiveInt = 1000, percentile: float = 0.5):
+        for problem in self.check_config(base=base, sigma=sigma, n=n, percentile=percentile):
+            raise UserError(problem, key="base" if problem.startswith("base") else "sigma")
+        super().__init__()
+        self.base = create_detector(base["name"], **{k: v for k, v in base.items() if k != "name"})
+        self.sigma, self.n, self.percentile = float(sigma), int(n), float(percentile)
+        self.rank = max(1, math.ceil(self.n * self.percentile))  # the ⌈n·p⌉-th order statistic (1-based)
+        for key in ("input_size", "weights", "localization", "differentiable", "precision"):
+            setattr(self, key, getattr(self.base, key))
+        self.register_buffer("noise_seed", torch.zeros((), dtype=torch.int64))  # the fit's seed: saved with the fit
+
+    @classmethod
+    def check_config(cls, base: Any = None, sigma: float = 0.25, n: int = 1000, percentile: float = 0.5, **_) -> list[str]:
+        found = base_problems(base)
+        if not sigma > 0:
+            found.append(f"sigma: the noise's standard deviation must be positive, got {sigma!r}")
+        if not 0 < percentile < 1:
+            found.append(f"percentile: must be in (0, 1) (0.5: the median), got {percentile!r}")
+        return found
+
+    @classmethod
+    def weights_needed(cls, base: dict | None = None, **_) -> list[str]:
+        if not isinstance(base, dict) or base.get("name") not in DETECTORS:
+            return []
+        return DETECTORS.get(base["name"]).weights_needed(**{k: v for k, v in base.items() if k != "name"})
+
+    @classmethod
+    def declared(cls, key: str, **kwargs) -> Any:
+        """The base's declared trait (``localization``, ``differentiable``) for an entry's keys."""
+        base = kwargs.get("base")
+        if key != "certifiable" and isinstance(base, dict) and base.get("name") in DETECTORS:
+            return DETECTORS.get(base["name"]).declared(key, **{k: v for k, v in base.items() if k != "name"})
+        return getattr(cls, key)
+
+    def set_category(self, category: str) -> None:
+        self.base.set_category(category)
+
+    def fit(self, normal_images: Tensor, *, seed: int) -> None:
+        self.base.fit(normal_images, seed=seed)
+        self.noise_seed.fill_(seed)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.base.features(x)
+
+    def image_seed(self, image: Tensor) -> int:
+        """The noise stream of one image: (the fit's seed, the image's bytes) → 62 bits."""
+        data = image.detach().float().cpu().contiguous().numpy().tobytes()
+        digest = hashlib.sha256(int(self.noise_seed).to_bytes(8, "little", signed=True) + data).digest()
+        return int.from_bytes(digest[:8], "little") >> 2
+
+    def samples(self, x: Tensor) -> AnomalyOutput:
+        """The base's scores (B, n) and maps (B, n, H, W) on n noisy copies of each image."""
+        scores, maps = [], []
+        for image in x.split(1):
+            outputs = [self.base(copies) for copies in noisy_copies(image, self.sigma, self.n, self.image_seed(image))]
+            scores.append(torch.cat([o.score for o in outputs]))
+            maps.append(torch.cat([o.map for o in outputs]))
+        return AnomalyOutput(torch.stack(scores), torch.stack(maps))
+
+    def forward(self, x: Tensor) -> AnomalyOutput:
+        noisy = self.samples(x)
+        score = noisy.score.kthvalue(self.rank, dim=1).values
+        anomaly_map = noisy.map.kthvalue(self.rank, dim=1).values
+        return AnomalyOutput(score, anomaly_map)
