@@ -61,10 +61,13 @@ def seed_mean(per_seed: dict[int, list[float]]) -> tuple[float | None, float | N
     return float(np.mean(seeds)), float(np.std(seeds)) if len(seeds) > 1 else None
 
 
+CERTIFIED = ("image_auroc", "pixel_auroc")  # the metrics a certify row bounds (its ``certified_<metric>``)
+
+
 def value_key(dataset: str, entry: tuple, column: str, metric: str, *, task: str | None = None, label: str | None = None,
               threat: tuple[str, float] | None = None) -> tuple:
     """How a ranked value is looked up: dataset, entry, column kind (clean, attack, robust,
-    gap), task and label (attack columns), threat model (all but clean), metric."""
+    certified, gap), task and label (attack columns), threat model (all but clean), metric."""
     norm, eps = threat if threat is not None else (None, None)
     return dataset, tuple(entry), column, task, label, norm, eps, metric
 
@@ -76,6 +79,13 @@ def ranked_values(rows: list[dict], robust: list[dict], by: tuple[str, ...] = EN
         if r.get("status") != "ok":
             continue
         threat = threat_of(r)
+        if r.get("attack_kind") == "certificate":  # its certified values, in the certified column at its radius
+            for metric in CERTIFIED:
+                value = (r.get("metrics") or {}).get(f"certified_{metric}")
+                if is_number(value):
+                    key = value_key(r["dataset"], entry_of(r, by), "certified", metric, threat=(str(r.get("norm")), float(r["eps"])))
+                    per[key][r.get("seed", 0)].append(float(value))
+            continue
         if threat is None and not is_clean(r):
             continue  # an attack at ε = 0 is in no ranked column
         for metric, value in (r.get("metrics") or {}).items():

@@ -25,7 +25,7 @@ from .columns import ranked_tables
 class Column:
     key: str
     title: str
-    kind: str  # clean | attack | robust | gap
+    kind: str  # clean | attack | robust | certified | gap
     threat: tuple[str, float] | None = None
     badge: str = ""  # what the attacker knows and uses: "white-box · label", "score-only", ...
     attack: str | None = None  # attack columns: the registered attack and its steps (what a reported protocol matches)
@@ -33,7 +33,7 @@ class Column:
 
     @property
     def heading(self) -> str:
-        return f"{threat_text(self.threat)} · {self.title}" if self.kind in ("attack", "robust") else self.title
+        return f"{threat_text(self.threat)} · {self.title}" if self.kind in ("attack", "robust", "certified") else self.title
 
 
 BADGES = {"gradient": "white-box", "score-only": "score-only", "surrogate": "surrogate", "transfer": "transfer", "noise": "noise"}
@@ -127,15 +127,19 @@ def main_tables(rows: list[dict], ranked: list[dict], headline: tuple[str, float
                 clean_rows = [r for r in in_dataset if is_clean(r) and (r.get("metrics") or {}).get(metric) is not None]
                 if not clean_rows or not task_rows:
                     continue
+                certified = {(str(r["norm"]), float(r["eps"])) for r in in_dataset if r.get("attack_kind") == "certificate"
+                             and (r.get("metrics") or {}).get(f"certified_{metric}") is not None}
                 table = Table(dataset, task, metric, column.title or column.heading, None, [], column.higher_is_better)
-                tables.append(build_table(table, clean_rows, task_rows, index, headline, by))
+                tables.append(build_table(table, clean_rows, task_rows, index, headline, by, certified))
     return tables
 
 
-def build_table(table: Table, clean_rows, task_rows, index, headline, by) -> Table:
-    """Fill ``table`` (dataset, task, metric, title): its columns from the rows, its values from ``index``."""
+def build_table(table: Table, clean_rows, task_rows, index, headline, by, certified: set | frozenset = frozenset()) -> Table:
+    """Fill ``table`` (dataset, task, metric, title): its columns from the rows, its values from
+    ``index``; ``certified``: the threat models (L2 radii) with certified values, a column each
+    beside the robust one (certified ≤ robust: the bracket)."""
     dataset, task, metric = table.dataset, table.task, table.metric
-    threats = sorted({threat_of(r) for r in task_rows}, key=lambda t: (t[0] != Norm.LINF, t[0], t[1]))
+    threats = sorted({threat_of(r) for r in task_rows} | set(certified), key=lambda t: (t[0] != Norm.LINF, t[0], t[1]))
     chosen = choose_headline(set(threats), headline)
     columns = [Column("clean", "clean", "clean")]
     for threat in threats:
@@ -145,7 +149,10 @@ def build_table(table: Table, clean_rows, task_rows, index, headline, by) -> Tab
                 first.setdefault(r.get("attack_label") or r["attack"], r)
         columns += [Column(f"{label}@{threat}", label, "attack", threat, badge(first[label]), first[label]["attack"],
                            first[label].get("steps")) for label in sorted(first)]
-        columns.append(Column(f"robust@{threat}", "robust", "robust", threat))
+        if first:
+            columns.append(Column(f"robust@{threat}", "robust", "robust", threat))
+        if threat in certified:
+            columns.append(Column(f"certified@{threat}", "certified", "certified", threat, "certificate"))
     if chosen is not None:
         columns.append(Column("gap", f"gap ({threat_text(chosen)})", "gap", chosen))
     info, flags = {}, defaultdict(set)

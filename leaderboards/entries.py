@@ -36,7 +36,9 @@ def category_tables(rows: list[dict], ranked_by_category: list[dict]):
 
 def curves(ranked: list[dict], dataset: str, path: Path) -> bool:
     """AUROC vs ε, one line per attack (label, task), image and pixel AUROC, one panel per norm:
-    the harness's ranked values of one entry on ``dataset`` (mean over categories, then seeds)."""
+    the harness's ranked values of one entry on ``dataset`` (mean over categories, then seeds).
+    Where the entry has certificates, the panel also draws the bracket: the certified AUROC
+    (dashed) below the robust worst case over the attacks, at each radius."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,6 +46,9 @@ def curves(ranked: list[dict], dataset: str, path: Path) -> bool:
 
     base = {r["metric"]: r["mean"] for r in ranked if r["column"] == "clean" and r["mean"] is not None}
     attacked = [r for r in ranked if r["column"] == "attack" and r["mean"] is not None]
+    certified = [r for r in ranked if r["column"] == "certified" and r["mean"] is not None]
+    bracket = certified + [r for r in ranked if r["column"] == "robust" and r["mean"] is not None
+                           and any((c["norm"], c["metric"]) == (r["norm"], r["metric"]) for c in certified)]
     norms = sorted({r["norm"] for r in attacked})
     metrics = [m for m in ("image_auroc", "pixel_auroc") if m in base]
     if not metrics or not norms:
@@ -56,10 +61,14 @@ def curves(ranked: list[dict], dataset: str, path: Path) -> bool:
             for r in attacked:
                 if r["norm"] == norm and r["metric"] == metric:
                     lines[f"{r['label']} ({r['task']})"][float(r["eps"])] = r["mean"]
+            for r in bracket:
+                if r["norm"] == norm and r["metric"] == metric:
+                    lines[f"[{r['column']}]"][float(r["eps"])] = r["mean"]
             scale = 255 if norm == Norm.LINF else 1  # L∞ budgets read as k/255
             for name, points in sorted(lines.items()):
                 eps = sorted(points)
-                ax.plot([0.0, *(scale * e for e in eps)], [100 * base[metric], *(100 * points[e] for e in eps)], marker="o", label=name)
+                ax.plot([0.0, *(scale * e for e in eps)], [100 * base[metric], *(100 * points[e] for e in eps)], marker="o", label=name,
+                        **({"ls": "--", "color": "k"} if name == "[certified]" else {"color": "k"} if name == "[robust]" else {}))
             ax.set(xlabel="ε × 255 (L∞)" if norm == Norm.LINF else "ε (L2)", ylabel=metric.replace("_", " "), ylim=(0, 100),
                    title=f"{dataset}: {metric.replace('_', ' ')}, {'L∞' if norm == 'linf' else 'L2'}")
             ax.axhline(50, color="#bbb", lw=0.8, ls=":")

@@ -83,3 +83,17 @@ def test_a_detector_that_is_not_smoothed_gets_no_certificate_and_a_warning(certi
     (tmp_path / "s.yaml").write_text(SUITE)
     assert main(["validate", str(tmp_path / "s.yaml")]) == 0
     assert "'plain' is not smoothed" in caplog.text
+
+
+def test_the_board_shows_a_certified_column_beside_the_robust_one_at_each_radius(certified_run):
+    out, rows = certified_run
+    board = (out / "leaderboard.md").read_text()
+    header = next(line for line in board.splitlines() if "L2 ε=0.25 · certified" in line)
+    columns = [c.strip() for c in header.split("|")]
+    assert columns.index("L2 ε=0.25 · certified") == columns.index("L2 ε=0.25 · robust") + 1
+    assert "L2 ε=0.5 · certified" in columns
+    line = next(row for row in board.splitlines() if row.startswith("|") and "| patchcore " in row)
+    shown = [c.strip() for c in line.split("|")][columns.index("L2 ε=0.25 · certified")]
+    value = next(r for r in rows if r["detector"] == "patchcore" and r["attack"] == "certify" and r["eps"] == 0.25)
+    assert shown == f"{100 * value['metrics']['certified_image_auroc']:.1f}"
+    assert "[certified]" in (out / "site" / "entries" / "patchcore" / "textures-curves.svg").read_text()
