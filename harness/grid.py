@@ -124,6 +124,8 @@ def expand(suite: Suite, datasets: dict[str, Dataset] | None = None) -> list[Cel
                 dataset = datasets[digest(ds_entry.config())]
                 for category in dataset.categories:
                     for attack in attacks:
+                        if det.attacks and attack.label not in det.attacks:
+                            continue  # the detector entry names the attacks it runs
                         if attack.kwargs.get("objective") == "localization" and not dataset.has_masks:
                             unmasked.setdefault(ds_entry.label, set()).add(attack.label)  # no mask, no objective
                             continue

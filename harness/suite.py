@@ -59,6 +59,7 @@ class Entry:
     kwargs: dict[str, Any] = field(default_factory=dict)
     key: str = field(default="", compare=False)  # where it sits in the suite file, e.g. detectors[0]
     detectors: tuple[str, ...] = ()  # datasets only: the detector labels it is evaluated with (empty: all)
+    attacks: tuple[str, ...] = ()  # detectors only: the attack labels it is evaluated with (empty: all)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **self.kwargs}
@@ -117,13 +118,15 @@ def check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, p
         problems.append(UserError(f"'label' names the entry on the leaderboard: a non-empty string, got {label!r}",
                                   file=file, key=f"{path}.label"))
         return None
-    reserved = ("name", "label", "detectors") if section == "datasets" else ("name", "label")
+    narrows = {"datasets": "detectors", "detectors": "attacks"}.get(section)  # the key that restricts an entry's cells
+    reserved = ("name", "label", narrows) if narrows else ("name", "label")
     kwargs, bad = {}, False
-    only = raw.get("detectors", []) if section == "datasets" else []
-    if not isinstance(only, list) or not only and "detectors" in raw or not all(isinstance(d, str) for d in only):
-        problems.append(UserError(f"must be a non-empty list of detector labels of this suite, got {only!r}",
-                                  file=file, key=f"{path}.detectors"))
+    only = raw.get(narrows, []) if narrows else []
+    if not isinstance(only, list) or not only and narrows in raw or not all(isinstance(d, (str, int, float)) for d in only):
+        problems.append(UserError(f"must be a non-empty list of {narrows[:-1]} labels of this suite, got {only!r}",
+                                  file=file, key=f"{path}.{narrows}"))
         bad, only = True, []
+    only = [str(d) for d in only]
     for key, value in raw.items():
         if key in reserved:
             continue
@@ -150,7 +153,7 @@ def check_entry(section: str, i: int, raw: Any, registry: Registry, file: str, p
         bad = True
     if bad:
         return None
-    entry = Entry(name=name, label=str(label), kwargs=kwargs, key=path, detectors=tuple(only))
+    entry = Entry(name=name, label=str(label), kwargs=kwargs, key=path, **({narrows: tuple(only)} if narrows else {}))
     if section == "attacks":  # threat model, knowledge and the attack's own check, per grid point
         points = math.prod(len(v) for v in kwargs.values() if isinstance(v, list))
         if points > max_cells:
@@ -382,6 +385,11 @@ def parse_suite(raw: Any, *, file: str, default_name: str = "suite") -> Suite:
         if unknown := [d for d in dataset.detectors if d not in detector_labels]:
             problems.append(UserError(f"{unknown} are not detector labels of this suite; detector labels: {', '.join(detector_labels)}",
                                       file=file, key=f"{dataset.key}.detectors"))
+    attack_labels = [a.label for a in sections.get("attacks", ())]
+    for detector in sections.get("detectors", ()):
+        if unknown := [a for a in detector.attacks if a not in attack_labels]:
+            problems.append(UserError(f"{unknown} are not attack labels of this suite; attack labels: {', '.join(dict.fromkeys(attack_labels))}",
+                                      file=file, key=f"{detector.key}.attacks"))
     for attack in sections.get("attacks", ()):
         sources = attack.kwargs.get("source") if ATTACKS.get(attack.name).kind == "transfer" else None
         for source in (sources if isinstance(sources, list) else [sources] if sources else []):

@@ -184,3 +184,14 @@ def test_cells_that_differ_only_in_a_label_get_distinct_ids():
     cells = expand(parse_suite(raw, file="s.yaml"))
     ids = [c.cell_id for c in cells]
     assert len(set(ids)) == len(ids) == 4  # 2 categories × 2 labels
+
+
+def test_a_detector_entry_may_name_the_attacks_it_runs():
+    raw = yaml.safe_load(yaml.safe_dump(BASE))
+    raw["detectors"].append({"name": "patchcore", "backbone": "resnet18", "label": "few", "attacks": ["none"]})
+    cells = expand(parse_suite(raw, file="s.yaml"))
+    assert {c.attack.label for c in cells if c.detector.label == "few"} == {"none"}
+    assert len([c for c in cells if c.detector.label == "patchcore"]) == 2 * (1 + 2 * 2)  # the others run every attack
+    raw["detectors"][1]["attacks"] = ["none", "pgd-typo"]
+    with pytest.raises(SuiteErrors, match=r"detectors\[1\].attacks.*'pgd-typo'.*attack labels: none, pgd"):
+        parse_suite(raw, file="s.yaml")
