@@ -320,12 +320,17 @@ def test_full_suite_is_the_complete_grid_and_dry_runs_without_the_data(capsys, m
     assert main(["run", full, "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     cells, fits = map(int, re.fullmatch(r"(\d+) cells, (\d+) fit tasks", lines[-1]).groups())
-    assert len(lines) - 1 == cells > 10_000 and fits == 7 * (15 + 12 + 3 + 6 + 4 + 12 + 5 + 1 + 1) + (10 + 20 + 10 + 10)
+    # 7 detectors and 8 smoothed ones (the four seed detectors at σ 0.25 and 0.5) on every industrial and medical category
+    assert len(lines) - 1 == cells > 10_000 and fits == (7 + 8) * (15 + 12 + 3 + 6 + 4 + 12 + 5 + 1 + 1) + (10 + 20 + 10 + 10)
     ids = lines[:-1]
+    smoothed = {f"{d}-smoothed-{s}" for d in ("patchcore-wrn50", "anomalydino-vits14", "zarnd-r18-linf2", "patchguard-paper")
+                for s in ("s025", "s05")}
     for dataset in ("mvtec", "visa", "btad", "mpdd", "wfdd", "dtd_synthetic", "mvtec_loco", "headct", "brats"):
         assert {i.split(".")[0] for i in ids if i.split(".")[1] == dataset} == {
             "patchcore-wrn50", "anomalydino-vits14", "zarnd-r18-linf2", "patchguard-paper",
-            "anomalib-padim-wrn50", "anomalib-patchcore-wrn50", "anomalib-dfm-r50"}, dataset
+            "anomalib-padim-wrn50", "anomalib-patchcore-wrn50", "anomalib-dfm-r50"} | smoothed, dataset
+    assert {i.split(".")[3] for i in ids if i.split(".")[0] in smoothed} == {"none", "certify", "pgd-eot-l2"}  # only those
+    assert not [i for i in ids if ".certify." in i and i.split(".")[0] not in smoothed]  # nothing to certify
     for dataset in ("cifar10", "cifar100", "mnist", "fashion_mnist"):
         assert {i.split(".")[0] for i in ids if i.split(".")[1] == dataset} == {"zarnd-r18-linf2"}, dataset
     assert not [i for i in ids if ".headct." in i and ("segpgd" in i or "autoattack-al" in i)]  # no masks: AD only
