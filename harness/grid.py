@@ -172,10 +172,14 @@ def differentiable(entry: Entry) -> bool:
 
 
 def declared(entry: Entry, trait: str) -> bool:
-    """A trait the entry's detector declares (``Detector.declared``), read before it is built."""
-    from robustad_bench.adapters import DETECTORS
+    """A trait the entry's detector declares (``Detector.declared``), read before it is built; a
+    registered factory (the Python API's prebuilt detector) has the class attribute or the default."""
+    from robustad_bench.adapters import DETECTORS, Detector
 
-    return bool(DETECTORS.get(entry.name).declared(trait, **entry.kwargs))
+    target = DETECTORS.get(entry.name)
+    if hasattr(target, "declared"):
+        return bool(target.declared(trait, **entry.kwargs))
+    return bool(getattr(target, trait, getattr(Detector, trait)))
 
 
 def localizes(entry: Entry) -> bool:
