@@ -24,6 +24,7 @@ the certified pixel AUROC (per-pixel confidence, or Bonferroni over the pixels t
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -137,43 +138,32 @@ PIXEL_GUARANTEE = ("per pixel: each pixel's interval holds with probability ≥ 
 
 def certificate_cell(cell, fitted, *, thresholds, device, progress: bool = False, source=None,
                      batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """A ``certify`` cell (``evaluate_cell``'s signature): the smoothed detector's n noisy base
-    scores and maps per clean test image, their certified bounds at the radius ``eps``, and the
-    certified image and pixel AUROC; the bounds are saved so every number can be recomputed."""
-    detector, split, point = fitted.detector, fitted.split, cell.attack.kwargs
+    """A ``certify`` cell (``evaluate_cell``'s signature): the smoothed detector's certified
+    bounds at the radius ``eps`` for every clean test image, and the certified image and pixel
+    AUROC; the bounds are saved so every number can be recomputed. The n noisy draws per image
+    are made once per fitted detector and α for every radius of the group (``fitted.shared``:
+    the runner lists them); the draws depend on the image alone, so the bounds are the same
+    whichever cell made them."""
+    detector, point = fitted.detector, cell.attack.kwargs
     if not getattr(detector, "certifiable", False):
         raise UserError(f"{cell.detector.label!r} is not a smoothed detector: certify needs {{name: smoothed, base: ...}}",
                         key=cell.attack.key or "attacks")
     smoothing = Smoothing(detector.sigma, detector.n, detector.percentile, float(point.get("alpha", 0.001)))
-    radius = cell.eps
-    start = time.perf_counter()
-    parts: dict[str, list[np.ndarray]] = {key: [] for key in ("value", "lower", "upper", "map", "map_lower", "map_upper")}
-    detector.eval()
-    with torch.no_grad():
-        for image in split.test.split(1):
-            noisy = detector.samples(image.to(device))  # (1, n), (1, n, H, W)
-            scores = noisy.score.double().cpu().numpy()
-            maps = noisy.map.double().cpu().numpy().transpose(0, 2, 3, 1)  # (1, H, W, n)
-            lower, upper = percentile_bounds(scores, smoothing, radius)
-            map_lower, map_upper = percentile_bounds(maps, smoothing, radius)
-            parts["value"].append(smoothed_value(scores, smoothing.percentile))
-            parts["lower"].append(lower)
-            parts["upper"].append(upper)
-            parts["map"].append(evaluation_maps(torch.from_numpy(smoothed_value(maps, smoothing.percentile)), fitted.map_size))
-            for key, values in (("map_lower", map_lower), ("map_upper", map_upper)):  # float32, not rounded
-                parts[key].append(resized_maps(torch.from_numpy(finite(values)), fitted.map_size).numpy())
-    joined = {key: np.concatenate(values) for key, values in parts.items()}
-    labels = split.labels.astype(np.int64)
-    arrays = {"labels": labels, "scores": joined["value"].astype(np.float32),
-              "lower": joined["lower"], "upper": joined["upper"]}
-    metrics = {"smoothed_image_auroc": certified_auroc(labels, joined["value"], joined["value"]),
-               "certified_image_auroc": certified_auroc(labels, joined["lower"], joined["upper"]),
+    radius, start = cell.eps, time.perf_counter()
+    drawn = fitted.shared.get(("certify", smoothing.alpha))
+    here = drawn is None or radius not in drawn["bounds"]
+    if here:
+        radii = sorted({radius, *fitted.shared.get("certify_radii", {}).get(smoothing.alpha, ())})
+        drawn = fitted.shared[("certify", smoothing.alpha)] = draw_bounds(fitted, smoothing, radii, device)
+    bounds, labels, n_images = drawn["bounds"][radius], fitted.split.labels.astype(np.int64), len(fitted.split.labels)
+    arrays = {"labels": labels, "scores": drawn["value"].astype(np.float32), "lower": bounds["lower"], "upper": bounds["upper"]}
+    metrics = {"smoothed_image_auroc": certified_auroc(labels, drawn["value"], drawn["value"]),
+               "certified_image_auroc": certified_auroc(labels, bounds["lower"], bounds["upper"]),
                "certified_pixel_auroc": None}
     if fitted.masks is not None:
-        arrays |= {"maps": joined["map"].astype(np.float16), "masks": fitted.masks.astype(np.uint8),
-                   "map_lower": joined["map_lower"].astype(np.float32), "map_upper": joined["map_upper"].astype(np.float32)}
-        metrics["certified_pixel_auroc"] = certified_pixel_auroc(fitted.masks, arrays["map_lower"], arrays["map_upper"])
-    n_images = len(labels)
+        arrays |= {"maps": drawn["map"].astype(np.float16), "masks": fitted.masks.astype(np.uint8),
+                   "map_lower": bounds["map_lower"], "map_upper": bounds["map_upper"]}
+        metrics["certified_pixel_auroc"] = certified_pixel_auroc(fitted.masks, bounds["map_lower"], bounds["map_upper"])
     k_low, k_high = order_indices(smoothing.n, smoothing.percentile, radius, smoothing.sigma, smoothing.alpha)
     fields = {
         "metrics": metrics,
@@ -187,14 +177,39 @@ def certificate_cell(cell, fitted, *, thresholds, device, progress: bool = False
             "confidence": "each image's interval holds with probability ≥ 1 − α at this radius (α/2 below, α/2 above); "
                           "not simultaneous over the images or the radii (Bonferroni: α × images × radii)",
             "pixel_guarantee": PIXEL_GUARANTEE if fitted.masks is not None else None,
-            "abstained": {"lower": int(np.isinf(joined["lower"]).sum()), "upper": int(np.isinf(joined["upper"]).sum()),
+            "abstained": {"lower": int(np.isinf(bounds["lower"]).sum()), "upper": int(np.isinf(bounds["upper"]).sum()),
                           "images": n_images},
+            "draws": {"here": here, "radii": list(drawn["bounds"])},  # one set of draws served these radii
         },
         "seconds": round(time.perf_counter() - start, 3),
-        "passes": {"forward": smoothing.n * n_images, "gradient": 0},
+        "passes": {"forward": smoothing.n * n_images if here else 0, "gradient": 0},
         "perturbation": {"linf_max": 0.0, "l2_max": 0.0},
     }
     return fields, arrays
+
+
+def draw_bounds(fitted, smoothing: Smoothing, radii: list[float], device) -> dict[str, Any]:
+    """One pass of n noisy draws per clean test image: the smoothed score and map, and their
+    certified bounds at each radius (maps at the evaluation resolution; bounds float32, not rounded)."""
+    detector = fitted.detector.eval()
+    parts: dict[Any, list[np.ndarray]] = defaultdict(list)
+    with torch.no_grad():
+        for image in fitted.split.test.split(1):
+            noisy = detector.samples(image.to(device))  # (1, n), (1, n, H, W)
+            scores = noisy.score.double().cpu().numpy()
+            maps = noisy.map.double().cpu().numpy().transpose(0, 2, 3, 1)  # (1, H, W, n)
+            parts["value"].append(smoothed_value(scores, smoothing.percentile))
+            parts["map"].append(evaluation_maps(torch.from_numpy(smoothed_value(maps, smoothing.percentile)), fitted.map_size))
+            for radius in radii:
+                lower, upper = percentile_bounds(scores, smoothing, radius)
+                map_lower, map_upper = percentile_bounds(maps, smoothing, radius)
+                parts[radius, "lower"].append(lower)
+                parts[radius, "upper"].append(upper)
+                parts[radius, "map_lower"].append(resized_maps(torch.from_numpy(finite(map_lower)), fitted.map_size).numpy())
+                parts[radius, "map_upper"].append(resized_maps(torch.from_numpy(finite(map_upper)), fitted.map_size).numpy())
+    joined = {key: np.concatenate(values) for key, values in parts.items()}
+    bounds = {r: {kind: joined[r, kind] for kind in ("lower", "upper", "map_lower", "map_upper")} for r in radii}
+    return {"value": joined["value"], "map": joined["map"], "bounds": bounds}
 
 
 def finite(values: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import re
 import sys
 import time
 import traceback
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -158,6 +159,7 @@ def run_group(tasks: list[EvalTask], *, cache_root: str, device: str, recompute:
     with cache.lock(tasks[0].fit.key()):
         try:
             group = prepare_group(tasks[0], cache, device)
+            group.fitted.shared["certify_radii"] = certify_radii(tasks)
         except Exception as err:  # the whole group fails; other groups still run
             group = err
         for task in tasks:
@@ -167,6 +169,15 @@ def run_group(tasks: list[EvalTask], *, cache_root: str, device: str, recompute:
             if on_cell is not None:
                 on_cell(row, arrays)
     return results
+
+
+def certify_radii(tasks: list[EvalTask]) -> dict[float, list[float]]:
+    """α → the radii of the group's certify cells: one set of noisy draws serves them all."""
+    radii: dict[float, set[float]] = defaultdict(set)
+    for task in tasks:
+        if task.cell.spec.kind == "certificate":
+            radii[float(task.cell.attack.kwargs.get("alpha", 0.001))].add(task.cell.eps)
+    return {alpha: sorted(found) for alpha, found in radii.items()}
 
 
 def prepare_group(task: EvalTask, cache: Cache, device: str) -> Group:

@@ -12,7 +12,7 @@ import hashlib
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,7 @@ class Fitted:
     fit_seconds: float
     map_size: int  # the evaluation resolution m: the suite's map_size, else the detector's input size
     holdout_scores: np.ndarray | None = None  # clean scores of the held-out normal train images (normal-quantile)
+    shared: dict = field(default_factory=dict)  # what the group's cells compute once and share (the certify draws)
 
 
 def _batches(n: int, size: int):

@@ -62,7 +62,7 @@ def test_each_smoothed_detector_has_recomputable_certified_rows_at_two_radii(cer
         assert row["metrics"]["smoothed_image_auroc"] == pytest.approx(clean[row["detector"]]["metrics"]["image_auroc"])
         cert = row["certificate"]
         assert (cert["sigma"], cert["n"], cert["alpha"], cert["radius"]) == (0.5, 16, 0.01, row["eps"])
-        assert row["passes"]["forward"] == 16 * len(labels)
+        assert row["passes"]["forward"] == (16 * len(labels) if cert["draws"]["here"] else 0)  # the draws' cell counts them
         if "masks" in arrays:
             masks = arrays["masks"].astype(bool)
             pixels = np.where(masks, arrays["map_lower"], arrays["map_upper"]).ravel()
@@ -97,3 +97,19 @@ def test_the_board_shows_a_certified_column_beside_the_robust_one_at_each_radius
     value = next(r for r in rows if r["detector"] == "patchcore" and r["attack"] == "certify" and r["eps"] == 0.25)
     assert shown == f"{100 * value['metrics']['certified_image_auroc']:.1f}"
     assert "[certified]" in (out / "site" / "entries" / "patchcore" / "textures-curves.svg").read_text()
+
+
+def test_one_set_of_draws_serves_both_radii_and_a_radius_alone_gets_the_same_bounds(certified_run, tmp_path):
+    out, rows = certified_run
+    certified = [r for r in rows if r["attack_kind"] == "certificate" and r["detector"] == "patchcore"]
+    assert sorted(r["certificate"]["draws"]["here"] for r in certified) == [False, True]  # drawn once for the two radii
+    assert sum(r["passes"]["forward"] for r in certified) == 16 * 6
+    (tmp_path / "s.yaml").write_text(SUITE)
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--cache", str(tmp_path / "c"),
+                 "--only", "patchcore.*certify*eps0.5*", "--no-progress"]) == 0
+    alone = json.loads((tmp_path / "o" / "results.jsonl").read_text().splitlines()[0])
+    assert alone["certificate"]["draws"] == {"here": True, "radii": [0.5]}
+    together = next(r for r in certified if r["eps"] == 0.5)
+    assert alone["cell_id"] == together["cell_id"] and alone["scores_sha256"] == together["scores_sha256"]
+    mine, theirs = np.load(tmp_path / "o" / "cells" / alone["cell_id"] / "scores.npz"), np.load(out / "cells" / alone["cell_id"] / "scores.npz")
+    assert all(np.array_equal(mine[k], theirs[k]) for k in ("lower", "upper", "map_lower", "map_upper", "scores"))
