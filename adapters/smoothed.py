@@ -43,11 +43,16 @@ def noisy_copies(image: Tensor, sigma: float, n: int, seed: int) -> Iterator[Ten
         yield image + sigma * torch.randn((m, *image.shape[1:]), generator=generator, device=image.device, dtype=image.dtype)
 
 
+def base_entry(base: dict) -> tuple[str, dict]:
+    """A ``base`` entry as (registered name, constructor keys)."""
+    return base["name"], {k: v for k, v in base.items() if k != "name"}
+
+
 def base_problems(base: Any) -> list[str]:
     """What is wrong with a ``base`` entry: a registered, non-smoothed detector with its own keys."""
     if not isinstance(base, dict) or not isinstance(base.get("name"), str):
         return [f"base: a detector entry {{name: <detector>, ...}}, got {base!r}"]
-    name, kwargs = base["name"], {k: v for k, v in base.items() if k != "name"}
+    name, kwargs = base_entry(base)
     if name not in DETECTORS:
         return [f"base.name: {DETECTORS.unknown_message(name)}"]
     if name == "smoothed":
@@ -79,9 +84,10 @@ class Smoothed(Detector):
 
     def __init__(self, base: dict, sigma: float = 0.25, n: PositiveInt = 1000, percentile: float = 0.5):
         for problem in self.check_config(base=base, sigma=sigma, n=n, percentile=percentile):
-            raise UserError(problem, key="base" if problem.startswith("base") else "sigma")
+            raise UserError(problem, key=problem.split(":")[0])
         super().__init__()
-        self.base = create_detector(base["name"], **{k: v for k, v in base.items() if k != "name"})
+        name, kwargs = base_entry(base)
+        self.base = create_detector(name, **kwargs)
         self.sigma, self.n, self.percentile = float(sigma), int(n), float(percentile)
         self.rank = max(1, math.ceil(self.n * self.percentile))  # the ⌈n·p⌉-th order statistic (1-based)
         for key in ("input_size", "weights", "localization", "differentiable", "precision"):
@@ -101,14 +107,16 @@ class Smoothed(Detector):
     def weights_needed(cls, base: dict | None = None, **_) -> list[str]:
         if not isinstance(base, dict) or base.get("name") not in DETECTORS:
             return []
-        return DETECTORS.get(base["name"]).weights_needed(**{k: v for k, v in base.items() if k != "name"})
+        name, kwargs = base_entry(base)
+        return DETECTORS.get(name).weights_needed(**kwargs)
 
     @classmethod
     def declared(cls, key: str, **kwargs) -> Any:
         """The base's declared trait (``localization``, ``differentiable``) for an entry's keys."""
         base = kwargs.get("base")
         if key != "certifiable" and isinstance(base, dict) and base.get("name") in DETECTORS:
-            return DETECTORS.get(base["name"]).declared(key, **{k: v for k, v in base.items() if k != "name"})
+            name, kwargs = base_entry(base)
+            return DETECTORS.get(name).declared(key, **kwargs)
         return getattr(cls, key)
 
     def set_category(self, category: str) -> None:
