@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from robustad_bench.core.errors import UserError
 from robustad_bench.core.schema import BadValue, PositiveInt, coerce, parameters
@@ -32,15 +33,21 @@ from .base import AnomalyOutput, Detector
 from .registry import DETECTORS, create_detector, register_detector
 
 NOISE_CHUNK = 64  # noisy copies of one image forwarded together (fixed: the draws must not depend on it)
+CHUNK_STRIDE = 0x9E3779B97F4A7C15  # chunk k of an image's noise is seeded seed + k · stride (mod 2⁶³)
+
+
+def noisy_chunk(image: Tensor, sigma: float, n: int, seed: int, k: int) -> Tensor:
+    """The k-th ``NOISE_CHUNK`` of ``n`` copies of ``image`` (1, ...) with Gaussian noise σ, from
+    its own stream (``seed``, k): a chunk can be drawn again alone, exactly (the backward pass does)."""
+    m = min(NOISE_CHUNK, n - k * NOISE_CHUNK)
+    generator = torch.Generator(device=image.device).manual_seed((seed + k * CHUNK_STRIDE) % 2**63)
+    return image + sigma * torch.randn((m, *image.shape[1:]), generator=generator, device=image.device, dtype=image.dtype)
 
 
 def noisy_copies(image: Tensor, sigma: float, n: int, seed: int) -> Iterator[Tensor]:
-    """``n`` copies of ``image`` (1, ...) with Gaussian noise σ, ``NOISE_CHUNK`` at a time, from
-    the stream ``seed``: the draws depend on the seed alone, never on a batch."""
-    generator = torch.Generator(device=image.device).manual_seed(seed)
-    for start in range(0, n, NOISE_CHUNK):
-        m = min(NOISE_CHUNK, n - start)
-        yield image + sigma * torch.randn((m, *image.shape[1:]), generator=generator, device=image.device, dtype=image.dtype)
+    """All ``n`` noisy copies, chunk by chunk: the draws depend on the seed alone, never on a batch."""
+    for k in range(math.ceil(n / NOISE_CHUNK)):
+        yield noisy_chunk(image, sigma, n, seed, k)
 
 
 def base_entry(base: dict) -> tuple[str, dict]:
@@ -136,13 +143,23 @@ class Smoothed(Detector):
         return int.from_bytes(digest[:8], "little") >> 2
 
     def samples(self, x: Tensor) -> AnomalyOutput:
-        """The base's scores (B, n) and maps (B, n, H, W) on n noisy copies of each image."""
+        """The base's scores (B, n) and maps (B, n, H, W) on n noisy copies of each image. Under
+        an attack's gradient each chunk is checkpointed: its graph is rebuilt (its noise drawn
+        again) in the backward pass, so memory holds one chunk's graph, not n copies' (values and
+        gradients are the same)."""
         scores, maps = [], []
         for image in x.split(1):
-            outputs = [self.base(copies) for copies in noisy_copies(image, self.sigma, self.n, self.image_seed(image))]
+            seed, chunks = self.image_seed(image), range(math.ceil(self.n / NOISE_CHUNK))
+            if torch.is_grad_enabled() and image.requires_grad:
+                outputs = [checkpoint(self.chunk_output, image, seed, k, use_reentrant=False) for k in chunks]
+            else:
+                outputs = [self.chunk_output(image, seed, k) for k in chunks]
             scores.append(torch.cat([o.score for o in outputs]))
             maps.append(torch.cat([o.map for o in outputs]))
         return AnomalyOutput(torch.stack(scores), torch.stack(maps))
+
+    def chunk_output(self, image: Tensor, seed: int, k: int) -> AnomalyOutput:
+        return self.base(noisy_chunk(image, self.sigma, self.n, seed, k))
 
     def forward(self, x: Tensor) -> AnomalyOutput:
         noisy = self.samples(x)

@@ -43,3 +43,44 @@ def test_the_entry_has_its_bases_traits_and_weights():
     assert DETECTORS.get("smoothed").weights_needed(**entry.kwargs) == ["timm:resnet18"]
     problems = DETECTORS.get("smoothed").check_config(base={"name": "patchcore", "bogus": 1}, sigma=0)
     assert any("base.bogus" in p for p in problems) and any(p.startswith("sigma") for p in problems)
+
+
+def test_the_checkpointed_gradient_is_the_full_graphs():
+    """Under a gradient each noise chunk is recomputed in the backward pass (memory: one chunk's
+    graph); the score, map and input gradient equal those of the full graph over every copy."""
+    detector, x = fitted(n=70, percentile=0.5), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    x = x.requires_grad_(True)
+    out = detector(x)
+    (grad,) = torch.autograd.grad(out.score.sum() + out.map.mean(), x)
+    full_scores, full_maps = [], []
+    for b in range(2):
+        base = [detector.base(c) for c in noisy_copies(x[b : b + 1], 0.2, 70, detector.image_seed(x[b : b + 1]))]
+        full_scores.append(torch.cat([o.score for o in base]))
+        full_maps.append(torch.cat([o.map for o in base]))
+    score = torch.stack(full_scores).kthvalue(35, dim=1).values
+    maps = torch.stack(full_maps).kthvalue(35, dim=1).values
+    (expected,) = torch.autograd.grad(score.sum() + maps.mean(), x)
+    assert torch.equal(score, out.score.detach()) and torch.equal(maps, out.map.detach())
+    assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-8) and grad.abs().sum() > 0
+
+
+def saved_bytes(fn) -> int:
+    """Bytes autograd keeps for the backward pass while ``fn`` runs."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def test_an_attack_on_a_smoothed_detector_keeps_no_graph_of_the_n_copies():
+    detector = fitted(n=128)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2)).requires_grad_(True)
+    checkpointed = saved_bytes(lambda: detector(x))
+    full = saved_bytes(lambda: [detector.base(c) for c in noisy_copies(x, 0.2, 128, detector.image_seed(x))])
+    assert checkpointed < 0.1 * full, (checkpointed, full)
