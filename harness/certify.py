@@ -77,13 +77,19 @@ def percentile_bounds(samples: np.ndarray, smoothing: Smoothing, radius: float, 
                       tests: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Certified (lower, upper) of the smoothed value at radius ``radius`` from ``samples``
     (..., n) of the base value under noise; α is split over ``tests`` intervals (Bonferroni)."""
-    n = samples.shape[-1]
+    return sorted_bounds(np.sort(samples, axis=-1), smoothing, radius, tests=tests)
+
+
+def sorted_bounds(ordered: np.ndarray, smoothing: Smoothing, radius: float, *,
+                  tests: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """``percentile_bounds`` of samples already sorted along the last axis (sort once, bound
+    at every radius)."""
+    n = ordered.shape[-1]
     if n != smoothing.n:
         raise ValueError(f"{n} samples per value, the smoothing says n = {smoothing.n}")
     k_low, k_high = order_indices(n, smoothing.percentile, radius, smoothing.sigma, smoothing.alpha / tests)
-    ordered = np.sort(samples, axis=-1)
-    lower = ordered[..., k_low - 1] if k_low is not None else np.full(samples.shape[:-1], -np.inf)
-    upper = ordered[..., k_high - 1] if k_high is not None else np.full(samples.shape[:-1], np.inf)
+    lower = ordered[..., k_low - 1] if k_low is not None else np.full(ordered.shape[:-1], -np.inf)
+    upper = ordered[..., k_high - 1] if k_high is not None else np.full(ordered.shape[:-1], np.inf)
     return np.asarray(lower, np.float64), np.asarray(upper, np.float64)
 
 
@@ -196,13 +202,13 @@ def draw_bounds(fitted, smoothing: Smoothing, radii: list[float], device) -> dic
     with torch.no_grad():
         for image in fitted.split.test.split(1):
             noisy = detector.samples(image.to(device))  # (1, n), (1, n, H, W)
-            scores = noisy.score.double().cpu().numpy()
-            maps = noisy.map.double().cpu().numpy().transpose(0, 2, 3, 1)  # (1, H, W, n)
+            scores = np.sort(noisy.score.double().cpu().numpy(), axis=-1)  # sorted once for every radius
+            maps = np.sort(noisy.map.double().cpu().numpy().transpose(0, 2, 3, 1), axis=-1)  # (1, H, W, n)
             parts["value"].append(smoothed_value(scores, smoothing.percentile))
             parts["map"].append(evaluation_maps(torch.from_numpy(smoothed_value(maps, smoothing.percentile)), fitted.map_size))
             for radius in radii:
-                lower, upper = percentile_bounds(scores, smoothing, radius)
-                map_lower, map_upper = percentile_bounds(maps, smoothing, radius)
+                lower, upper = sorted_bounds(scores, smoothing, radius)
+                map_lower, map_upper = sorted_bounds(maps, smoothing, radius)
                 parts[radius, "lower"].append(lower)
                 parts[radius, "upper"].append(upper)
                 parts[radius, "map_lower"].append(resized_maps(torch.from_numpy(finite(map_lower)), fitted.map_size).numpy())
