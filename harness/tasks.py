@@ -65,6 +65,30 @@ class CountingDetector(nn.Module):
         return self.detector.features(x)
 
 
+def search_totals(detector: nn.Module, device) -> dict[str, Any] | None:
+    """The detector's memory-bank searches so far, summed over its banks, and the candidate
+    pass's format on ``device`` (None: no bank)."""
+    from robustad_bench.adapters.exact_search import SearchStats, resolve_precision
+    from robustad_bench.adapters.knn import MemoryBank
+
+    banks = [m for m in detector.modules() if isinstance(m, MemoryBank)]
+    if not banks:
+        return None
+    totals = SearchStats()
+    for bank in banks:
+        totals.add(bank.stats)
+    return {"precision": resolve_precision(banks[0].precision, torch.device(device))} | totals.as_dict()
+
+
+def searched_since(detector: nn.Module, before: dict[str, Any] | None, device) -> dict[str, Any] | None:
+    """What the searches since ``before`` did: the format, the queries, the float64 re-ranks,
+    the fp32 and exhaustive fallbacks, the exact comparisons."""
+    after = search_totals(detector, device)
+    if before is None or after is None:
+        return None
+    return {key: value if key == "precision" else value - before[key] for key, value in after.items()}
+
+
 PIXEL_SAMPLE = 2_000_000  # pixels the clean pixel threshold is fitted on, at most
 ORACLE = "oracle: F1-max on the clean test set"
 HOLDOUT_STREAM = 0x401D  # the held-out normals' draw: its own stream of the seed
@@ -292,6 +316,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
                       source=source_counting, calibrator=calibrator)
     scores, maps, linf, l2 = fitted.clean_scores.copy(), fitted.clean_maps.copy(), np.zeros(n), np.zeros(n)
     start, perturbed = time.perf_counter(), spec.kind != "none"
+    searched = search_totals(fitted.detector, device)
     # what ``prepare`` fits is fitted once per cell, on the whole cell, and saved with it
     attack = prepare_attack(spec, point, counting, context, CellData(split.train, split.test, labels, batch_size, torch.device(device)))
     threat, options, state = attack.threat, attack.options, attack.context.state
@@ -341,6 +366,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         | ({"source_forward": source_counting.forward_passes, "source_gradient": source_counting.gradient_passes}
            if source_counting is not None else {}),
         "perturbation": {"linf_max": float(linf.max()), "l2_max": float(l2.max())},
+        "search": searched_since(fitted.detector, searched, device) if perturbed else None,
     }
     if fields["threat"] is not None and "steps" in fields["threat"]:  # what ran (a composite attack: its stages' sum)
         fields["steps"] = int(fields["threat"]["steps"])

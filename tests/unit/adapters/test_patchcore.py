@@ -100,17 +100,6 @@ def test_timm_weights_offline_names_the_file_to_provide(monkeypatch):
         create_detector("patchcore", backbone="resnet18", weights="timm")
 
 
-def test_the_gemm_search_finds_the_exact_nearest_rows_in_chunks():
-    from robustad_bench.adapters.knn import _torch_search
-
-    g = torch.Generator().manual_seed(0)
-    bank, queries = torch.randn(500, 32, generator=g), torch.randn(300, 32, generator=g)
-    exact = torch.cdist(queries.double(), bank.double()).topk(3, dim=1, largest=False).indices
-    found = _torch_search(queries, bank, 3, bank.pow(2).sum(1), budget=500 * 7)  # 7 queries per chunk
-    assert torch.equal(found, exact)
-    assert torch.equal(_torch_search(queries, bank, 1, bank.pow(2).sum(1), budget=500 * 7), exact[:, :1])
-
-
 def test_bf16_runs_the_network_in_bf16_and_the_distances_in_fp32(fitted, images):
     detector = make(precision="bf16").eval()
     detector.load_state_dict(fitted.state_dict())

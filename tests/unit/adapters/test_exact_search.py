@@ -1,0 +1,146 @@
+"""The bank search returns the truly nearest rows, ties by index, in every candidate format.
+
+The reference is independent of the search: features are multiples of 2⁻²³ (exact in fp32),
+so integer arithmetic gives every squared distance exactly.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from robustad_bench.adapters import exact_search
+from robustad_bench.adapters.exact_search import (
+    FORMATS,
+    SearchStats,
+    candidate_pass,
+    distance_bound,
+    prepare,
+    search,
+)
+from robustad_bench.adapters.knn import MemoryBank
+
+SCALE = 2**23
+
+
+def exact_nearest(queries: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k nearest rows by exact integer distances, ties by index."""
+    q = (queries.double().numpy() * SCALE).astype(np.int64)
+    b = (bank.double().numpy() * SCALE).astype(np.int64)
+    assert np.array_equal(q / SCALE, queries.double().numpy()) and np.array_equal(b / SCALE, bank.double().numpy())
+    d = ((q[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+    order = [np.lexsort((np.arange(b.shape[0]), row))[:k] for row in d]
+    return torch.from_numpy(np.stack(order))
+
+
+def grid_features(rng: np.random.Generator, n: int, dim: int) -> torch.Tensor:
+    """Random features on a 2⁻¹⁰ grid in [−8, 8): spread out, no near ties."""
+    return torch.from_numpy(rng.integers(-8 * 1024, 8 * 1024, (n, dim)) / 1024).float()
+
+
+def clustered(spread: int = 64, sides: int = 2, n_bank: int = 400, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One cluster at c, or two at ±c (‖c‖ ≈ 6), whose members differ by up to ``spread`` ×
+    2⁻²² per coordinate — distances up to a million times smaller than the norms, which the
+    centring cancels for one cluster but not for two — and 40 exact duplicate rows."""
+    rng = np.random.default_rng(seed)
+    dim = 16
+    centre = np.float32(rng.uniform(1.01, 1.99, dim)).astype(np.float64)
+    side = rng.choice([-1.0, 1.0], (n_bank, 1)) if sides == 2 else np.ones((n_bank, 1))
+    bank = side * centre + rng.integers(-spread, spread, (n_bank, dim)) * 2.0**-22
+    bank[-40:] = bank[:40]
+    queries = centre + rng.integers(-spread, spread, (40, dim)) * 2.0**-22
+    return torch.from_numpy(queries).float(), torch.from_numpy(bank).float()
+
+
+# what the bf16 pass meets on each: a float64 re-rank, the fp32 fallback, every row
+CASES = {"re-rank": {"sides": 1}, "fp32 fallback": {"spread": 2**17}, "exhaustive": {}}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("k", [1, 3])
+def test_every_format_returns_the_exact_nearest_rows(fmt, k):
+    rng = np.random.default_rng(1)
+    bank, queries = grid_features(rng, 600, 24), grid_features(rng, 50, 24)
+    assert torch.equal(search(queries, bank, k, precision=fmt), exact_nearest(queries, bank, k))
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+@pytest.mark.parametrize("case", CASES)
+def test_near_ties_and_duplicates_are_ordered_exactly_ties_by_index(fmt, case):
+    queries, bank = clustered(**CASES[case])
+    reference = exact_nearest(queries, bank, 3)
+    stats = SearchStats()
+    assert torch.equal(search(queries, bank, 3, precision=fmt, stats=stats), reference)
+    assert stats.queries == 40 and stats.exact_comparisons > 0  # the duplicates are exact ties
+    if case == "re-rank":
+        return
+    # the data is hard: one fp32 GEMM over the raw rows, the search before this one, errs
+    plain = torch.addmm(bank.pow(2).sum(1)[None], queries, bank.T, alpha=-2).topk(3, dim=1, largest=False).indices
+    assert not torch.equal(plain, reference)
+
+
+def test_each_path_is_taken_where_the_pass_cannot_prove_more():
+    expected = {"re-rank": (40, 0, 0), "fp32 fallback": (40, 40, 0), "exhaustive": (0, 40, 40)}
+    for case, (reranked, fp32, exhaustive) in expected.items():
+        queries, bank = clustered(**CASES[case])
+        stats = SearchStats()
+        assert torch.equal(search(queries, bank, 1, precision="bf16", stats=stats), exact_nearest(queries, bank, 1))
+        assert (stats.reranked > 0, stats.fallback_fp32, stats.fallback_exhaustive) == (reranked > 0, fp32, exhaustive), case
+    # more copies of the nearest row than candidates: no candidate pass proves; the lowest index wins
+    rng = np.random.default_rng(2)
+    others = grid_features(rng, 300, 16)
+    copy = torch.full((1, 16), 0.5)
+    bank = torch.cat([others[:100], copy.expand(50, -1), others[100:]])
+    query = copy + 2**-10
+    stats = SearchStats()
+    found = search(query, bank, 2, precision="fp32", candidates=8, stats=stats)
+    assert found.tolist() == [[100, 101]] and stats.fallback_exhaustive == 1
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_the_error_bound_covers_the_candidate_pass(fmt):
+    """|‖q − b‖² − ‖q − μ‖² − s̃| ≤ E'(q) on every row, in exact rational arithmetic from the
+    fp32 rows and queries (the centring's rounding included); the reduced formats' errors are
+    a visible part of their bound."""
+    rng = np.random.default_rng(3)
+    rows = torch.from_numpy(rng.normal(size=(40, 12)) * 3 + 50).float()
+    queries = torch.from_numpy(rng.normal(size=(15, 12)) * 3 + 50).float()
+    index = prepare(rows)
+    centred = queries - index.centre
+    values, found = candidate_pass(centred, index, FORMATS[fmt], keep=40)
+    bound = distance_bound(FORMATS[fmt], centred, index)
+    worst = 0.0
+    for i in range(15):
+        q = [Fraction(float(v)) for v in queries[i]]
+        offset = sum(Fraction(float(v)) ** 2 for v in centred[i]) * (fmt != "faiss")  # faiss's values include it
+        for j, row in enumerate(found[i].tolist()):
+            exact = sum((x - Fraction(float(y))) ** 2 for x, y in zip(q, rows[row])) - offset
+            error = abs(Fraction(float(values[i, j])) - exact)
+            assert error <= Fraction(float(bound[i]))
+            worst = max(worst, float(error) / float(bound[i]))
+    assert worst > (1e-3 if fmt in ("tf32", "bf16") else 0)
+
+
+def test_the_rows_found_do_not_depend_on_the_batch_or_the_chunk(monkeypatch):
+    queries, bank = clustered(**CASES["fp32 fallback"])
+    whole = search(queries, bank, 2, precision="bf16")
+    alone = torch.cat([search(queries[i : i + 1], bank, 2, precision="bf16") for i in range(queries.shape[0])])
+    real = exact_search.candidate_pass
+    monkeypatch.setattr(exact_search, "candidate_pass", lambda *a, **kw: real(*a, **kw, budget=500 * 3))
+    chunked = search(queries.flip(0), bank, 2, precision="bf16").flip(0)
+    assert torch.equal(whole, alone) and torch.equal(whole, chunked)
+
+
+def test_the_memory_bank_reads_its_precision_and_counts_its_searches(monkeypatch):
+    queries, rows = clustered(sides=1)
+    bank = MemoryBank()
+    bank.set(rows)
+    monkeypatch.setenv(exact_search.ENV, "bf16")
+    found = bank.nearest(queries, k=2)
+    assert torch.equal(found, exact_nearest(queries, rows, 2)) and bank.stats.queries == 40
+    monkeypatch.setenv(exact_search.ENV, "fp16")
+    with pytest.raises(ValueError, match=r"fp16.*allowed auto, fp32, tf32, bf16, faiss.*ROBUSTAD_SEARCH_PRECISION"):
+        bank.nearest(queries)
