@@ -67,10 +67,11 @@ def test_run_writes_the_contract(ran, capsys):
     assert all(r["eps"] == 0.0 and r["knowledge"] == "none" for r in clean)
     adv = [r for r in result if r["attack"] == "pgd"]
     assert all(r["perturbation"]["linf_max"] <= 8 / 255 + 1e-6 and r["passes"]["gradient"] > 0 for r in adv)
-    # the bank search is recorded per attacked cell: one query per 8 × 8 patch of a 64-px input, per pass
+    # the bank search is recorded per attacked cell: one query per 8 × 8 patch of a 64-px input, per
+    # attack pass and per image in the final scoring pass
     searches = [r["search"] for r in adv]
     assert all(s["precision"] == "fp32" and s["queries"] >= s["fallback_fp32"] + s["fallback_exhaustive"] for s in searches)
-    assert [s["queries"] for s in searches] == [64 * r["passes"]["forward"] for r in adv]
+    assert [s["queries"] for s in searches] == [64 * (r["passes"]["forward"] + r["n_normal"] + r["n_anomalous"]) for r in adv]
     assert all(r["search"] is None for r in clean)
     md = (out / "leaderboard.md").read_text()
     assert "random init" in md and "pgd-2 linf ε=8/255 (label)" in md
