@@ -66,6 +66,17 @@ class Detector(nn.Module, ABC):
         (``smoothed``) answers for its base."""
         return getattr(cls, key)
 
+    @classmethod
+    def fits_from(cls, **kwargs) -> tuple[str, dict] | None:
+        """The detector entry (registered name, constructor keys) whose fit is this one's fit
+        (a wrapper's base), else None. The harness fits that entry once — shared with a plain entry of the same
+        keys and with other wrappers of it — and hands it to ``adopt``."""
+        return None
+
+    def adopt(self, fitted: nn.Module, *, seed: int) -> None:
+        """Take the fitted ``fits_from`` detector in place of ``fit`` (same result)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no fits_from entry")
+
     def set_category(self, category: str) -> None:
         """Called before ``fit`` (and before loading a fitted state) with the category's name,
         for methods whose settings depend on it (AnomalyDINO's per-category masking)."""

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from robustad_bench.core.errors import UserError
@@ -51,8 +51,16 @@ def noisy_copies(image: Tensor, sigma: float, n: int, seed: int) -> Iterator[Ten
 
 
 def base_entry(base: dict) -> tuple[str, dict]:
-    """A ``base`` entry as (registered name, constructor keys)."""
-    return base["name"], {k: v for k, v in base.items() if k != "name"}
+    """A ``base`` entry as (registered name, constructor keys), its values coerced as a
+    top-level entry's are (``8/255`` → a float), so it equals a plain entry of the same keys."""
+    name, kwargs = base["name"], {k: v for k, v in base.items() if k != "name"}
+    params = parameters(DETECTORS.get(name)) if name in DETECTORS else {}
+    for key, value in kwargs.items():
+        try:
+            kwargs[key] = coerce(value, params[key][0]) if key in params else value
+        except BadValue:  # base_problems names it
+            pass
+    return name, kwargs
 
 
 def base_problems(base: Any) -> list[str]:
@@ -126,11 +134,20 @@ class Smoothed(Detector):
             return DETECTORS.get(name).declared(key, **kwargs)
         return getattr(cls, key)
 
+    @classmethod
+    def fits_from(cls, base: dict | None = None, **_) -> tuple[str, dict] | None:
+        """The base is what is fitted: one fit serves every σ and n, and the plain entry."""
+        return base_entry(base) if isinstance(base, dict) else None
+
     def set_category(self, category: str) -> None:
         self.base.set_category(category)
 
     def fit(self, normal_images: Tensor, *, seed: int) -> None:
         self.base.fit(normal_images, seed=seed)
+        self.noise_seed.fill_(seed)
+
+    def adopt(self, fitted: nn.Module, *, seed: int) -> None:
+        self.base.load_state_dict(fitted.state_dict())
         self.noise_seed.fill_(seed)
 
     def features(self, x: Tensor) -> Tensor:

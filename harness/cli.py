@@ -275,7 +275,10 @@ def cmd_run(args) -> int:
         plan = make_plan(suite, args.only, keyed=False)  # the cells and fits, without reading the data
         for task in plan.tasks:
             print(task.cell_id)
-        print(f"{len(plan.tasks)} cells, {len(plan.fits())} fit tasks")
+        fits = plan.fits()
+        adopted = sum(f.base is not None for f in fits)
+        print(f"{len(plan.tasks)} cells, {len(fits)} fit tasks"
+              + (f" ({len(fits) - adopted} trained, {adopted} adopt a shared base's fit)" if adopted else ""))
         if args.estimate:
             from .estimate import estimate, report
             from .runner import resolve_device

@@ -271,12 +271,14 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
         line.seconds += n_test * (p.gradient * cost.gradient + p.forward * cost.forward
                                   + p.source_gradient * source.gradient + p.source_forward * source.forward) + scoring
     fits: dict[str, float] = defaultdict(float)
-    for fit in plan.fits():  # each once, transfer sources included
+    for fit in plan.fits():  # each once, transfer sources and shared bases included
         count = counts[(json.dumps(fit.dataset.config(), sort_keys=True, default=str), fit.category)]
         if count is not None:
+            if fit.detector.label not in costs:  # a shared base no cell runs plainly
+                costs[fit.detector.label] = cost_of(fit.detector, batch_size=plan.suite.batch_size, n_train=count.train)
             cost = costs[fit.detector.label]
-            fits[fit.detector.label] += (cost.fit_fixed + count.train * cost.fit_per_image
-                                         + (count.test_normal + count.test_anomalous) * cost.forward)
+            training = 0.0 if fit.base is not None else cost.fit_fixed + count.train * cost.fit_per_image  # adopted
+            fits[fit.detector.label] += training + (count.test_normal + count.test_anomalous) * cost.forward
     return list(lines.values()), costs, dict(fits)
 
 

@@ -46,6 +46,7 @@ class FitTask:
     dataset_version: str
     fingerprint: str | None  # None in an unkeyed plan (``--dry-run``: the data need not be there)
     weight_files: tuple[tuple[str, str], ...] = ()  # (detector argument, sha256) of each checkpoint it names
+    base: FitTask | None = None  # the fit this one adopts (its detector's ``fits_from`` entry), made once
 
     def config(self) -> dict[str, Any]:
         config = {"detector": self.detector.config(), "dataset": self.dataset.config(), "category": self.category, "seed": self.seed}
@@ -101,6 +102,8 @@ class Plan:
         found = {}
         for task in self.tasks:
             for fit in (task.fit, task.source) if task.source is not None else (task.fit,):
+                if fit.base is not None:  # the base first: a plain entry of the same keys shares it
+                    found.setdefault(digest(fit.base.config()), fit.base)
                 found.setdefault(digest(fit.config()), fit)
         return list(found.values())
 
@@ -136,14 +139,19 @@ def make_plan(suite: Suite, only: str | None = None, *, keyed: bool = True, hash
 
 def fit_task(cell: Cell, detector: Entry, datasets: dict[str, Dataset], fits: dict[str, FitTask], keyed: bool,
              hashes: Path | None) -> FitTask:
-    """The fit of ``detector`` on ``cell``'s data, made once and kept in ``fits``."""
+    """The fit of ``detector`` on ``cell``'s data, made once and kept in ``fits``; a detector
+    that fits from another entry (``fits_from``) gets that entry's fit as its ``base``."""
     from robustad_bench.adapters import DETECTORS
 
     dataset = datasets[digest(cell.dataset.config())]
-    fit = FitTask(detector, cell.dataset, cell.category, cell.seed, cell.holdout, DETECTORS.get(detector.name).version,
-                  dataset.version, None)
+    cls = DETECTORS.get(detector.name)
+    fit = FitTask(detector, cell.dataset, cell.category, cell.seed, cell.holdout, cls.version, dataset.version, None)
     name = digest(fit.config())
     if name not in fits:
+        base = cls.fits_from(**detector.kwargs)
+        if base is not None:
+            entry = Entry(base[0], f"{detector.label} (base)", base[1], key=detector.key)
+            fit = replace(fit, base=fit_task(cell, entry, datasets, fits, keyed, hashes))
         fits[name] = replace(fit, fingerprint=dataset.fingerprint(cell.category, seed=cell.seed),
                              weight_files=weight_files(detector.kwargs, hashes)) if keyed else fit
     return fits[name]

@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -35,7 +36,7 @@ from .complete import forget
 from .datacheck import check_suite_data
 from .datasets.base import Split
 from .grid import Cell, build_dataset
-from .plan import CACHED, TODO, EvalTask, Plan, groups, make_plan, status
+from .plan import CACHED, TODO, EvalTask, FitTask, Plan, groups, make_plan, status
 from .results import (
     OutputLock,
     ResultStore,
@@ -45,7 +46,7 @@ from .results import (
     write_run_info,
 )
 from .rows import arrays_sha256
-from .suite import Entry, Suite, deep_check
+from .suite import Suite, deep_check
 from .summaries import aggregate_run
 from .tasks import (
     Fitted,
@@ -186,7 +187,7 @@ def prepare_group(task: EvalTask, cache: Cache, device: str) -> Group:
     cell, fit = task.cell, task.fit
     dataset = build_dataset(cell.dataset)  # in the worker that runs the group: the plan's datasets stay where it was made
     raw_split = hold_out(dataset.load(cell.category, seed=cell.seed, data_dir=cache.data_dir), cell.holdout, cell.seed)
-    detector, split, state = load_or_fit(cell.detector, cell, raw_split, fit.key(), cache, device)
+    detector, split, state = load_or_fit(cell, raw_split, fit, cache, device)
     # a detector without localization (map = broadcast score) gets no pixel metrics: n/a
     size = cell.map_size or detector.input_size  # pixel metrics at the input size unless the suite downscales
     # from the masks as read (the file's resolution, or the dataset's image_size), so that the
@@ -210,13 +211,17 @@ def prepare_group(task: EvalTask, cache: Cache, device: str) -> Group:
     return Group(fitted, thresholds, row_fields, raw_split)
 
 
-def load_or_fit(entry: Entry, cell: Cell, raw_split: Split, key: str, cache: Cache,
-                device: str) -> tuple[nn.Module, Split, dict[str, Any]]:
-    """The detector of ``entry`` fitted on this category: its fitted state from the cache
+def load_or_fit(cell: Cell, raw_split: Split, fit: FitTask, cache: Cache, device: str,
+                locked: bool = True) -> tuple[nn.Module, Split, dict[str, Any]]:
+    """The detector of ``fit`` fitted on this category: its fitted state from the cache
     when there (the frozen backbone rebuilt from its name, weights and seed), else fitted
-    now and saved without the parts fitting left unchanged."""
+    now and saved without the parts fitting left unchanged. A fit with a ``base`` adopts
+    the base's fit — from the cache, or made now and cached for every entry that shares it —
+    instead of fitting again; under the base's lock when ``locked`` (a transfer source, loaded
+    inside another group's lock, takes none: that lock could be its own base's)."""
     from robustad_bench.adapters import create_detector
 
+    entry, key = fit.detector, fit.key()
     with seeded(cell.seed):
         detector = create_detector(entry.name, **entry.kwargs)
     detector.set_category(cell.category)
@@ -227,7 +232,13 @@ def load_or_fit(entry: Entry, cell: Cell, raw_split: Split, key: str, cache: Cac
         log.warning("fit artifact %s was made with other initial weights (torch/timm changed?): fitting again", key[:12])
         state = None
     if state is None:
-        state = fit_state(detector, resized, seed=cell.seed, batch_size=cell.batch_size, device=device)
+        base = None
+        if fit.base is not None:
+            with cache.lock(fit.base.key()) if locked else nullcontext():  # taken inside the wrapper's lock only
+                base, _, base_state = load_or_fit(cell, raw_split, fit.base, cache, device)
+        state = fit_state(detector, resized, seed=cell.seed, batch_size=cell.batch_size, device=device, adopt=base)
+        if base is not None:  # the fit this detector stands on took the base's time
+            state["fit_seconds"] += float(base_state["fit_seconds"])
         cache.save_fit(key, state, {"suites": [cell.suite], "detector": entry.label, "dataset": cell.dataset.label,
                                     "category": cell.category, "seed": cell.seed})
     return detector, resized, state
@@ -240,7 +251,7 @@ def source_for(task: EvalTask, group: Group, cache: Cache, device: str) -> nn.Mo
     if task.source is None:
         return None
     if cell.source.label not in group.sources:
-        source, _, _ = load_or_fit(cell.source, cell, group.raw_split, task.source.key(), cache, device)
+        source, _, _ = load_or_fit(cell, group.raw_split, task.source, cache, device, locked=False)
         target = group.fitted.detector
         if source.input_size != target.input_size:
             raise UserError(f"transfer source {cell.source.label!r} takes {source.input_size} px images but "

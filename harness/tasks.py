@@ -164,8 +164,10 @@ def tensors_sha256(state: dict[str, Tensor], keys: list[str]) -> str:
     return h.hexdigest()
 
 
-def fit_state(detector: nn.Module, split: Split, *, seed: int, batch_size: int, device) -> dict[str, Any]:
-    """Fit and score the clean test set; the returned dict is the cached fit artifact.
+def fit_state(detector: nn.Module, split: Split, *, seed: int, batch_size: int, device,
+              adopt: nn.Module | None = None) -> dict[str, Any]:
+    """Fit (or ``adopt`` the fitted detector it fits from) and score the clean test set; the
+    returned dict is the cached fit artifact.
 
     It keeps what fitting produced (a memory bank, trained parameters), never what it left
     as built: the frozen pretrained or random backbone is rebuilt from its name, weights and
@@ -174,7 +176,10 @@ def fit_state(detector: nn.Module, split: Split, *, seed: int, batch_size: int, 
     """
     initial = {k: v.detach().clone() for k, v in detector.state_dict().items()}
     start = time.perf_counter()
-    detector.fit(split.train.to(device), seed=seed)
+    if adopt is not None:
+        detector.adopt(adopt, seed=seed)
+    else:
+        detector.fit(split.train.to(device), seed=seed)
     detector.eval()  # training (PatchGuard's) must not leave dropout on for scoring and attacks
     fit_seconds = time.perf_counter() - start
     scores, maps = score_images(detector, split.test, batch_size=batch_size, device=device)
