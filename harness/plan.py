@@ -148,7 +148,8 @@ def fit_task(cell: Cell, detector: Entry, datasets: dict[str, Dataset], fits: di
     fit = FitTask(detector, cell.dataset, cell.category, cell.seed, cell.holdout, cls.version, dataset.version, None)
     name = digest(fit.config())
     if name not in fits:
-        base = cls.fits_from(**detector.kwargs)
+        fits_from = getattr(cls, "fits_from", None)  # a registered API factory declares none
+        base = fits_from(**detector.kwargs) if fits_from is not None else None
         if base is not None:
             entry = Entry(base[0], f"{detector.label} (base)", base[1], key=detector.key)
             fit = replace(fit, base=fit_task(cell, entry, datasets, fits, keyed, hashes))
