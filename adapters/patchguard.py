@@ -38,7 +38,7 @@ from robustad_bench.core.schema import NonNegative, NonNegativeInt, PositiveInt
 from .backbones import backbone_problems, create_backbone
 from .base import AnomalyOutput, Detector, Normalize, Precision
 from .maps import patch_map
-from .pseudo_anomaly import foreground_saliency, pseudo_anomalies
+from .pseudo_anomaly import foreground_saliency, pseudo_anomalies, upload
 from .registry import register_detector
 
 log = logging.getLogger(__name__)
@@ -244,21 +244,25 @@ class PatchGuard(Detector):
         optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=self.epochs, eta_min=self.lr * 0.0125)
         n, steps_per_epoch = images.shape[0], math.ceil(images.shape[0] / self.batch_size)
+        saliency = saliency.cpu()  # the anchors are drawn on the CPU: no device round trip per step
         self.train()
         try:
             for epoch in range(self.epochs):
                 order, total = torch.randperm(n, generator=g), 0.0
                 for s in range(0, n, self.batch_size):
-                    idx = order[s : s + self.batch_size].to(images.device)
-                    total += self._train_step(images[idx], saliency[idx], g, optimizer)
+                    idx = order[s : s + self.batch_size]
+                    total = total + self._train_step(images[upload(idx, images.device)], saliency[idx], g, optimizer)
                 schedule.step()
-                log.debug("PatchGuard epoch %d/%d: loss %.4f", epoch + 1, self.epochs, total / steps_per_epoch)
+                if log.isEnabledFor(logging.DEBUG):  # reading the loss waits for the device: only when it is shown
+                    log.debug("PatchGuard epoch %d/%d: loss %.4f", epoch + 1, self.epochs, float(total) / steps_per_epoch)
         finally:
             optimizer.zero_grad(set_to_none=True)
             self.eval()
             self.requires_grad_(False)
 
-    def _train_step(self, normal: Tensor, saliency: Tensor, g: torch.Generator, optimizer) -> float:
+    def _train_step(self, normal: Tensor, saliency: Tensor, g: torch.Generator, optimizer) -> Tensor:
+        """One optimiser step on a batch of normal images and their pseudo-anomalies; returns
+        the loss on the device (reading it would stall the host every step)."""
         anomalous, masks = pseudo_anomalies(normal, saliency, g, self.k_hard)
         batches = [(normal, torch.zeros(normal.shape[0], self.num_patches, device=normal.device)),
                    (anomalous, patch_labels(masks, self.patch))]
@@ -268,4 +272,4 @@ class PatchGuard(Detector):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        return loss.detach()

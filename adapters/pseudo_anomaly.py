@@ -28,8 +28,18 @@ from .maps import gaussian_blur
 Transform = Callable[[Tensor, torch.Generator], Tensor]
 
 
+def upload(t: Tensor, device: torch.device | str) -> Tensor:
+    """A CPU-drawn tensor on ``device`` without stalling the host: on CUDA a page-locked copy
+    sent asynchronously (a copy from pageable memory waits for the device's queue to drain,
+    a host sync in every training step). The values are the same either way."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _uniform(n: int, low: float, high: float, g: torch.Generator, device) -> Tensor:
-    return (low + (high - low) * torch.rand(n, generator=g)).to(device)
+    return upload(low + (high - low) * torch.rand(n, generator=g), device)
 
 
 def _gray(x: Tensor) -> Tensor:
@@ -56,7 +66,7 @@ def soft_grayscale(x: Tensor, g: torch.Generator) -> Tensor:
 
 
 def soft_noise(x: Tensor, g: torch.Generator) -> Tensor:
-    return (x + 0.03 * torch.randn(x.shape, generator=g).to(x.device)).clamp(0, 1)
+    return (x + 0.03 * upload(torch.randn(x.shape, generator=g), x.device)).clamp(0, 1)
 
 
 SOFT: tuple[Transform, ...] = (soft_jitter, soft_tint, soft_grayscale, soft_noise)
@@ -74,7 +84,7 @@ def _warp(x: Tensor, flow: Tensor) -> Tensor:
 
 def hard_elastic(x: Tensor, g: torch.Generator) -> Tensor:
     n, _, h, w = x.shape
-    noise = torch.rand(n * 2, h, w, generator=g).to(x.device) * 2 - 1
+    noise = upload(torch.rand(n * 2, h, w, generator=g), x.device) * 2 - 1
     flow = gaussian_blur(noise, sigma=max(1.0, h / 32)).view(n, 2, h, w).permute(0, 2, 3, 1)
     flow = flow / flow.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6) * 0.15
     return _warp(x, flow)
@@ -89,15 +99,15 @@ def hard_rotation(x: Tensor, g: torch.Generator) -> Tensor:
 
 
 def hard_noise(x: Tensor, g: torch.Generator) -> Tensor:
-    return (x + 0.3 * torch.randn(x.shape, generator=g).to(x.device)).clamp(0, 1)
+    return (x + 0.3 * upload(torch.randn(x.shape, generator=g), x.device)).clamp(0, 1)
 
 
 def hard_colour(x: Tensor, g: torch.Generator) -> Tensor:
     n = x.shape[0]
-    perm = torch.stack([torch.randperm(3, generator=g) for _ in range(n)]).to(x.device)
+    perm = upload(torch.stack([torch.randperm(3, generator=g) for _ in range(n)]), x.device)
     shuffled = x.gather(1, perm.view(n, 3, 1, 1).expand_as(x))
     gain = _uniform(n, 0.3, 1.7, g, x.device).view(n, 1, 1, 1)
-    invert = (torch.rand(n, generator=g) < 0.5).to(x.device).view(n, 1, 1, 1)
+    invert = upload(torch.rand(n, generator=g) < 0.5, x.device).view(n, 1, 1, 1)
     out = (shuffled * gain).clamp(0, 1)
     return torch.where(invert, 1 - out, out)
 
@@ -138,9 +148,10 @@ def foreground_saliency(classifier: nn.Module, normalize: Normalize, x: Tensor, 
     return saliency
 
 
-def rotated_rectangles(saliency: Tensor, g: torch.Generator) -> Tensor:
-    """Binary masks (B, H, W): one rotated rectangle per image, centred on an anchor drawn
-    with probability proportional to ``saliency`` (B, H, W)."""
+def rotated_rectangles(saliency: Tensor, g: torch.Generator, device: torch.device | None = None) -> Tensor:
+    """Binary masks (B, H, W) on ``device`` (default: the saliency's): one rotated rectangle per
+    image, centred on an anchor drawn with probability proportional to ``saliency`` (B, H, W),
+    drawn on the CPU (a saliency kept there costs no device round trip)."""
     n, h, w = saliency.shape
     weights = saliency.flatten(1).float().cpu() + 1e-12
     anchor = torch.multinomial(weights, 1, generator=g).squeeze(1)
@@ -153,15 +164,16 @@ def rotated_rectangles(saliency: Tensor, g: torch.Generator) -> Tensor:
     cos, sin = theta.cos().view(n, 1, 1), theta.sin().view(n, 1, 1)
     u, v = cos * dx + sin * dy, -sin * dx + cos * dy  # coordinates in the rectangle's frame
     inside = (u.abs() <= half_w.view(n, 1, 1)) & (v.abs() <= half_h.view(n, 1, 1))
-    return inside.float().to(saliency.device)
+    return upload(inside.float(), device or saliency.device)
 
 
 def pseudo_anomalies(x: Tensor, saliency: Tensor, g: torch.Generator, k_hard: int = 2) -> tuple[Tensor, Tensor]:
-    """Anomalous images and their exact pixel masks (B, H, W) from normal images ``x``."""
-    masks = rotated_rectangles(saliency, g)
+    """Anomalous images and their exact pixel masks (B, H, W) from normal images ``x``
+    (``saliency`` on any device: the CPU keeps the training loop free of host syncs)."""
+    masks = rotated_rectangles(saliency, g, x.device)
     # each image draws its own k_hard of the hard transforms (applied in HARD's order)
     chosen = torch.rand(x.shape[0], len(HARD), generator=g).argsort(dim=1)[:, :k_hard]
-    picked = torch.zeros(x.shape[0], len(HARD), dtype=torch.bool).scatter_(1, chosen, True).to(x.device)
+    picked = upload(torch.zeros(x.shape[0], len(HARD), dtype=torch.bool).scatter_(1, chosen, True), x.device)
     distorted = x
     for i, transform in enumerate(HARD):
         distorted = torch.where(picked[:, i].view(-1, 1, 1, 1), transform(distorted, g), distorted)

@@ -193,7 +193,7 @@ def patchguard_training(config: dict, split, device: torch.device, steps: int = 
         images = split.resized(detector.input_size).train.to(device)
         batch = min(detector.batch_size, images.shape[0])
         generator = torch.Generator().manual_seed(0)
-        saliency = torch.ones(images.shape[0], *images.shape[-2:], device=device)
+        saliency = torch.ones(images.shape[0], *images.shape[-2:])  # on the CPU, as training keeps it
         detector.requires_grad_(True)
         optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=detector.lr)
         detector.train()
@@ -209,9 +209,20 @@ def patchguard_training(config: dict, split, device: torch.device, steps: int = 
 
 # -- projections ---------------------------------------------------------------------------------
 
-def project(suite_file: Path, measured: dict[str, Measured], device: torch.device, memo: Path) -> tuple[float, int, int, int]:
-    """(projected seconds, cells, cells of unknown size, cells of detectors not measured) of a
-    suite with the measured costs."""
+@dataclass
+class Projection:
+    attacks: float  # s: every cell's passes
+    fits: float  # s: every fit and its clean scoring
+    attacks_unshared: float  # the same, each composite attack running every part itself
+    fits_unshared: float  # each wrapper training its own base
+    cells: int
+    unknown: int  # cells of unknown size
+    unmeasured: int  # cells of detectors not measured here
+
+
+def project(suite_file: Path, measured: dict[str, Measured], device: torch.device, memo: Path) -> Projection:
+    """A suite's projected seconds with the measured costs, with and without the work the
+    harness shares (adopted fits, recalled attack parts)."""
     from dataclasses import replace
 
     from robustad_bench.harness.estimate import Cost, estimate
@@ -226,8 +237,11 @@ def project(suite_file: Path, measured: dict[str, Measured], device: torch.devic
         m = measured[entry.name]
         return Cost(m.forward, m.gradient, m.fit / m.n_train, batch_size, None, None)
 
-    lines, _, fits = estimate(replace(plan, tasks=tasks), device, cost_of=cost_of, memo=memo)
-    return sum(ln.seconds for ln in lines) + sum(fits.values()), len(every), sum(ln.unknown for ln in lines), len(every) - len(tasks)
+    figures = []
+    for share in (True, False):
+        lines, _, fits = estimate(replace(plan, tasks=tasks), device, cost_of=cost_of, memo=memo, share=share)
+        figures += [sum(ln.seconds for ln in lines), sum(fits.values())]
+    return Projection(*figures, len(every), sum(ln.unknown for ln in lines), len(every) - len(tasks))
 
 
 def hours(seconds: float) -> str:
@@ -293,10 +307,14 @@ def main() -> None:
               f"'{category}': fp32 {hours(t['fp32_300'])}, bf16 {hours(t['bf16_300'])}")
     print()
     for suite in args.suites:
-        seconds, cells, unknown, unmeasured = project(ROOT / suite, measured, device, cache / "passes.json")
-        note = f" ({unknown} cells of unknown size left out)" if unknown else ""
-        note += f" ({unmeasured} cells of detectors not measured here left out)" if unmeasured else ""
-        print(f"projected wall time of {suite}: {hours(seconds)} for {cells} cells on one {device_name(device)}{note}")
+        p = project(ROOT / suite, measured, device, cache / "passes.json")
+        note = f" ({p.unknown} cells of unknown size left out)" if p.unknown else ""
+        note += f" ({p.unmeasured} cells of detectors not measured here left out)" if p.unmeasured else ""
+        before, after = p.attacks_unshared + p.fits_unshared, p.attacks + p.fits
+        print(f"projected wall time of {suite}: {hours(after)} for {p.cells} cells on one {device_name(device)}{note}\n"
+              f"  before → after sharing: fits {hours(p.fits_unshared)} → {hours(p.fits)} (a wrapper adopts its base's fit); "
+              f"attacks {hours(p.attacks_unshared)} → {hours(p.attacks)} (a composite takes the parts its group made); "
+              f"total {hours(before)} → {hours(after)} ({before / max(after, 1e-9):.2f}×)")
     if args.tiny:
         print("(tiny configurations: the projection shows the machinery, not the papers' sizes; run without --tiny on a GPU)")
 

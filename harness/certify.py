@@ -143,13 +143,13 @@ PIXEL_GUARANTEE = ("per pixel: each pixel's interval holds with probability ≥ 
 
 
 def certificate_cell(cell, fitted, *, thresholds, device, progress: bool = False, source=None,
-                     batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                     batch_size: int | None = None, recall=None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """A ``certify`` cell (``evaluate_cell``'s signature): the smoothed detector's certified
     bounds at the radius ``eps`` for every clean test image, and the certified image and pixel
     AUROC; the bounds are saved so every number can be recomputed. The n noisy draws per image
     are made once per fitted detector and α for every radius of the group (``fitted.shared``:
     the runner lists them); the draws depend on the image alone, so the bounds are the same
-    whichever cell made them."""
+    whichever cell made them. It makes no adversarial image: ``recall`` has nothing to take."""
     detector, point = fitted.detector, cell.attack.kwargs
     if not getattr(detector, "certifiable", False):
         raise UserError(f"{cell.detector.label!r} is not a smoothed detector: certify needs {{name: smoothed, base: ...}}",

@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from robustad_bench.core.files import atomic_write_bytes
 
 from . import __version__
 from .attacks import CellData, Context, prepare_attack
+from .attacks.recall import Recall, parts_of, taken_parts
 from .datasets.base import digest
 from .grid import Cell
 from .plan import Plan
@@ -74,8 +75,10 @@ class Passes:
     error: str | None = None  # the attack could not run on the stand-in
 
 
-def count_passes(cell: Cell, images: int = 2) -> Passes:
-    """Run ``cell``'s attack on the stand-in and count what it forwards, per image."""
+def count_passes(cell: Cell, images: int = 2, taken: tuple[str, ...] = ()) -> Passes:
+    """Run ``cell``'s attack on the stand-in and count what it forwards, per image. ``taken``:
+    the parts (names) of a composite attack that an earlier cell of its group makes — run
+    beforehand, uncounted, and handed to it as the group's ``Recall`` does."""
     spec, point = cell.spec, cell.attack.kwargs
     if spec.kind == "none":
         return Passes(0.0, 0.0)
@@ -86,15 +89,36 @@ def count_passes(cell: Cell, images: int = 2) -> Passes:
     masks = torch.zeros(images, STAND_IN_SIZE, STAND_IN_SIZE)
     masks[:, 4:8, 4:8] = 1
     target, source = CountingDetector(StandIn()), CountingDetector(StandIn())
-    context = Context(threshold=1e9, pixel_threshold=1e9, seed=cell.seed, images=tuple(range(images)),
+    ids = tuple(range(images))
+    context = Context(threshold=1e9, pixel_threshold=1e9, seed=cell.seed, images=ids,
                       source=source if spec.kind == "transfer" else None)
     try:
+        if taken:
+            context = replace(context, recall=made_parts(spec, point, taken, StandIn(), x, labels, masks, context))
         attack = prepare_attack(spec, point, target, context, CellData(x, x, labels, images, torch.device("cpu")))
-        attack.run(target, x, labels, masks, images=tuple(range(images)))
+        attack.run(target, x, labels, masks, images=ids)
     except Exception as err:  # noqa: BLE001 - an attack the stand-in cannot take is reported, not fatal
         return Passes(0.0, 0.0, error=f"{err.__class__.__name__}: {err}")
     return Passes((target.forward_passes - target.gradient_passes) / images, target.gradient_passes / images,
                   (source.forward_passes - source.gradient_passes) / images, source.gradient_passes / images)
+
+
+def made_parts(spec, point, taken: tuple[str, ...], detector: nn.Module, x: Tensor, labels: Tensor, masks: Tensor,
+               context: Context) -> Recall:
+    """A ``Recall`` holding the ``taken`` parts of a composite attack, run on ``detector``."""
+    parts = [found for found in parts_of(spec, point) if found[0].name in taken]
+    recall = Recall(Counter(key for *_, key in parts))
+    for part, threat, options, key in parts:
+        objective = spec.objective(detector, labels, masks, point)
+        recall.offer(key, context.images, part.run(objective, x, threat, context, **options))
+    return recall
+
+
+def taken_names(cells: list[Cell]) -> list[tuple[str, ...]]:
+    """Per cell of one fit group, the names of its composite attack's parts an earlier cell makes."""
+    taken = taken_parts([(cell.spec, cell.attack.kwargs) for cell in cells])
+    return [tuple(sorted(part.name for part, *_, key in parts_of(cell.spec, cell.attack.kwargs) if key in keys))
+            for cell, keys in zip(cells, taken)]
 
 
 def read_memo(path: Path | None) -> dict[str, Passes]:
@@ -231,17 +255,26 @@ class Line:
 
 
 def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | None = None,
-             memo: Path | None = None) -> tuple[list[Line], dict[str, Cost], dict[str, float]]:
+             memo: Path | None = None, share: bool = True) -> tuple[list[Line], dict[str, Cost], dict[str, float]]:
     """Per (detector, attack) projected seconds of the plan's tasks, the costs per detector
     label and the fit seconds per detector label. ``cost_of(entry, batch_size, n_train)`` gives a detector
     entry's cost (default: ``probe`` it on ``device``); ``memo`` (a JSON file) keeps the
-    pass counts between runs."""
+    pass counts between runs. ``share=False`` projects the run without the work the harness
+    shares (for the before/after figure): every wrapper trains its own base, and a composite
+    attack runs every part itself instead of taking those its group's earlier cells made."""
     cost_of = cost_of or partial(probe, device=device)
     counts: dict[tuple, Any] = {}
     passes = read_memo(memo)
     costs: dict[str, Cost] = {}
     lines: dict[tuple[str, str], Line] = {}
-    for cell in (task.cell for task in plan.tasks):
+    taken, by_fit = {}, defaultdict(list)
+    for task in plan.tasks:  # the fit groups (an unkeyed plan has no keys: by configuration)
+        by_fit[digest(task.fit.config())].append(task)
+    for group in by_fit.values():
+        names = taken_names([task.cell for task in group]) if share else [()] * len(group)
+        taken |= {id(task): found for task, found in zip(group, names)}
+    for task in plan.tasks:
+        cell = task.cell
         group = (json.dumps(cell.dataset.config(), sort_keys=True, default=str), cell.category)
         if group not in counts:
             counts[group] = plan.dataset(cell.dataset).counts(cell.category)
@@ -252,9 +285,10 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
                 log.info("probing %s on %s", entry.label, device)
                 costs[entry.label] = cost_of(entry, batch_size=cell.batch_size, n_train=n_train)
         cost = costs[cell.detector.label]
-        key = digest({**cell.attack.config(), "eps": None, "version": __version__})  # passes do not depend on ε
+        key = digest({**cell.attack.config(), "eps": None, "version": __version__,  # passes do not depend on ε
+                      **({"taken": list(taken[id(task)])} if taken[id(task)] else {})})
         if key not in passes:
-            passes[key] = count_passes(cell)
+            passes[key] = count_passes(cell, taken=taken[id(task)])
             write_memo(memo, passes)
         p = passes[key]
         line = lines.setdefault((cell.detector.label, cell.attack.label), Line(cell.detector.label, cell.attack.label))
@@ -271,14 +305,17 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
         line.seconds += n_test * (p.gradient * cost.gradient + p.forward * cost.forward
                                   + p.source_gradient * source.gradient + p.source_forward * source.forward) + scoring
     fits: dict[str, float] = defaultdict(float)
+    own = {digest(fit.config()) for task in plan.tasks for fit in (task.fit, task.source) if fit is not None}
     for fit in plan.fits():  # each once, transfer sources and shared bases included
         count = counts[(json.dumps(fit.dataset.config(), sort_keys=True, default=str), fit.category)]
-        if count is not None:
-            if fit.detector.label not in costs:  # a shared base no cell runs plainly
-                costs[fit.detector.label] = cost_of(fit.detector, batch_size=plan.suite.batch_size, n_train=count.train)
-            cost = costs[fit.detector.label]
-            training = 0.0 if fit.base is not None else cost.fit_fixed + count.train * cost.fit_per_image  # adopted
-            fits[fit.detector.label] += training + (count.test_normal + count.test_anomalous) * cost.forward
+        if count is None or (not share and digest(fit.config()) not in own):  # unshared, a base is trained by its wrapper
+            continue
+        for entry in (fit.detector, fit.base.detector) if fit.base is not None else (fit.detector,):
+            if entry.label not in costs:  # a shared base no cell runs plainly
+                costs[entry.label] = cost_of(entry, batch_size=plan.suite.batch_size, n_train=count.train)
+        trained = costs[fit.detector.label if fit.base is None else fit.base.detector.label]
+        training = 0.0 if fit.base is not None and share else trained.fit_fixed + count.train * trained.fit_per_image
+        fits[fit.detector.label] += training + (count.test_normal + count.test_anomalous) * costs[fit.detector.label].forward
     return list(lines.values()), costs, dict(fits)
 
 

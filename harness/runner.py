@@ -13,7 +13,7 @@ import re
 import sys
 import time
 import traceback
-from collections import defaultdict
+from collections import Counter, defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,6 +29,7 @@ from robustad_bench.core.errors import UserError
 from robustad_bench.core.files import remove_orphans
 
 from . import __version__
+from .attacks.recall import Recall, part_calls, taken_parts
 from .backends import BACKENDS, check_backend
 from .cache import Cache
 from .certify import certificate_cell
@@ -144,6 +145,7 @@ class Group:
     row_fields: dict[str, Any]  # what every row of the group records (counts, versions, weights, fit time)
     raw_split: Split
     sources: dict[str, nn.Module] = field(default_factory=dict)
+    recall: Recall = field(default_factory=Recall)  # adversarial images a later cell of the group takes as parts
 
 
 def run_group(tasks: list[EvalTask], *, cache_root: str, device: str, recompute: bool, progress: bool,
@@ -161,15 +163,25 @@ def run_group(tasks: list[EvalTask], *, cache_root: str, device: str, recompute:
         try:
             group = prepare_group(tasks[0], cache, device)
             group.fitted.shared["certify_radii"] = certify_radii(tasks)
+            group.recall = group_recall(tasks)
         except Exception as err:  # the whole group fails; other groups still run
             group = err
         for task in tasks:
             row, arrays = ((_failed_row(task, group), None) if isinstance(group, Exception)
                            else cell_row(task, group, cache, device, progress))
             results.append((row, arrays))
+            if not isinstance(group, Exception):
+                group.recall.done(part_calls(task.cell.spec, task.cell.attack.kwargs))
             if on_cell is not None:
                 on_cell(row, arrays)
     return results
+
+
+def group_recall(tasks: list[EvalTask]) -> Recall:
+    """What the group's composite cells will take from its earlier cells: each part call that
+    an earlier cell of the group makes as its own call (``taken_parts``), counted per taker."""
+    taken = taken_parts([(task.cell.spec, task.cell.attack.kwargs) for task in tasks])
+    return Recall(Counter(key for keys in taken for key in keys))
 
 
 def certify_radii(tasks: list[EvalTask]) -> dict[float, list[float]]:
@@ -288,7 +300,7 @@ def evaluate_retrying_smaller(cell: Cell, group: Group, device: str, progress: b
         try:
             evaluate = certificate_cell if cell.spec.kind == "certificate" else evaluate_cell
             fields, arrays = evaluate(cell, group.fitted, thresholds=group.thresholds, device=device,
-                                      progress=progress, source=source, batch_size=batch_size)
+                                      progress=progress, source=source, batch_size=batch_size, recall=group.recall)
             return {**fields, "batch_size": batch_size}, arrays
         except torch.OutOfMemoryError as err:
             if torch.cuda.is_available():

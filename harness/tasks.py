@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 from robustad_bench.core.errors import UserError
 
 from .attacks import CellData, Context, prepare_attack
+from .attacks.recall import Recall, cell_call
 from .calibration import attacker_calibrator, posterior_arrays
 from .datasets import Split
 from .datasets.base import resize_mask
@@ -304,9 +306,12 @@ def ensure_eval(detector: nn.Module, attack: str) -> None:
 
 
 def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device, progress: bool = False,
-                  source: nn.Module | None = None, batch_size: int | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                  source: nn.Module | None = None, batch_size: int | None = None,
+                  recall: Recall | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Attack the test set batch by batch, score the result; returns (row fields, arrays).
-    ``batch_size`` overrides the cell's (the out-of-memory retry): no number depends on it."""
+    ``batch_size`` overrides the cell's (the out-of-memory retry): no number depends on it.
+    ``recall`` (the fit group's) keeps this cell's adversarial images where a later cell takes
+    them as a part, and hands this cell the parts earlier cells made."""
     batch_size = batch_size or cell.batch_size
     split, spec, point = fitted.split, cell.spec, cell.attack.kwargs
     models = [m.eval() for m in (fitted.detector, source) if m is not None]  # attacks see the eval-mode model
@@ -318,7 +323,9 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
     source_counting = CountingDetector(source, bar) if source is not None else None
     calibrator = attacker_calibrator(split.labels, fitted.clean_scores) if point.get("entropy_weight") else None
     context = Context(threshold=thresholds.image, pixel_threshold=thresholds.pixel, seed=cell.seed,
-                      source=source_counting, calibrator=calibrator)
+                      source=source_counting, calibrator=calibrator, recall=recall)
+    call = cell_call(spec, point) if recall is not None else None
+    recalled_before = Counter(recall.recalled) if recall is not None else Counter()
     scores, maps, linf, l2 = fitted.clean_scores.copy(), fitted.clean_maps.copy(), np.zeros(n), np.zeros(n)
     start, perturbed = time.perf_counter(), spec.kind != "none"
     searched = search_totals(fitted.detector, device)
@@ -331,6 +338,8 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
         x = split.test[sl].to(device)
         masks = split.masks[sl].to(device) if split.masks is not None else None
         x_adv = attack.run(counting, x, labels[sl].to(device), masks, images=tuple(split.names[sl]), calibrator=calibrator)
+        if recall is not None:
+            recall.offer(call, tuple(split.names[sl]), x_adv)
         for model in models:
             ensure_eval(model, cell.attack.name)
         delta = (x_adv - x).detach().flatten(1)
@@ -372,6 +381,7 @@ def evaluate_cell(cell: Cell, fitted: Fitted, *, thresholds: Thresholds, device,
            if source_counting is not None else {}),
         "perturbation": {"linf_max": float(linf.max()), "l2_max": float(l2.max())},
         "search": searched_since(fitted.detector, searched, device) if perturbed else None,
+        "recalled": dict(recall.recalled - recalled_before) or None if recall is not None else None,
     }
     if fields["threat"] is not None and "steps" in fields["threat"]:  # what ran (a composite attack: its stages' sum)
         fields["steps"] = int(fields["threat"]["steps"])

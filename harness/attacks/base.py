@@ -60,6 +60,7 @@ class Context:
     calibrator: Callable[[Tensor], Tensor] | None = None  # the defender's score → P(anomalous)
     state: Mapping[str, Tensor] = field(default_factory=dict)  # what ``prepare`` fitted for this cell
     start: Tensor | None = None  # where an iterative attack starts (a composite attack's previous stage)
+    recall: Any = None  # a ``Recall`` (recall.py): parts another cell of the fit group already ran
 
     def random(self, device: torch.device | str) -> ImageRandom:
         """Fresh per-image random streams, seeded by (cell seed, image id)."""
@@ -97,6 +98,7 @@ class AttackSpec:
     note: str = ""  # what the leaderboard says about it (e.g. how it departs from the original)
     schedule: Callable[..., dict[str, Any]] | None = None  # schedule(threat, **options) → what it runs beyond the threat fields
     tiny: Mapping[str, Any] = field(default_factory=dict)  # keys for a seconds-on-CPU run: the registry-driven tests use them
+    parts: Callable[..., list[tuple[AttackSpec, ThreatModel, dict[str, Any]]]] | None = None  # a composite's parts(threat, **options)
 
     def what_ran(self, threat: ThreatModel, options: Mapping[str, Any]) -> dict[str, Any]:
         """What a row records of the attack's run: the threat fields it reads (with α where it
@@ -175,11 +177,16 @@ class AttackSpec:
     def own_options(self, point: Mapping[str, Any]) -> dict[str, Any]:
         return {key: point[key] for key in self.options() if key in point}
 
+    def objective_config(self, point: Mapping[str, Any]) -> dict[str, Any]:
+        """The objective a point asks for, as values (``Objective.config``)."""
+        return {"task": point.get("objective", "detection"), "entropy_weight": float(point.get("entropy_weight", 0.0)),
+                "bpda": bool(point.get("bpda", False))}
+
     def objective(self, detector: nn.Module, labels: Tensor, masks: Tensor | None, point: Mapping[str, Any],
                   calibrator: Callable | None = None) -> Objective:
-        weight = float(point.get("entropy_weight", 0.0))
-        return Objective(detector, labels, masks, point.get("objective", "detection"),
-                         calibrator if weight > 0 else None, weight, bool(point.get("bpda", False)))
+        config = self.objective_config(point)
+        return Objective(detector, labels, masks, config["task"], calibrator if config["entropy_weight"] > 0 else None,
+                         config["entropy_weight"], config["bpda"])
 
 
 @functools.cache
@@ -205,7 +212,7 @@ def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, ite
                     threat: Mapping[str, Any] | None = None, adaptive: bool = False,
                     prepare: Callable | None = None, check: Callable | None = None,
                     title: str = "", note: str = "", schedule: Callable | None = None,
-                    tiny: Mapping[str, Any] | None = None) -> Callable:
+                    tiny: Mapping[str, Any] | None = None, parts: Callable | None = None) -> Callable:
     """Register ``run`` under ``name`` with its metadata; returns ``run`` unchanged."""
     assert kind in KINDS, f"attack {name!r}: kind must be one of {KINDS}, got {kind!r}"
     assert set(tasks) <= set(TASKS), f"attack {name!r}: tasks must be among {TASKS}, got {tasks}"
@@ -213,7 +220,7 @@ def register_attack(name: str, *, kind: str, tasks: tuple[str, ...] = TASKS, ite
 
     def decorator(run: Callable[..., Tensor]) -> Callable[..., Tensor]:
         spec = AttackSpec(name, run, kind, tuple(tasks), iterative, dict(threat or {}), adaptive, prepare, check, title, note,
-                          schedule, dict(tiny or {}))
+                          schedule, dict(tiny or {}), parts)
         ATTACKS.register(name)(spec)
         run.attack_spec = spec  # an import path naming the function resolves to its registration
         return run

@@ -18,6 +18,7 @@ from robustad_bench.core.schema import PositiveInt
 from .base import ATTACKS, Context, keep_best, register_attack
 from .objective import Objective
 from .official import TwoLogits, global_seed
+from .recall import recalled_part
 from .rng import image_seed
 from .threat import REQUIRED, Norm, ThreatModel
 
@@ -65,8 +66,13 @@ def check_parts(parts: str = "+".join(PARTS), objective: str = "detection", **_)
     return []
 
 
-def schedule(threat: ThreatModel, *, queries: int = 1000, parts: str = "apgd+fab+square+pgd", **_) -> dict:
-    return {"parts": {part: ATTACKS.get(part).what_ran(part_threat(part, threat, queries), {}) for part in parts.split("+")}}
+def ensemble_parts(threat: ThreatModel, *, queries: int = 1000, parts: str = "+".join(PARTS), **_) -> list[tuple]:
+    """(spec, threat model, options) of each part, in the order they run."""
+    return [(ATTACKS.get(part), part_threat(part, threat, queries), {}) for part in parts.split("+")]
+
+
+def schedule(threat: ThreatModel, **options) -> dict:
+    return {"parts": {spec.name: spec.what_ran(part, kwargs) for spec, part, kwargs in ensemble_parts(threat, **options)}}
 
 
 def part_threat(part: str, threat: ThreatModel, queries: int) -> ThreatModel:
@@ -76,14 +82,19 @@ def part_threat(part: str, threat: ThreatModel, queries: int) -> ThreatModel:
     return spec.threat_model({"norm": threat.norm, "eps": threat.eps, "steps": steps})
 
 
-@register_attack("autoattack", kind="gradient", iterative=True, check=check_parts, schedule=schedule, tiny={"steps": 2, "queries": 6},
+@register_attack("autoattack", kind="gradient", iterative=True, check=check_parts, schedule=schedule, parts=ensemble_parts,
+                 tiny={"steps": 2, "queries": 6},
                  threat={"norm": "linf", "eps": REQUIRED, "steps": 100}, title=TITLE, note=NOTE)
 def autoattack(objective: Objective, x: Tensor, threat: ThreatModel, context: Context, *,
                queries: PositiveInt = 1000, parts: str = "apgd+fab+square+pgd") -> Tensor:
     """Worst case per image over APGD, FAB, Square (``queries`` queries) and PGD (``steps`` each);
-    ``parts`` picks a subset, e.g. ``apgd+square+pgd`` (the localization objective: FAB is image-level)."""
+    ``parts`` picks a subset, e.g. ``apgd+square+pgd`` (the localization objective: FAB is image-level).
+    A part that a cell of the same group already ran on these images (same threat model,
+    options and objective) is taken from it (``recall``), not run again: the same images."""
     best, best_loss = x.detach(), None
-    for part in parts.split("+"):
-        x_adv = ATTACKS.get(part).run(objective, x, part_threat(part, threat, queries), context)
+    for spec, part, options in ensemble_parts(threat, queries=queries, parts=parts):
+        x_adv = recalled_part(context, spec, part, options, objective.config(), x)
+        if x_adv is None:
+            x_adv = spec.run(objective, x, part, context, **options)
         best, best_loss = keep_best(best, best_loss, x_adv, objective(x_adv))
     return best

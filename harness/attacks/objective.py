@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -102,6 +102,10 @@ class Objective:
         if self.entropy_weight > 0:
             loss = loss - self.entropy_weight * binary_entropy(self.calibrator(out.score))
         return loss
+
+    def config(self) -> dict[str, Any]:
+        """What the attacker maximises, as values (``AttackSpec.objective_config`` of its point)."""
+        return {"task": self.task, "entropy_weight": float(self.entropy_weight), "bpda": bool(self.bpda)}
 
     def __call__(self, x: Tensor) -> Tensor:
         with torch.no_grad():

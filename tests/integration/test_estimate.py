@@ -37,11 +37,30 @@ def test_counted_passes_follow_the_attack():
     assert passes["square"].gradient == 0 and passes["square"].forward >= 30  # score-only: queries, no gradient
 
 
+def test_a_composite_is_charged_only_the_parts_its_group_did_not_make():
+    from robustad_bench.harness.estimate import count_passes, taken_names
+    from robustad_bench.harness.grid import expand
+    from robustad_bench.harness.suite import parse_suite
+
+    suite = parse_suite({
+        "name": "p", "datasets": [{"name": "digits", "categories": ["0"]}], "detectors": [{"name": "zarnd"}],
+        "attacks": [{"name": "autoattack", "label": "aa-first", "eps": "8/255", "steps": 4, "queries": 20},  # before its parts: runs them
+                    {"name": "apgd", "eps": "8/255", "steps": 4}, {"name": "square", "eps": "8/255", "steps": 20},
+                    {"name": "apgd", "label": "apgd-other-eps", "eps": "4/255", "steps": 4},
+                    {"name": "autoattack", "eps": "8/255", "steps": 4, "queries": 20}]}, file="p.yaml")
+    cells = expand(suite)
+    assert taken_names(cells) == [(), (), (), (), ("apgd", "square")]
+    whole, rest = count_passes(cells[0]), count_passes(cells[4], taken=taken_names(cells)[4])
+    apgd, square = count_passes(cells[1]), count_passes(cells[2])
+    assert whole.gradient - rest.gradient == apgd.gradient > 0
+    assert whole.forward - rest.forward == apgd.forward + square.forward >= 20
+
+
 def test_paper_scale_tiny_runs_on_cpu(tmp_path):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "paper_scale.py"), "--tiny", "--device", "cpu",
                            "--cache", str(tmp_path), "--detectors", "patchcore", "zarnd", "--suites", "suites/seeds/zarnd.yaml"],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "PGD-2 ms" in done.stdout and "overhead" in done.stdout
-    assert "projected wall time of suites/seeds/zarnd.yaml" in done.stdout
+    assert "projected wall time of suites/seeds/zarnd.yaml" in done.stdout and "before → after sharing" in done.stdout
     assert (tmp_path / "data" / "paper_scale_tiny" / "hazelnut" / "ground_truth" / "blob").is_dir()  # MVTec layout
