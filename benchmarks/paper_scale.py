@@ -14,9 +14,14 @@
    (PGD-k ÷ (k × forward+backward)), the attack step against backbone forward+backward +
    one bank GEMM, peak GPU memory. PatchGuard's training is timed per step at the seed's
    code's setting (batch 16, PGD-10) in fp32 and bf16 and projected to 300 epochs.
-3. The projected wall time of ``suites/seeds/patchguard.yaml`` and ``suites/full.yaml`` on
+3. A memory-bank detector's search of one batch, before and after: the unproven fp32 GEMM
+   the harness used to run, then each proven candidate format (fp32, TF32, bf16, faiss where
+   installed) — time, re-ranks, fallbacks, and whether its nearest rows equal the proven fp32
+   search's.
+4. The projected wall time of ``suites/seeds/patchguard.yaml`` and ``suites/full.yaml`` on
    this device: every cell's passes, counted (``harness/estimate.py``), times the costs
-   measured here, plus the fits.
+   measured here, plus the fits — before and after the work the harness shares (a wrapper
+   adopting its base's fit; a composite attack taking the parts its group's cells made).
 
 Weights are random (timing does not depend on them). All figures are this device's.
 """
@@ -30,7 +35,7 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -122,27 +127,69 @@ class Measured:
     step_vs_parts: float | None  # attack step ÷ (backbone fwd+bwd + one bank GEMM)
     peak_gib: float | None
     batch: int
+    search: list = field(default_factory=list)  # a memory-bank detector's search per format (search_formats)
 
     @property
     def overhead(self) -> float:
         return self.pgd / (self.steps * self.gradient)
 
 
-def backbone_and_gemm(detector, x: torch.Tensor, device: torch.device) -> float | None:
-    """Seconds per image of the frozen network's forward+backward plus one GEMM of the
-    queries against the bank: what one attack step cannot go below."""
+def bank_queries(detector, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(queries, bank) of a memory-bank detector's search for the images ``x``, or None."""
     from robustad_bench.adapters.knn import MemoryBank
 
     banks = [m for m in detector.modules() if isinstance(m, MemoryBank)]
     if not banks:
         return None
-    net = timed(lambda: gradient_pass(detector.features, x, output=lambda f: f.float().pow(2)), device)
     with torch.no_grad():
         f = detector.features(x)
     queries = (f.flatten(2).transpose(1, 2).reshape(-1, f.shape[1]) if f.dim() == 4 else f).float()
     bank = banks[0].bank
-    gemm = timed(lambda: queries @ bank.T, device) if queries.shape[1] == bank.shape[1] else 0.0
-    return (net + gemm) / x.shape[0]
+    return (queries, bank) if queries.shape[1] == bank.shape[1] else None
+
+
+def backbone_and_gemm(detector, x: torch.Tensor, device: torch.device) -> float | None:
+    """Seconds per image of the frozen network's forward+backward plus one GEMM of the
+    queries against the bank: what one attack step cannot go below."""
+    found = bank_queries(detector, x)
+    if found is None:
+        return None
+    queries, bank = found
+    net = timed(lambda: gradient_pass(detector.features, x, output=lambda f: f.float().pow(2)), device)
+    return (net + timed(lambda: queries @ bank.T, device)) / x.shape[0]
+
+
+def unproven_nearest(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """The search before the proof: one fp32 GEMM of ‖q‖² − 2 q·b + ‖b‖², its arg-min."""
+    d = queries.pow(2).sum(1, keepdim=True) - 2 * queries @ bank.T + bank.pow(2).sum(1)
+    return d.argmin(1)
+
+
+def search_formats(detector, x: torch.Tensor, device: torch.device) -> list[tuple[str, float, dict | None, bool]]:
+    """(format, seconds per batch, what its queries took, indices equal to the fp32 proven
+    search's) for the bank search of one batch: the unproven fp32 GEMM (before) and each
+    proven candidate format this machine has (after)."""
+    from robustad_bench.adapters.exact_search import FORMATS, SearchStats, prepare, search
+
+    found = bank_queries(detector, x)
+    if found is None:
+        return []
+    queries, bank = found
+    index = prepare(bank)
+    reference = search(queries, index, 1, precision="fp32")[:, 0]
+    out = [("fp32 GEMM, unproven", timed(lambda: unproven_nearest(queries, bank), device), None,
+            bool(torch.equal(unproven_nearest(queries, bank), reference)))]
+    for name in FORMATS:
+        if name == "faiss":
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                continue
+        stats = SearchStats()
+        indices = search(queries, index, 1, precision=name, stats=stats)[:, 0]
+        seconds = timed(lambda name=name: search(queries, index, 1, precision=name), device)
+        out.append((name, seconds, stats.as_dict(), bool(torch.equal(indices, reference))))
+    return out
 
 
 def measure(name: str, config: dict, split, device: torch.device, batch: int, steps: int) -> Measured:
@@ -177,7 +224,7 @@ def measure(name: str, config: dict, split, device: torch.device, batch: int, st
     parts = backbone_and_gemm(detector, x, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return Measured(name, fit, int(train.shape[0]), forward, gradient, gradient_bf16, pgd, steps,
-                    None if parts is None else (pgd / steps) / parts, peak, x.shape[0])
+                    None if parts is None else (pgd / steps) / parts, peak, x.shape[0], search_formats(detector, x, device))
 
 
 def patchguard_training(config: dict, split, device: torch.device, steps: int = 2) -> dict[str, float]:
@@ -299,6 +346,19 @@ def main() -> None:
     print(f"\n(fit: on '{category}'; PatchGuard's: one epoch timed × epochs. overhead: PGD-{steps} ÷ ({steps} × fwd+bwd), "
           "target ≤ 1.05; step/parts: one attack step ÷ (backbone fwd+bwd + one bank GEMM), target ≤ 1.3; "
           f"PGD-1000, MVTec: per-image PGD time × 1000/{steps} × {test_images} test images)")
+    for m in measured.values():
+        rows = m.search
+        if rows:
+            print(f"\n{m.detector} bank search, one batch of {batch} images (before: one fp32 GEMM, unproven; after: a "
+                  "candidate pass with a proof per query, exact):")
+            print(f"{'format':<22} {'ms':>9} {'× before':>9} {'re-ranked':>10} {'→ fp32':>7} {'→ all rows':>10} {'exact':>6}")
+            for name, seconds, stats, same in rows:
+                stats = stats or {}
+                print(f"{name:<22} {1000 * seconds:9.2f} {rows[0][1] / seconds:9.2f} {stats.get('reranked', '—'):>10} "
+                      f"{stats.get('fallback_fp32', '—'):>7} {stats.get('fallback_exhaustive', '—'):>10} "
+                      f"{'yes' if same else 'NO':>6}")
+            print("(exact: the same nearest rows as the proven fp32 search; the unproven GEMM's 'NO' is the error "
+                  "the proof removes)")
     if "patchguard" in configs:
         t = patchguard_training(configs["patchguard"], split, device, steps=1 if args.tiny else 2)
         print(f"\nPatchGuard training step (batch {configs['patchguard'].get('batch_size', 16)}, PGD-"
