@@ -35,7 +35,7 @@ from robustad_bench.core.files import atomic_write_bytes
 
 from . import __version__
 from .attacks import CellData, Context, prepare_attack
-from .attacks.recall import Recall, parts_of, taken_parts
+from .attacks.recall import Recall, parts_of, run_order, taken_parts
 from .datasets.base import digest
 from .grid import Cell
 from .plan import Plan
@@ -77,7 +77,7 @@ class Passes:
 
 def count_passes(cell: Cell, images: int = 2, taken: tuple[str, ...] = ()) -> Passes:
     """Run ``cell``'s attack on the stand-in and count what it forwards, per image. ``taken``:
-    the parts (names) of a composite attack that an earlier cell of its group makes — run
+    the parts (names) of a composite attack that another cell of its group makes — run
     beforehand, uncounted, and handed to it as the group's ``Recall`` does."""
     spec, point = cell.spec, cell.attack.kwargs
     if spec.kind == "none":
@@ -115,10 +115,14 @@ def made_parts(spec, point, taken: tuple[str, ...], detector: nn.Module, x: Tens
 
 
 def taken_names(cells: list[Cell]) -> list[tuple[str, ...]]:
-    """Per cell of one fit group, the names of its composite attack's parts an earlier cell makes."""
-    taken = taken_parts([(cell.spec, cell.attack.kwargs) for cell in cells])
-    return [tuple(sorted(part.name for part, *_, key in parts_of(cell.spec, cell.attack.kwargs) if key in keys))
-            for cell, keys in zip(cells, taken)]
+    """Per cell of one fit group, the names of its composite attack's parts another cell makes
+    (the runner runs that cell first: ``run_order``)."""
+    calls = [(cell.spec, cell.attack.kwargs) for cell in cells]
+    order = run_order(calls)  # as the runner runs them
+    names: list[tuple[str, ...]] = [()] * len(cells)
+    for position, keys in zip(order, taken_parts([calls[i] for i in order])):
+        names[position] = tuple(sorted(part.name for part, *_, key in parts_of(*calls[position]) if key in keys))
+    return names
 
 
 def read_memo(path: Path | None) -> dict[str, Passes]:
@@ -261,7 +265,7 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
     entry's cost (default: ``probe`` it on ``device``); ``memo`` (a JSON file) keeps the
     pass counts between runs. ``share=False`` projects the run without the work the harness
     shares (for the before/after figure): every wrapper trains its own base, and a composite
-    attack runs every part itself instead of taking those its group's earlier cells made."""
+    attack runs every part itself instead of taking those the other cells of its group made."""
     cost_of = cost_of or partial(probe, device=device)
     counts: dict[tuple, Any] = {}
     passes = read_memo(memo)

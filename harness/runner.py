@@ -29,7 +29,7 @@ from robustad_bench.core.errors import UserError
 from robustad_bench.core.files import remove_orphans
 
 from . import __version__
-from .attacks.recall import Recall, part_calls, taken_parts
+from .attacks.recall import Recall, part_calls, run_order, taken_parts
 from .backends import BACKENDS, check_backend
 from .cache import Cache
 from .certify import certificate_cell
@@ -159,6 +159,7 @@ def run_group(tasks: list[EvalTask], *, cache_root: str, device: str, recompute:
     """
     device = str(resolve_device(device))
     cache, results = Cache(cache_root, recompute=recompute), []
+    tasks = [tasks[i] for i in run_order([(task.cell.spec, task.cell.attack.kwargs) for task in tasks])]
     with cache.lock(tasks[0].fit.key()):
         try:
             group = prepare_group(tasks[0], cache, device)

@@ -63,6 +63,15 @@ def part_calls(spec: AttackSpec, point: Mapping[str, Any]) -> list[str]:
     return [key for *_, key in parts_of(spec, point) if key is not None]
 
 
+def run_order(calls: list[tuple[AttackSpec, Mapping[str, Any]]]) -> list[int]:
+    """The order a fit group's cells run in (positions into ``calls``): the suite's, except that
+    a composite attack with a part another cell of the group makes runs after the others, so
+    that the part is there to take wherever the suite lists it."""
+    made = {cell_call(spec, point) for spec, point in calls} - {None}
+    late = [bool(made & set(part_calls(spec, point))) for spec, point in calls]
+    return [i for i, last in enumerate(late) if not last] + [i for i, last in enumerate(late) if last]
+
+
 def taken_parts(calls: list[tuple[AttackSpec, Mapping[str, Any]]]) -> list[list[str]]:
     """Per cell of a fit group, in run order ((spec, resolved point) each): the keys of its
     parts that an earlier cell of the group makes as its own call."""

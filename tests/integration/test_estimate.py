@@ -44,13 +44,13 @@ def test_a_composite_is_charged_only_the_parts_its_group_did_not_make():
 
     suite = parse_suite({
         "name": "p", "datasets": [{"name": "digits", "categories": ["0"]}], "detectors": [{"name": "zarnd"}],
-        "attacks": [{"name": "autoattack", "label": "aa-first", "eps": "8/255", "steps": 4, "queries": 20},  # before its parts: runs them
+        "attacks": [{"name": "autoattack", "label": "aa-first", "eps": "8/255", "steps": 4, "queries": 20},  # runs after its parts
                     {"name": "apgd", "eps": "8/255", "steps": 4}, {"name": "square", "eps": "8/255", "steps": 20},
                     {"name": "apgd", "label": "apgd-other-eps", "eps": "4/255", "steps": 4},
                     {"name": "autoattack", "eps": "8/255", "steps": 4, "queries": 20}]}, file="p.yaml")
     cells = expand(suite)
-    assert taken_names(cells) == [(), (), (), (), ("apgd", "square")]
-    whole, rest = count_passes(cells[0]), count_passes(cells[4], taken=taken_names(cells)[4])
+    assert taken_names(cells) == [("apgd", "square"), (), (), (), ("apgd", "square")]
+    whole, rest = count_passes(cells[0]), count_passes(cells[4], taken=taken_names(cells)[4])  # all parts; the rest
     apgd, square = count_passes(cells[1]), count_passes(cells[2])
     assert whole.gradient - rest.gradient == apgd.gradient > 0
     assert whole.forward - rest.forward == apgd.forward + square.forward >= 20

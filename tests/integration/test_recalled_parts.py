@@ -1,4 +1,4 @@
-"""AutoAttack-AD takes the parts that earlier cells of its fit group already ran (APGD and
+"""AutoAttack-AD takes the parts that other cells of its fit group run (APGD and
 Square at the same ε, steps and objective) instead of running them again, and no number
 changes: every row's metrics and arrays equal a run that runs every part itself."""
 
@@ -18,11 +18,11 @@ datasets:
   - {name: textures, categories: [brick], image_size: 32, crop_size: 64, n_train: 4, n_test_normal: 3, n_test_anomalous: 4}
 detectors:
   - {name: patchcore, backbone: resnet18, input_size: 32}
-attacks:
+attacks:  # aa-al listed first: it runs after the APGD cell it takes a part from
+  - {name: autoattack, label: aa-al, eps: [8/255], steps: 3, queries: 12, parts: apgd+pgd, objective: localization, bpda: true}
   - {name: apgd, eps: [2/255, 8/255], steps: 3, objective: [detection, localization], bpda: true}
   - {name: square, eps: [2/255, 8/255], steps: 12}
   - {name: autoattack, eps: [2/255, 8/255], steps: 3, queries: 12, parts: apgd+square+pgd, bpda: true}  # square takes no gradient: BPDA or not, the same call
-  - {name: autoattack, label: aa-al, eps: [8/255], steps: 3, queries: 12, parts: apgd+pgd, objective: localization, bpda: true}
 """
 
 

@@ -13,6 +13,7 @@ from robustad_bench.harness.attacks.recall import (
     call_key,
     cell_call,
     part_calls,
+    run_order,
     taken_parts,
 )
 
@@ -42,8 +43,10 @@ def test_autoattack_takes_only_parts_an_earlier_cell_makes():
     calls = [(aa, aa_point), (ATTACKS.get("apgd"), point("apgd", eps=8 / 255, steps=100)),
              (ATTACKS.get("square"), point("square", eps=8 / 255, steps=5000)), (aa, aa_point)]
     taken = taken_parts(calls)
-    assert taken[0] == [] and taken[1] == taken[2] == []  # the first AutoAttack precedes its parts
+    assert taken[0] == [] and taken[1] == taken[2] == []  # in this order the first AutoAttack precedes its parts
     assert set(taken[3]) == {cell_call(*calls[1]), cell_call(*calls[2])} and set(taken[3]) < set(part_calls(aa, aa_point))
+    assert run_order(calls) == [1, 2, 0, 3]  # so the runner runs both after them
+    assert run_order(calls[:1] + calls[3:]) == [0, 1]  # nothing to take: the suite's order
 
 
 def test_recall_keeps_what_is_wanted_and_lets_it_go_when_the_last_taker_is_done():
