@@ -256,6 +256,7 @@ class Line:
     seconds: float = 0.0
     unknown: int = 0  # cells without image counts (data not there and nothing published)
     error: str | None = None
+    taken: tuple[str, ...] = ()  # a composite's parts that other cells of its groups make (not charged)
 
 
 def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | None = None,
@@ -298,6 +299,7 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
         line = lines.setdefault((cell.detector.label, cell.attack.label), Line(cell.detector.label, cell.attack.label))
         line.cells += 1
         line.error = line.error or p.error
+        line.taken = tuple(sorted(set(line.taken) | set(taken[id(task)])))
         line.forward, line.gradient = p.forward + p.source_forward, p.gradient + p.source_gradient
         if count is None:
             line.unknown += 1
@@ -341,7 +343,7 @@ def report(lines: list[Line], costs: dict[str, Cost], fits: dict[str, float], de
     out = [f"probe on {device} ({device_name(device)}): seconds per image measured now",
            tabulate(rows, headers=["detector", "batch", "fwd ms/img", "fwd+bwd ms/img", "fit ms/train img", "bank rows",
                                    "peak GiB", "fits"]), ""]
-    table = [(ln.detector, ln.attack, ln.cells, ln.images, f"{ln.gradient:g}", f"{ln.forward:g}",
+    table = [(ln.detector, ln.attack + (f" (takes {'+'.join(ln.taken)})" if ln.taken else ""), ln.cells, ln.images, f"{ln.gradient:g}", f"{ln.forward:g}",
               ("n/a: " + ln.error[:60]) if ln.error else hours(ln.seconds) + (f" (+{ln.unknown} cells of unknown size)" if ln.unknown else ""))
              for ln in lines]
     out.append(tabulate(table, headers=["detector", "attack", "cells", "images", "grad passes/img", "fwd-only passes/img", "projected"]))

@@ -34,8 +34,12 @@ def run(tmp_path, name):
     return out, rows
 
 
-def test_autoattack_takes_the_groups_apgd_and_square_images_and_changes_no_number(tmp_path, monkeypatch):
+def test_autoattack_takes_the_groups_apgd_and_square_images_and_changes_no_number(tmp_path, monkeypatch, capsys):
     shared, rows = run(tmp_path, "shared")
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "s.yaml"), "--dry-run", "--estimate", "--device", "cpu", "--cache", str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out  # the projection charges them only what they run
+    assert "autoattack (takes apgd+square)" in out and "aa-al (takes apgd)" in out
     monkeypatch.setattr(runner, "group_recall", lambda tasks: Recall())  # every part runs itself
     separate, again = run(tmp_path, "separate")
     assert [r["cell_id"] for r in rows] == [r["cell_id"] for r in again] and len(rows) == 4 + 2 + 2 + 1
