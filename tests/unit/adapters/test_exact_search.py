@@ -144,3 +144,61 @@ def test_the_memory_bank_reads_its_precision_and_counts_its_searches(monkeypatch
     monkeypatch.setenv(exact_search.ENV, "fp16")
     with pytest.raises(ValueError, match=r"fp16.*allowed auto, fp32, tf32, bf16, faiss.*ROBUSTAD_SEARCH_PRECISION"):
         bank.nearest(queries)
+
+
+# -- on the GPU: the real TF32 / bf16 tensor-core arithmetic, not its emulation ----------------
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def cuda_formats() -> list[str]:
+    try:
+        import faiss
+
+        gpu_faiss = hasattr(faiss, "StandardGpuResources")
+    except ImportError:
+        gpu_faiss = False
+    return [name for name in sorted(FORMATS) if name != "faiss" or gpu_faiss]
+
+
+@pytest.mark.gpu
+@CUDA
+@pytest.mark.parametrize("fmt", cuda_formats())
+@pytest.mark.parametrize("case", CASES)
+def test_on_cuda_every_format_orders_near_ties_exactly(fmt, case):
+    queries, bank = clustered(**CASES[case])
+    found = search(queries.cuda(), bank.cuda(), 3, precision=fmt)
+    assert torch.equal(found.cpu(), exact_nearest(queries, bank, 3))
+    rng = np.random.default_rng(1)
+    bank, queries = grid_features(rng, 600, 24), grid_features(rng, 50, 24)
+    assert torch.equal(search(queries.cuda(), bank.cuda(), 3, precision=fmt).cpu(), exact_nearest(queries, bank, 3))
+
+
+@pytest.mark.gpu
+@CUDA
+def test_on_cuda_a_paper_sized_search_equals_the_cpu_fp32_search_in_every_format():
+    """PatchCore WRN-50-2's shape: 1,536-dim non-negative features, a 30,000-row bank, 4,096
+    queries; every CUDA format finds the rows the CPU's proven fp32 search finds, and the
+    record says how many queries needed more than the candidate pass."""
+    g = torch.Generator().manual_seed(0)
+    bank = torch.relu(torch.randn(30_000, 1536, generator=g))
+    queries = torch.relu(bank[torch.randint(0, 30_000, (4096,), generator=g)] + 0.3 * torch.randn(4096, 1536, generator=g))
+    reference = search(queries, bank, 3, precision="fp32")
+    for fmt in cuda_formats():
+        stats = SearchStats()
+        found = search(queries.cuda(), bank.cuda(), 3, precision=fmt, stats=stats)
+        assert torch.equal(found.cpu(), reference), fmt
+        print(fmt, stats.as_dict())
+
+
+@pytest.mark.gpu
+@CUDA
+def test_on_cuda_the_memory_banks_distances_do_not_depend_on_the_format():
+    g = torch.Generator().manual_seed(1)
+    rows, queries = torch.relu(torch.randn(5000, 256, generator=g)), torch.relu(torch.randn(2000, 256, generator=g))
+    out = {}
+    for fmt in cuda_formats():
+        bank = MemoryBank(precision=fmt).cuda()
+        bank.set(rows.cuda())
+        out[fmt] = bank.distances(queries.cuda(), k=3).cpu()
+    assert all(torch.equal(value, out["fp32"]) for value in out.values())
