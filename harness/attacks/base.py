@@ -13,9 +13,10 @@ Every attack is one function ``run(objective, x, threat, context, **options) -> 
 
 Its metadata is declared once, at registration (``register_attack``): its kind, the tasks
 it supports, whether it is iterative, the threat-model fields it reads (with their
-defaults) and, optionally, a ``prepare`` step run once per cell and a ``check`` of its own
-options. The suite check, the grid, the validity checks and the leaderboard read that
-metadata; adding an attack is one new module and one import line.
+defaults) and, optionally, a ``prepare`` step run once per cell, a ``check`` of its own
+options and, for a composite, its ``parts`` (so that a part another cell of the group makes is
+taken from it, not run again: ``recall.py``). The suite check, the grid, the validity checks
+and the leaderboard read that metadata; adding an attack is one new module and one import line.
 """
 
 from __future__ import annotations
