@@ -18,10 +18,15 @@
    the harness used to run, then each proven candidate format (fp32, TF32, bf16, faiss where
    installed) — time, re-ranks, fallbacks, and whether its nearest rows equal the proven fp32
    search's.
-4. The projected wall time of ``suites/seeds/patchguard.yaml`` and ``suites/full.yaml`` on
+4. Each measured detector smoothed (n = 1,000 noisy copies; ``--tiny``: 128): forward, and the
+   input gradient of the smoothed score before (every noise chunk's graph rebuilt in the
+   backward pass, as autograd's checkpoint does) and after (only the chunks the gradient
+   reaches: the median's is one copy's).
+5. The projected wall time of ``suites/seeds/patchguard.yaml`` and ``suites/full.yaml`` on
    this device: every cell's passes, counted (``harness/estimate.py``), times the costs
-   measured here, plus the fits — before and after the work the harness shares (a wrapper
-   adopting its base's fit; a composite attack taking the parts its group's cells made).
+   measured here, plus the fits — before and after each piece of work the harness saves (a
+   wrapper adopting its base's fit; a composite attack taking the parts its group's cells
+   made; a smoothed gradient rebuilding only the chunks it reaches).
 
 Weights are random (timing does not depend on them). All figures are this device's.
 """
@@ -128,6 +133,7 @@ class Measured:
     peak_gib: float | None
     batch: int
     search: list = field(default_factory=list)  # a memory-bank detector's search per format (search_formats)
+    smoothed: SmoothedCost | None = None  # the detector smoothed (measure_smoothed)
 
     @property
     def overhead(self) -> float:
@@ -192,7 +198,7 @@ def search_formats(detector, x: torch.Tensor, device: torch.device) -> list[tupl
     return out
 
 
-def measure(name: str, config: dict, split, device: torch.device, batch: int, steps: int) -> Measured:
+def measure(name: str, config: dict, split, device: torch.device, batch: int, steps: int, smoothed_n: int) -> Measured:
     from robustad_bench.adapters import create_detector
     from robustad_bench.harness.attacks import run_attack
     from robustad_bench.harness.tasks import seeded
@@ -224,7 +230,48 @@ def measure(name: str, config: dict, split, device: torch.device, batch: int, st
     parts = backbone_and_gemm(detector, x, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return Measured(name, fit, int(train.shape[0]), forward, gradient, gradient_bf16, pgd, steps,
-                    None if parts is None else (pgd / steps) / parts, peak, x.shape[0], search_formats(detector, x, device))
+                    None if parts is None else (pgd / steps) / parts, peak, x.shape[0], search_formats(detector, x, device),
+                    measure_smoothed(name, fit_config, detector, x, device, smoothed_n))
+
+
+@dataclass
+class SmoothedCost:
+    n: int
+    forward: float  # s / image: n noisy base forwards
+    gradient_before: float  # s / image: every chunk's graph rebuilt (autograd's checkpoint)
+    gradient_after: float  # s / image: only the chunks the gradient reaches
+
+
+def checkpointed_gradient(smoothed, x: torch.Tensor) -> None:
+    """The smoothed score's input gradient as the harness took it before: each noise chunk
+    checkpointed, so every chunk's graph is rebuilt in the backward pass, reached or not."""
+    from torch.utils.checkpoint import checkpoint
+
+    from robustad_bench.adapters.smoothed import NOISE_CHUNK
+
+    x = x.clone().requires_grad_(True)
+    scores = []
+    for image in x.split(1):
+        seed = smoothed.image_seed(image)
+        chunks = range(math.ceil(smoothed.n / NOISE_CHUNK))
+        scores.append(torch.cat([checkpoint(smoothed.chunk_output, image, seed, k, use_reentrant=False).score for k in chunks]))
+    torch.autograd.grad(torch.stack(scores).kthvalue(smoothed.rank, dim=1).values.sum(), x)
+
+
+def measure_smoothed(name: str, config: dict, detector, x: torch.Tensor, device: torch.device, n: int) -> SmoothedCost:
+    """A fitted detector smoothed over ``n`` noisy copies (it adopts the fit), timed on one image."""
+    from robustad_bench.adapters import create_detector
+    from robustad_bench.harness.tasks import seeded
+
+    with seeded(0):
+        smoothed = create_detector("smoothed", base={"name": name, **config}, sigma=0.25, n=n)
+    smoothed.adopt(detector, seed=0)
+    smoothed = smoothed.to(device).eval()
+    one = x[:1]
+    forward = timed(lambda: smoothed(one), device, repeats=1)
+    before = timed(lambda: checkpointed_gradient(smoothed, one), device, repeats=1)
+    after = timed(lambda: gradient_pass(smoothed, one), device, repeats=1)
+    return SmoothedCost(n, forward, before, after)
 
 
 def patchguard_training(config: dict, split, device: torch.device, steps: int = 2) -> dict[str, float]:
@@ -261,6 +308,7 @@ class Projection:
     attacks: float  # s: every cell's passes
     fits: float  # s: every fit and its clean scoring
     attacks_unshared: float  # the same, each composite attack running every part itself
+    attacks_checkpointed: float  # shared, a smoothed gradient rebuilding every noise chunk
     fits_unshared: float  # each wrapper training its own base
     cells: int
     unknown: int  # cells of unknown size
@@ -272,23 +320,41 @@ def project(suite_file: Path, measured: dict[str, Measured], device: torch.devic
     harness shares (adopted fits, recalled attack parts)."""
     from dataclasses import replace
 
-    from robustad_bench.harness.estimate import Cost, estimate
+    from robustad_bench.harness.estimate import estimate
     from robustad_bench.harness.plan import make_plan
     from robustad_bench.harness.suite import load_suite
 
     plan = make_plan(load_suite(suite_file, deep=False), keyed=False)  # the cells, without the data
     every = plan.tasks
-    tasks = tuple(t for t in every if t.fit.detector.name in measured and (t.source is None or t.source.detector.name in measured))
-
-    def cost_of(entry, batch_size, n_train):
-        m = measured[entry.name]
-        return Cost(m.forward, m.gradient, m.fit / m.n_train, batch_size, None, None)
-
+    tasks = tuple(t for t in every if measured_name(t.fit.detector) in measured
+                  and (t.source is None or measured_name(t.source.detector) in measured))
     figures = []
-    for share in (True, False):
+    for share, checkpointed in ((True, False), (False, True), (True, True)):
+        cost_of = partial(measured_cost, measured, checkpointed=checkpointed)
         lines, _, fits = estimate(replace(plan, tasks=tasks), device, cost_of=cost_of, memo=memo, share=share)
         figures += [sum(ln.seconds for ln in lines), sum(fits.values())]
-    return Projection(*figures, len(every), sum(ln.unknown for ln in lines), len(every) - len(tasks))
+    attacks, fits, attacks_unshared, fits_unshared, attacks_checkpointed, _ = figures
+    return Projection(attacks=attacks, fits=fits, attacks_unshared=attacks_unshared, fits_unshared=fits_unshared,
+                      attacks_checkpointed=attacks_checkpointed, cells=len(every),
+                      unknown=sum(ln.unknown for ln in lines), unmeasured=len(every) - len(tasks))
+
+
+def measured_name(entry) -> str:
+    """The detector an entry's cost was measured on: a smoothed entry's base."""
+    return entry.kwargs["base"]["name"] if entry.name == "smoothed" else entry.name
+
+
+def measured_cost(measured: dict[str, Measured], entry, batch_size: int, n_train: int, checkpointed: bool = False):
+    """An entry's ``Cost`` from the measurements (a smoothed entry: its base smoothed, its
+    forward and gradient scaled from the measured n to the entry's)."""
+    from robustad_bench.harness.estimate import Cost
+
+    m = measured[measured_name(entry)]
+    if entry.name != "smoothed":
+        return Cost(m.forward, m.gradient, m.fit / m.n_train, batch_size, None, None)
+    s, scale = m.smoothed, entry.kwargs.get("n", 1000) / m.smoothed.n
+    return Cost(s.forward * scale, (s.gradient_before if checkpointed else s.gradient_after) * scale,
+                m.fit / m.n_train, batch_size, None, None)
 
 
 def hours(seconds: float) -> str:
@@ -310,6 +376,7 @@ def main() -> None:
     parser.add_argument("--cache", help="where the stand-in data goes (default: the robustad-bench cache)")
     parser.add_argument("--batch", type=int, default=32, help="images per timed batch (default 32; --tiny 4)")
     parser.add_argument("--steps", type=int, default=10, help="PGD steps timed (projected linearly to 1000)")
+    parser.add_argument("--smoothed-n", type=int, help="noisy copies of the smoothed detectors timed (default 1000; --tiny 128)")
     parser.add_argument("--detectors", nargs="+", default=list(PAPER), choices=list(PAPER))
     parser.add_argument("--suites", nargs="+", default=list(SUITES), help=f"suites to project (default: {' '.join(SUITES)})")
     args = parser.parse_args()
@@ -317,6 +384,7 @@ def main() -> None:
     torch.manual_seed(0)
     size, counts = (64, {c: Counts(8, 4, 4) for c in ("bottle", "hazelnut")}) if args.tiny else (256, MVTEC_AD)
     batch, steps = (4, 2) if args.tiny else (args.batch, args.steps)
+    smoothed_n = args.smoothed_n or (128 if args.tiny else 1000)
     cache = Path(args.cache).expanduser() if args.cache else default_cache()
     root = cache / "data" / ("paper_scale_tiny" if args.tiny else "paper_scale")
     start = time.perf_counter()
@@ -331,7 +399,7 @@ def main() -> None:
           f"{split.test.shape[0]} test); {'TINY configurations' if args.tiny else 'paper settings'}, random weights\n")
     measured = {}
     for name, config in configs.items():
-        measured[name] = measure(name, config, split, device, batch, steps)
+        measured[name] = measure(name, config, split, device, batch, steps, smoothed_n)
         print(f"  measured {name}", file=sys.stderr)
     header = (f"{'detector':<12} {'fit s':>8} {'fwd ms':>8} {'f+b ms':>8} {'f+b bf16':>9} {'bf16 ×':>7} "
               f"{f'PGD-{steps} ms':>11} {'overhead':>9} {'step/parts':>11} {'peak GiB':>9} {'PGD-1000, MVTec':>16}")
@@ -359,6 +427,13 @@ def main() -> None:
                       f"{'yes' if same else 'NO':>6}")
             print("(exact: the same nearest rows as the proven fp32 search; the unproven GEMM's 'NO' is the error "
                   "the proof removes)")
+    print(f"\nsmoothed (n = {smoothed_n} noisy copies, one image): the smoothed score's input gradient before (every "
+          "chunk of 64 copies rebuilt in the backward pass) and after (only the chunks the gradient reaches):")
+    print(f"{'detector':<12} {'fwd s':>8} {'grad before s':>14} {'grad after s':>13} {'×':>6}")
+    for m in measured.values():
+        c = m.smoothed
+        print(f"{m.detector:<12} {c.forward:8.2f} {c.gradient_before:14.2f} {c.gradient_after:13.2f} "
+              f"{c.gradient_before / c.gradient_after:6.2f}")
     if "patchguard" in configs:
         t = patchguard_training(configs["patchguard"], split, device, steps=1 if args.tiny else 2)
         print(f"\nPatchGuard training step (batch {configs['patchguard'].get('batch_size', 16)}, PGD-"
@@ -372,9 +447,10 @@ def main() -> None:
         note += f" ({p.unmeasured} cells of detectors not measured here left out)" if p.unmeasured else ""
         before, after = p.attacks_unshared + p.fits_unshared, p.attacks + p.fits
         print(f"projected wall time of {suite}: {hours(after)} for {p.cells} cells on one {device_name(device)}{note}\n"
-              f"  before → after sharing: fits {hours(p.fits_unshared)} → {hours(p.fits)} (a wrapper adopts its base's fit); "
-              f"attacks {hours(p.attacks_unshared)} → {hours(p.attacks)} (a composite takes the parts its group made); "
-              f"total {hours(before)} → {hours(after)} ({before / max(after, 1e-9):.2f}×)")
+              f"  fits {hours(p.fits_unshared)} → {hours(p.fits)} (a wrapper adopts its base's fit)\n"
+              f"  attacks {hours(p.attacks_unshared)} → {hours(p.attacks_checkpointed)} (a composite takes the parts its "
+              f"group made) → {hours(p.attacks)} (a smoothed gradient rebuilds only the chunks it reaches)\n"
+              f"  total {hours(before)} → {hours(after)} ({before / max(after, 1e-9):.2f}×)")
     if args.tiny:
         print("(tiny configurations: the projection shows the machinery, not the papers' sizes; run without --tiny on a GPU)")
 

@@ -4,10 +4,14 @@ any batch; the fit seed changes the draws; the base's traits and weights are the
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from robustad_bench.adapters import DETECTORS, create_detector
-from robustad_bench.adapters.smoothed import noisy_copies
+from robustad_bench.adapters.smoothed import NOISE_CHUNK, noisy_copies
 from robustad_bench.harness.grid import declared
 from robustad_bench.harness.suite import Entry
 
@@ -62,6 +66,61 @@ def test_the_checkpointed_gradient_is_the_full_graphs():
     (expected,) = torch.autograd.grad(score.sum() + maps.mean(), x)
     assert torch.equal(score, out.score.detach()) and torch.equal(maps, out.map.detach())
     assert torch.allclose(grad, expected, rtol=1e-5, atol=1e-8) and grad.abs().sum() > 0
+
+
+def checkpointed(detector, x):
+    """The smoothed output as autograd's checkpoint computes it (every chunk's graph rebuilt in
+    the backward pass, whatever gradient reaches it): the reference for ``NoisySamples``."""
+    scores, maps = [], []
+    for image in x.split(1):
+        seed = detector.image_seed(image)
+        outputs = [checkpoint(detector.chunk_output, image, seed, k, use_reentrant=False)
+                   for k in range(math.ceil(detector.n / NOISE_CHUNK))]
+        scores.append(torch.cat([o.score for o in outputs]))
+        maps.append(torch.cat([o.map for o in outputs]))
+    return torch.stack(scores).kthvalue(detector.rank, dim=1).values, torch.stack(maps).kthvalue(detector.rank, dim=1).values
+
+
+LOSSES = {"score": lambda score, maps: score.sum(),
+          "map": lambda score, maps: (maps * torch.linspace(-1, 1, maps.shape[-1], device=maps.device)).sum(),
+          "both": lambda score, maps: 3 * score.sum() - maps.pow(2).mean()}
+
+
+CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_the_gradient_is_the_checkpointed_graphs_bit_for_bit(loss, device):
+    """A chunk no gradient reaches is not rebuilt; the gradient is the one checkpointing every
+    chunk gives, exactly (three chunks, the last one short: n = 150)."""
+    detector, x = fitted(n=150, percentile=0.5), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    detector, x = detector.to(device), x.to(device).requires_grad_(True)
+    out, reference = detector(x), checkpointed(detector, x)
+    assert torch.equal(out.score, reference[0]) and torch.equal(out.map, reference[1])  # the values under a gradient too
+    (grad,) = torch.autograd.grad(LOSSES[loss](out.score, out.map), x)
+    (expected,) = torch.autograd.grad(LOSSES[loss](*reference), x)
+    assert torch.equal(grad, expected) and grad.abs().sum() > 0
+
+
+def test_a_scores_gradient_rebuilds_only_the_chunk_holding_its_copy(monkeypatch):
+    """The median's gradient is one copy's: one chunk of three is forwarded again under a
+    graph, per image (the checkpointed graph rebuilt all three)."""
+    detector, x = fitted(n=150, percentile=0.5), torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    calls = {True: 0, False: 0}
+    chunk_output = detector.chunk_output
+
+    def counted(image, seed, k):
+        calls[torch.is_grad_enabled()] += 1
+        return chunk_output(image, seed, k)
+
+    monkeypatch.setattr(detector, "chunk_output", counted)
+    x = x.requires_grad_(True)
+    torch.autograd.grad(detector(x).score.sum(), x)
+    assert calls == {False: 6, True: 2}  # 2 images × 3 chunks forwarded; 2 × 1 rebuilt
+    calls.update({True: 0, False: 0})
+    checkpointed(detector, x)[0].sum().backward()
+    assert calls[True] == 12  # every chunk forwarded under the checkpoint, then every one rebuilt
 
 
 def saved_bytes(fn) -> int:
