@@ -127,6 +127,8 @@ class Measured:
     forward: float  # s / image, fp32
     gradient: float  # s / image, fp32
     gradient_bf16: float
+    gradient_large: float  # s / image, fp32, at a 4× larger batch (no number depends on the batch size)
+    large_batch: int
     pgd: float  # s / image for PGD-k
     steps: int
     step_vs_parts: float | None  # attack step ÷ (backbone fwd+bwd + one bank GEMM)
@@ -225,11 +227,13 @@ def measure(name: str, config: dict, split, device: torch.device, batch: int, st
         bf16 = create_detector(name, **fit_config, precision="bf16").to(device).eval()
     bf16.load_state_dict(detector.state_dict(), strict=False)
     gradient_bf16 = timed(lambda: gradient_pass(bf16, x), device) / x.shape[0]
+    large = data.test[: 4 * batch].to(device)
+    gradient_large = timed(lambda: gradient_pass(detector, large), device, repeats=1) / large.shape[0]
     pgd = timed(partial(run_attack, "pgd", detector, x, labels, eps=8 / 255, steps=steps, threshold=0.0, pixel_threshold=0.0),
                 device, repeats=1) / x.shape[0]
     parts = backbone_and_gemm(detector, x, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return Measured(name, fit, int(train.shape[0]), forward, gradient, gradient_bf16, pgd, steps,
+    return Measured(name, fit, int(train.shape[0]), forward, gradient, gradient_bf16, gradient_large, large.shape[0], pgd, steps,
                     None if parts is None else (pgd / steps) / parts, peak, x.shape[0], search_formats(detector, x, device),
                     measure_smoothed(name, fit_config, detector, x, device, smoothed_n))
 
@@ -313,6 +317,7 @@ class Projection:
     cells: int
     unknown: int  # cells of unknown size
     unmeasured: int  # cells of detectors not measured here
+    top: list = field(default_factory=list)  # the (detector, attack) lines of the most hours, after
 
 
 def project(suite_file: Path, measured: dict[str, Measured], device: torch.device, memo: Path) -> Projection:
@@ -328,15 +333,17 @@ def project(suite_file: Path, measured: dict[str, Measured], device: torch.devic
     every = plan.tasks
     tasks = tuple(t for t in every if measured_name(t.fit.detector) in measured
                   and (t.source is None or measured_name(t.source.detector) in measured))
-    figures = []
+    figures, after = [], []
     for share, checkpointed in ((True, False), (False, True), (True, True)):
         cost_of = partial(measured_cost, measured, checkpointed=checkpointed)
         lines, _, fits = estimate(replace(plan, tasks=tasks), device, cost_of=cost_of, memo=memo, share=share)
         figures += [sum(ln.seconds for ln in lines), sum(fits.values())]
+        after = after or lines
     attacks, fits, attacks_unshared, fits_unshared, attacks_checkpointed, _ = figures
     return Projection(attacks=attacks, fits=fits, attacks_unshared=attacks_unshared, fits_unshared=fits_unshared,
                       attacks_checkpointed=attacks_checkpointed, cells=len(every),
-                      unknown=sum(ln.unknown for ln in lines), unmeasured=len(every) - len(tasks))
+                      unknown=sum(ln.unknown for ln in lines), unmeasured=len(every) - len(tasks),
+                      top=sorted(after, key=lambda ln: -ln.seconds)[:8])
 
 
 def measured_name(entry) -> str:
@@ -401,17 +408,20 @@ def main() -> None:
     for name, config in configs.items():
         measured[name] = measure(name, config, split, device, batch, steps, smoothed_n)
         print(f"  measured {name}", file=sys.stderr)
-    header = (f"{'detector':<12} {'fit s':>8} {'fwd ms':>8} {'f+b ms':>8} {'f+b bf16':>9} {'bf16 ×':>7} "
+    header = (f"{'detector':<12} {'fit s':>8} {'fwd ms':>8} {'f+b ms':>8} {'f+b bf16':>9} {'bf16 ×':>7} {'f+b ×4 batch':>13} "
               f"{f'PGD-{steps} ms':>11} {'overhead':>9} {'step/parts':>11} {'peak GiB':>9} {'PGD-1000, MVTec':>16}")
     print(header)
     test_images = sum(c.test_normal + c.test_anomalous for c in counts.values())
     for m in measured.values():
         pgd1000 = m.pgd / m.steps * 1000 * test_images
         print(f"{m.detector:<12} {m.fit:8.1f} {1000 * m.forward:8.2f} {1000 * m.gradient:8.2f} {1000 * m.gradient_bf16:9.2f} "
-              f"{m.gradient / m.gradient_bf16:7.2f} {1000 * m.pgd:11.1f} {m.overhead:9.3f} "
+              f"{m.gradient / m.gradient_bf16:7.2f} {f'{1000 * m.gradient_large:.2f} @{m.large_batch}':>13} "
+              f"{1000 * m.pgd:11.1f} {m.overhead:9.3f} "
               f"{'—' if m.step_vs_parts is None else f'{m.step_vs_parts:.2f}':>11} "
               f"{'—' if m.peak_gib is None else f'{m.peak_gib:.1f}':>9} {hours(pgd1000):>16}")
-    print(f"\n(fit: on '{category}'; PatchGuard's: one epoch timed × epochs. overhead: PGD-{steps} ÷ ({steps} × fwd+bwd), "
+    print(f"\n(ms per image at a batch of {batch}; f+b ×4 batch: fwd+bwd per image at up to 4× that batch — a suite's "
+          "batch_size changes no number, only the speed; "
+          f"fit: on '{category}'; PatchGuard's: one epoch timed × epochs. overhead: PGD-{steps} ÷ ({steps} × fwd+bwd), "
           "target ≤ 1.05; step/parts: one attack step ÷ (backbone fwd+bwd + one bank GEMM), target ≤ 1.3; "
           f"PGD-1000, MVTec: per-image PGD time × 1000/{steps} × {test_images} test images)")
     for m in measured.values():
@@ -450,7 +460,11 @@ def main() -> None:
               f"  fits {hours(p.fits_unshared)} → {hours(p.fits)} (a wrapper adopts its base's fit)\n"
               f"  attacks {hours(p.attacks_unshared)} → {hours(p.attacks_checkpointed)} (a composite takes the parts its "
               f"group made) → {hours(p.attacks)} (a smoothed gradient rebuilds only the chunks it reaches)\n"
-              f"  total {hours(before)} → {hours(after)} ({before / max(after, 1e-9):.2f}×)")
+              f"  total {hours(before)} → {hours(after)} ({before / max(after, 1e-9):.2f}×); where the hours go:")
+        for ln in p.top:
+            print(f"    {ln.detector:<34} {ln.attack:<18} {ln.cells:>5} cells {ln.images:>9} images "
+                  f"{ln.gradient:>6g} grad + {ln.forward:>6g} fwd passes/img {hours(ln.seconds):>9} "
+                  f"({100 * ln.seconds / max(p.attacks, 1e-9):.0f} % of the attacks)")
     if args.tiny:
         print("(tiny configurations: the projection shows the machinery, not the papers' sizes; run without --tiny on a GPU)")
 

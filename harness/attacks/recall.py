@@ -65,11 +65,39 @@ def part_calls(spec: AttackSpec, point: Mapping[str, Any]) -> list[str]:
 
 def run_order(calls: list[tuple[AttackSpec, Mapping[str, Any]]]) -> list[int]:
     """The order a fit group's cells run in (positions into ``calls``): the suite's, except that
-    a composite attack with a part another cell of the group makes runs after the others, so
-    that the part is there to take wherever the suite lists it."""
-    made = {cell_call(spec, point) for spec, point in calls} - {None}
-    late = [bool(made & set(part_calls(spec, point))) for spec, point in calls]
-    return [i for i, last in enumerate(late) if not last] + [i for i, last in enumerate(late) if last]
+    a composite attack with parts other cells of the group make runs right after the last of
+    them, so that its parts are there to take wherever the suite lists it and are let go as
+    soon as it is done (a part's images are held from its cell to its last taker's)."""
+    makers: dict[str, list[int]] = {}
+    for i, (spec, point) in enumerate(calls):
+        makers.setdefault(cell_call(spec, point), []).append(i)
+    needs = [{j for key in part_calls(spec, point) for j in makers.get(key, ()) if j != i}
+             for i, (spec, point) in enumerate(calls)]
+    order, placed = [], set()
+    for i in range(len(calls)):
+        if needs[i]:
+            continue  # placed once its makers are
+        order.append(i)
+        placed.add(i)
+        while (ready := next((j for j in range(len(calls)) if j not in placed and needs[j] and needs[j] <= placed), None)) is not None:
+            order.append(ready)  # a composite whose makers have all run (the first in the suite's order)
+            placed.add(ready)
+    return order + [i for i in range(len(calls)) if i not in placed]  # a cycle: none between attacks of one group
+
+
+def held_parts(calls: list[tuple[AttackSpec, Mapping[str, Any]]], order: list[int]) -> int:
+    """The most parts' images a fit group's ``Recall`` holds at once when its cells run in
+    ``order`` (each from the cell that makes it to its last taker)."""
+    ordered = [calls[i] for i in order]
+    last_taker = {key: position for position, keys in enumerate(taken_parts(ordered)) for key in keys}
+    held, most = set(), 0
+    for position, call in enumerate(ordered):
+        key = cell_call(*call)
+        if last_taker.get(key, -1) > position:
+            held.add(key)
+        most = max(most, len(held))
+        held = {key for key in held if last_taker[key] > position}
+    return most
 
 
 def taken_parts(calls: list[tuple[AttackSpec, Mapping[str, Any]]]) -> list[list[str]]:

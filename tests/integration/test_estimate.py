@@ -62,5 +62,6 @@ def test_paper_scale_tiny_runs_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "PGD-2 ms" in done.stdout and "overhead" in done.stdout
-    assert "projected wall time of suites/seeds/zarnd.yaml" in done.stdout and "before → after sharing" in done.stdout
+    assert "projected wall time of suites/seeds/zarnd.yaml" in done.stdout and "a composite takes the parts" in done.stdout
+    assert "grad before s" in done.stdout and "a smoothed gradient rebuilds only the chunks it reaches" in done.stdout
     assert (tmp_path / "data" / "paper_scale_tiny" / "hazelnut" / "ground_truth" / "blob").is_dir()  # MVTec layout

@@ -12,6 +12,7 @@ from robustad_bench.harness.attacks.recall import (
     Recall,
     call_key,
     cell_call,
+    held_parts,
     part_calls,
     run_order,
     taken_parts,
@@ -47,6 +48,19 @@ def test_autoattack_takes_only_parts_an_earlier_cell_makes():
     assert set(taken[3]) == {cell_call(*calls[1]), cell_call(*calls[2])} and set(taken[3]) < set(part_calls(aa, aa_point))
     assert run_order(calls) == [1, 2, 0, 3]  # so the runner runs both after them
     assert run_order(calls[:1] + calls[3:]) == [0, 1]  # nothing to take: the suite's order
+
+
+def test_a_composite_runs_right_after_the_last_cell_it_takes_from_so_parts_are_held_briefly():
+    apgd, square, aa = ATTACKS.get("apgd"), ATTACKS.get("square"), ATTACKS.get("autoattack")
+    calls = []
+    for eps in (8 / 255, 4 / 255):  # as a suite lists them: each ε's APGD and Square, the AutoAttacks last
+        calls += [(apgd, point("apgd", eps=eps, steps=100)), (square, point("square", eps=eps, steps=5000))]
+    calls += [(aa, point("autoattack", eps=eps, steps=100, queries=5000)) for eps in (8 / 255, 4 / 255)]
+    order = run_order(calls)
+    assert order == [0, 1, 4, 2, 3, 5]  # each AutoAttack right after its ε's Square
+    assert held_parts(calls, order) == 2  # one ε's two parts at a time
+    assert held_parts(calls, [0, 1, 2, 3, 4, 5]) == 4  # every composite last: every part at once
+    assert taken_parts([calls[i] for i in order])[2] == [cell_call(*calls[0]), cell_call(*calls[1])]
 
 
 def test_recall_keeps_what_is_wanted_and_lets_it_go_when_the_last_taker_is_done():
