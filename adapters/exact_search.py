@@ -28,6 +28,7 @@ and the exact comparisons; the harness writes them into the row.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -58,7 +59,7 @@ FORMATS = {
     "bf16": Format("bf16", 2.0**-8, 4 * U32, 2.0**-8),
     "faiss": Format("faiss", 0.0, U32, 0.0, full_form=True),  # faiss IndexFlatL2 (GPU with faiss-gpu), fp32
 }
-PRECISIONS = ("auto", *FORMATS)
+PRECISIONS = ("auto", "fastest", *FORMATS)
 CANDIDATES = 32  # rows kept per query by the candidate pass (at least k + 1)
 ENV = "ROBUSTAD_SEARCH_PRECISION"
 
@@ -84,15 +85,45 @@ class SearchStats:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: the environment's ``ROBUSTAD_SEARCH_PRECISION`` if set, else TF32 on CUDA and
-    fp32 elsewhere (the CPU has no faster format; emulation only tests)."""
+    """``auto``: the environment's ``ROBUSTAD_SEARCH_PRECISION`` if set, else ``fastest`` on CUDA
+    and fp32 elsewhere (the CPU has no faster format; emulation only tests). ``fastest``: the
+    bank times every format this device runs on its first search and keeps the quickest
+    (``fastest_format``) — every format returns the same rows, so only the speed depends on it."""
     if precision == "auto":
         precision = os.environ.get(ENV, "auto")
     if precision == "auto":
-        return "tf32" if device.type == "cuda" else "fp32"
-    if precision not in FORMATS:
+        return "fastest" if device.type == "cuda" else "fp32"
+    if precision != "fastest" and precision not in FORMATS:
         raise ValueError(f"search precision {precision!r}: allowed {', '.join(PRECISIONS)} (from {ENV} or the bank)")
     return precision
+
+
+def runnable_formats(device: torch.device) -> list[str]:
+    """The formats a candidate pass can take on ``device``: every one (the CPU emulates the
+    reduced ones), faiss where it is installed — on CUDA only with its GPU build."""
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    usable = faiss is not None and (device.type != "cuda" or hasattr(faiss, "StandardGpuResources"))
+    return [name for name in FORMATS if name != "faiss" or usable]
+
+
+def fastest_format(queries: Tensor, index: Prepared, k: int, names: list[str]) -> str:
+    """The format whose search of ``queries`` takes least time (each run once to warm up —
+    a faiss index is built, cuBLAS picks its kernels — then timed once)."""
+    def synced() -> float:
+        if queries.is_cuda:
+            torch.cuda.synchronize(queries.device)
+        return time.perf_counter()
+
+    seconds = {}
+    for name in names:
+        search(queries, index, k, precision=name)
+        start = synced()
+        search(queries, index, k, precision=name)
+        seconds[name] = synced() - start
+    return min(names, key=seconds.__getitem__)
 
 
 def gamma(n: int, u: float) -> float:
@@ -134,6 +165,7 @@ class Prepared:
     max_norm: float
     faiss: object = None  # built on first use by the faiss pass
     faiss_resources: object = None
+    fastest: str | None = None  # the quickest format, once ``fastest`` has timed them here
 
 
 def prepare(bank: Tensor) -> Prepared:

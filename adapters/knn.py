@@ -1,8 +1,9 @@
 """A memory bank searched exactly for indices, with distances recomputed in torch.
 
 The search (``exact_search``) returns the k rows truly nearest to each query, ties by index,
-from a GEMM candidate pass with a proof per query: fp32 on the CPU, TF32 on CUDA (or the
-format ``ROBUSTAD_SEARCH_PRECISION`` names), identical indices in every format. The bank's
+from a GEMM candidate pass with a proof per query: fp32 on the CPU, on CUDA the fastest
+format there, timed once per bank (or the format ``ROBUSTAD_SEARCH_PRECISION`` names),
+identical indices in every format. The bank's
 centred rows and norms are prepared once per bank and device and reused by every forward
 pass, so the k steps of an attack search but never rebuild. The distances to the found rows
 are then computed in float32 torch, so values equal brute force and gradients w.r.t. the
@@ -14,12 +15,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .exact_search import Prepared, SearchStats, prepare, resolve_precision, search
+from .exact_search import (
+    Prepared,
+    SearchStats,
+    fastest_format,
+    prepare,
+    resolve_precision,
+    runnable_formats,
+    search,
+)
 
 
 class MemoryBank(nn.Module):
     """Rows of normal features in a buffer (so ``state_dict`` round-trips), plus the prepared
-    search index; ``precision``: the candidate pass's format (``auto``, fp32, tf32, bf16)."""
+    search index; ``precision``: the candidate pass's format (``auto``, ``fastest``, fp32, tf32,
+    bf16, faiss), the same nearest rows in each."""
 
     def __init__(self, precision: str = "auto"):
         super().__init__()
@@ -49,9 +59,17 @@ class MemoryBank(nn.Module):
         assert self.bank.numel() > 0, "memory bank is empty: call fit() first"
         if self._prepared is None:
             self._prepared = prepare(self.bank)
-        precision = resolve_precision(self.precision, queries.device)
         with torch.no_grad():
-            return search(queries, self._prepared, k, precision=precision, stats=self.stats)
+            if resolve_precision(self.precision, queries.device) == "fastest" and self._prepared.fastest is None:
+                self._prepared.fastest = fastest_format(queries, self._prepared, k, runnable_formats(queries.device))
+            return search(queries, self._prepared, k, precision=self.candidate_format(queries.device), stats=self.stats)
+
+    def candidate_format(self, device: torch.device) -> str:
+        """The format the searches on ``device`` take (``fastest``: until timed, its name)."""
+        precision = resolve_precision(self.precision, device)
+        if precision == "fastest" and self._prepared is not None and self._prepared.fastest is not None:
+            return self._prepared.fastest
+        return precision
 
     def distances(self, queries: Tensor, k: int = 1) -> Tensor:
         """L2 distances (N, k) to the k nearest rows, differentiable w.r.t. ``queries``; in

@@ -70,7 +70,7 @@ class CountingDetector(nn.Module):
 def search_totals(detector: nn.Module, device) -> dict[str, Any] | None:
     """The detector's memory-bank searches so far, summed over its banks, and the candidate
     pass's format on ``device`` (None: no bank)."""
-    from robustad_bench.adapters.exact_search import SearchStats, resolve_precision
+    from robustad_bench.adapters.exact_search import SearchStats
     from robustad_bench.adapters.knn import MemoryBank
 
     banks = [m for m in detector.modules() if isinstance(m, MemoryBank)]
@@ -79,7 +79,7 @@ def search_totals(detector: nn.Module, device) -> dict[str, Any] | None:
     totals = SearchStats()
     for bank in banks:
         totals.add(bank.stats)
-    return {"precision": resolve_precision(banks[0].precision, torch.device(device))} | totals.as_dict()
+    return {"precision": banks[0].candidate_format(torch.device(device))} | totals.as_dict()
 
 
 def searched_since(detector: nn.Module, before: dict[str, Any] | None, device) -> dict[str, Any] | None:

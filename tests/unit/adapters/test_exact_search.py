@@ -7,6 +7,7 @@ so integer arithmetic gives every squared distance exactly.
 from __future__ import annotations
 
 from fractions import Fraction
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -142,8 +143,46 @@ def test_the_memory_bank_reads_its_precision_and_counts_its_searches(monkeypatch
     found = bank.nearest(queries, k=2)
     assert torch.equal(found, exact_nearest(queries, rows, 2)) and bank.stats.queries == 40
     monkeypatch.setenv(exact_search.ENV, "fp16")
-    with pytest.raises(ValueError, match=r"fp16.*allowed auto, fp32, tf32, bf16, faiss.*ROBUSTAD_SEARCH_PRECISION"):
+    with pytest.raises(ValueError, match=r"fp16.*allowed auto, fastest, fp32, tf32, bf16, faiss.*ROBUSTAD_SEARCH_PRECISION"):
         bank.nearest(queries)
+
+
+def test_fastest_times_each_format_once_per_bank_and_keeps_the_quickest(monkeypatch):
+    """``fastest`` keeps the format its first search times quickest (here bf16, by a clock that
+    makes it so) for every later search of that bank, and re-times after the bank changes; the
+    rows are the exact ones whichever it keeps."""
+    queries, rows = clustered(sides=1)
+    timed = []
+
+    def fake_search(q, index, k, *, precision="fp32", **kwargs):
+        timed.append(precision)
+        return search(q, index, k, precision=precision, **kwargs)
+
+    cost = {"fp32": 10.0, "tf32": 5.0, "bf16": 1.0, "faiss": 20.0}  # seconds a search "takes" in each format
+
+    def fake_clock():
+        return sum(cost[name] for name in timed)
+
+    monkeypatch.setattr(exact_search, "search", fake_search)
+    monkeypatch.setattr(exact_search, "time", SimpleNamespace(perf_counter=fake_clock))
+    monkeypatch.setattr("robustad_bench.adapters.knn.search", fake_search)
+    monkeypatch.setenv(exact_search.ENV, "fastest")
+    bank = MemoryBank()
+    bank.set(rows)
+    assert bank.candidate_format(torch.device("cpu")) == "fastest"  # not timed yet
+    found = bank.nearest(queries, k=2)
+    names = exact_search.runnable_formats(torch.device("cpu"))
+    assert timed == [name for name in names for _ in (0, 1)] + ["bf16"]  # each warmed up and timed, then the search
+    assert bank.candidate_format(torch.device("cpu")) == "bf16" and bank.stats.queries == 40
+    assert torch.equal(found, exact_nearest(queries, rows, 2))
+    timed.clear()
+    bank.nearest(queries, k=2)
+    assert timed == ["bf16"]  # timed once per bank
+    bank.set(rows[:300])
+    bank.nearest(queries, k=2)
+    assert len(timed) == 1 + 2 * len(names) + 1  # a new bank is timed again
+    monkeypatch.delenv(exact_search.ENV)
+    assert MemoryBank().candidate_format(torch.device("cpu")) == "fp32"  # auto on the CPU: no timing
 
 
 # -- on the GPU: the real TF32 / bf16 tensor-core arithmetic, not its emulation ----------------
@@ -152,13 +191,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 def cuda_formats() -> list[str]:
-    try:
-        import faiss
-
-        gpu_faiss = hasattr(faiss, "StandardGpuResources")
-    except ImportError:
-        gpu_faiss = False
-    return [name for name in sorted(FORMATS) if name != "faiss" or gpu_faiss]
+    return sorted(exact_search.runnable_formats(torch.device("cuda")))
 
 
 @pytest.mark.gpu
@@ -202,3 +235,17 @@ def test_on_cuda_the_memory_banks_distances_do_not_depend_on_the_format():
         bank.set(rows.cuda())
         out[fmt] = bank.distances(queries.cuda(), k=3).cpu()
     assert all(torch.equal(value, out["fp32"]) for value in out.values())
+
+
+@pytest.mark.gpu
+@CUDA
+def test_on_cuda_auto_keeps_the_fastest_format_and_its_rows_are_the_exact_ones(monkeypatch):
+    monkeypatch.delenv(exact_search.ENV, raising=False)
+    g = torch.Generator().manual_seed(2)
+    rows, queries = torch.relu(torch.randn(20_000, 1536, generator=g)), torch.relu(torch.randn(3000, 1536, generator=g))
+    bank = MemoryBank().cuda()
+    bank.set(rows.cuda())
+    found = bank.nearest(queries.cuda(), k=3)
+    print("auto on CUDA kept", bank.candidate_format(torch.device("cuda")), bank.stats.as_dict())
+    assert bank.candidate_format(torch.device("cuda")) in cuda_formats()
+    assert torch.equal(found.cpu(), search(queries, rows, 3, precision="fp32"))
