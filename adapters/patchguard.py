@@ -11,7 +11,10 @@ discriminator on foreground-aware pseudo-anomalies.
   ``train_eps`` maximising the training loss, α = 2.5·ε/steps). A patch's label is 1 when
   more than 5 % of its pixels are anomalous. Loss = Σ_patches BCE + α·R, with R (Eq. 4) the
   inverse of the attention mass below δ = 1/num_patches in ``reg_layers`` of the ViT.
-  AdamW (lr 8e-4, wd 1e-5), cosine schedule down to lr·0.0125.
+  AdamW (lr 8e-4, wd 1e-5), cosine schedule down to lr·0.0125. ``joint_batches: true`` runs a
+  step's normal and pseudo-anomalous images as one batch — one PGD over both, one forward of
+  all four groups — the same loss (its mean × the groups), in half the kernel launches; only
+  the dropout draws differ from the split step (the seed code's, the default).
 - Scores: image score = mean of the top-k (k = 5) patch logits; map = patch logits
   upsampled to the input (``blur_sigma`` > 0 adds the code's smoothing, σ = 6 there).
 
@@ -131,6 +134,7 @@ class PatchGuard(Detector):
         cam_weights: str = "random",
         k_soft: NonNegativeInt = 3,
         k_hard: PositiveInt = 2,
+        joint_batches: bool = False,
         precision: Precision = "fp32",
     ):
         super().__init__()
@@ -143,6 +147,7 @@ class PatchGuard(Detector):
         self.adversarial, self.train_eps, self.train_steps = adversarial, train_eps, train_steps
         self.saliency, self.cam_backbone, self.cam_weights = saliency, cam_backbone, cam_weights
         self.k_soft, self.k_hard, self.precision = k_soft, k_hard, precision
+        self.joint_batches = joint_batches
         self.normalize = Normalize()
         self.vit, provenance = create_backbone(backbone, weights, num_classes=0, img_size=input_size)
         self.weights = "trained from random init" if provenance == "random" else f"trained from {provenance}"
@@ -266,9 +271,15 @@ class PatchGuard(Detector):
         anomalous, masks = pseudo_anomalies(normal, saliency, g, self.k_hard)
         batches = [(normal, torch.zeros(normal.shape[0], self.num_patches, device=normal.device)),
                    (anomalous, patch_labels(masks, self.patch))]
-        if self.adversarial:
-            batches += [(self.adversarial_examples(x, y), y) for x, y in batches]
-        loss = sum(self.loss(x, y).mean() for x, y in batches)
+        if self.joint_batches:  # one batch of every group: Σ_groups mean = groups × the mean over all
+            x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+            if self.adversarial:
+                x, y = torch.cat([x, self.adversarial_examples(x, y)]), torch.cat([y, y])
+            loss = self.loss(x, y).mean() * (x.shape[0] // normal.shape[0])
+        else:
+            if self.adversarial:
+                batches += [(self.adversarial_examples(x, y), y) for x, y in batches]
+            loss = sum(self.loss(x, y).mean() for x, y in batches)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -13,7 +13,10 @@
    forward+backward time per image (fp32 and bf16), PGD-k time per image and its overhead
    (PGD-k ÷ (k × forward+backward)), the attack step against backbone forward+backward +
    one bank GEMM, peak GPU memory. PatchGuard's training is timed per step at the seed's
-   code's setting (batch 16, PGD-10) in fp32 and bf16 and projected to 300 epochs.
+   code's setting (batch 16, PGD-10) in fp32, bf16 and fp32 with joint batches (one PGD over
+   the normal and pseudo-anomalous images, one forward of all four groups) and projected to
+   300 epochs; ``--patchguard-epochs E`` also trains it E epochs split and joint from the same
+   seed and prints each one's time and image AUROC (the speed-up at equal AUROC).
 3. A memory-bank detector's search of one batch, before and after: the unproven fp32 GEMM
    the harness used to run, then each proven candidate format (fp32, TF32, bf16, faiss where
    installed) — time, re-ranks, fallbacks, and whether its nearest rows equal the proven fp32
@@ -278,16 +281,20 @@ def measure_smoothed(name: str, config: dict, detector, x: torch.Tensor, device:
     return SmoothedCost(n, forward, before, after)
 
 
+TRAINING = {"fp32": {}, "bf16": {"precision": "bf16"}, "fp32 joint": {"joint_batches": True}}  # PatchGuard's step, timed
+
+
 def patchguard_training(config: dict, split, device: torch.device, steps: int = 2) -> dict[str, float]:
     """Seconds per training step (batch 16 normal + 16 pseudo-anomalous, PGD-10 on both) in
-    fp32 and bf16, and the projected 300-epoch time per category."""
+    fp32, bf16 and fp32 with joint batches (one PGD over both, one forward of all four
+    groups), and each projected to 300 epochs per category."""
     from robustad_bench.adapters import create_detector
     from robustad_bench.harness.tasks import seeded
 
     out = {}
-    for precision in ("fp32", "bf16"):
+    for variant, keys in TRAINING.items():
         with seeded(0):
-            detector = create_detector("patchguard", **config, precision=precision).to(device)
+            detector = create_detector("patchguard", **config, **keys).to(device)
         images = split.resized(detector.input_size).train.to(device)
         batch = min(detector.batch_size, images.shape[0])
         generator = torch.Generator().manual_seed(0)
@@ -296,12 +303,36 @@ def patchguard_training(config: dict, split, device: torch.device, steps: int = 
         optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=detector.lr)
         detector.train()
         step = partial(detector._train_step, images[:batch], saliency[:batch], generator, optimizer)
-        out[precision] = timed(step, device, repeats=steps)
+        out[variant] = timed(step, device, repeats=steps)
         detector.eval()
     steps_per_epoch = math.ceil(split.train.shape[0] / config.get("batch_size", 16))
     epochs = config.get("epochs", 300)
-    out |= {f"{p}_300": out[p] * steps_per_epoch * epochs for p in ("fp32", "bf16")}
-    out["speedup"] = out["fp32"] / out["bf16"]
+    out |= {f"{v}_300": out[v] * steps_per_epoch * epochs for v in TRAINING}
+    return out
+
+
+def patchguard_auroc(config: dict, split, device: torch.device, epochs: int) -> dict[str, tuple[float, float]]:
+    """(seconds, image AUROC on the stand-in's test set) of PatchGuard trained ``epochs`` epochs
+    on the category, split (the default) and with joint batches, the same seed: the speed-up
+    and whether it keeps the AUROC."""
+    from sklearn.metrics import roc_auc_score
+
+    from robustad_bench.adapters import create_detector
+    from robustad_bench.harness.tasks import seeded
+
+    out = {}
+    for variant, joint in (("split", False), ("joint", True)):
+        with seeded(0):
+            detector = create_detector("patchguard", **{**config, "epochs": epochs, "joint_batches": joint}).to(device)
+        data = split.resized(detector.input_size)
+        sync(device)
+        start = time.perf_counter()
+        detector.fit(data.train.to(device), seed=0)
+        sync(device)
+        seconds = time.perf_counter() - start
+        with torch.no_grad():
+            scores = torch.cat([detector(data.test[i : i + 32].to(device)).score.cpu() for i in range(0, data.test.shape[0], 32)])
+        out[variant] = (seconds, float(roc_auc_score(data.labels, scores.numpy())))
     return out
 
 
@@ -384,6 +415,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="images per timed batch (default 32; --tiny 4)")
     parser.add_argument("--steps", type=int, default=10, help="PGD steps timed (projected linearly to 1000)")
     parser.add_argument("--smoothed-n", type=int, help="noisy copies of the smoothed detectors timed (default 1000; --tiny 128)")
+    parser.add_argument("--patchguard-epochs", type=int, default=0,
+                        help="also train PatchGuard this many epochs split and with joint batches: time and AUROC of each")
     parser.add_argument("--detectors", nargs="+", default=list(PAPER), choices=list(PAPER))
     parser.add_argument("--suites", nargs="+", default=list(SUITES), help=f"suites to project (default: {' '.join(SUITES)})")
     args = parser.parse_args()
@@ -445,11 +478,12 @@ def main() -> None:
         print(f"{m.detector:<12} {c.forward:8.2f} {c.gradient_before:14.2f} {c.gradient_after:13.2f} "
               f"{c.gradient_before / c.gradient_after:6.2f}")
     if "patchguard" in configs:
-        t = patchguard_training(configs["patchguard"], split, device, steps=1 if args.tiny else 2)
-        print(f"\nPatchGuard training step (batch {configs['patchguard'].get('batch_size', 16)}, PGD-"
-              f"{configs['patchguard'].get('train_steps', 10)} on normal and pseudo-anomalous): fp32 {t['fp32']:.2f} s, "
-              f"bf16 {t['bf16']:.2f} s ({t['speedup']:.2f}× faster); {configs['patchguard'].get('epochs', 300)} epochs on "
-              f"'{category}': fp32 {hours(t['fp32_300'])}, bf16 {hours(t['bf16_300'])}")
+        config = configs["patchguard"]
+        t = patchguard_training(config, split, device, steps=1 if args.tiny else 2)
+        print(f"\nPatchGuard training step (batch {config.get('batch_size', 16)}, PGD-{config.get('train_steps', 10)} on "
+              f"normal and pseudo-anomalous) and {config.get('epochs', 300)} epochs on '{category}':")
+        for variant in TRAINING:
+            print(f"  {variant:<11} {t[variant]:7.2f} s/step ({t['fp32'] / t[variant]:.2f}× fp32) {hours(t[variant + '_300']):>9}")
     print()
     for suite in args.suites:
         p = project(ROOT / suite, measured, device, cache / "passes.json")
@@ -465,6 +499,11 @@ def main() -> None:
             print(f"    {ln.detector:<34} {ln.attack:<18} {ln.cells:>5} cells {ln.images:>9} images "
                   f"{ln.gradient:>6g} grad + {ln.forward:>6g} fwd passes/img {hours(ln.seconds):>9} "
                   f"({100 * ln.seconds / max(p.attacks, 1e-9):.0f} % of the attacks)")
+    if "patchguard" in configs and args.patchguard_epochs:  # last: the longest, and the projections are out already
+        a = patchguard_auroc(configs["patchguard"], split, device, args.patchguard_epochs)
+        print(f"\nPatchGuard trained {args.patchguard_epochs} epochs on '{category}', same seed: split {hours(a['split'][0])}, "
+              f"image AUROC {a['split'][1]:.4f}; joint batches {hours(a['joint'][0])}, image AUROC {a['joint'][1]:.4f} "
+              f"({a['split'][0] / a['joint'][0]:.2f}× faster, ΔAUROC {a['joint'][1] - a['split'][1]:+.4f})")
     if args.tiny:
         print("(tiny configurations: the projection shows the machinery, not the papers' sizes; run without --tiny on a GPU)")
 

@@ -97,3 +97,25 @@ def test_adversarial_training_examples_stay_in_budget_and_raise_the_loss(detecto
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
         assert (detector.loss(x_adv, labels) > detector.loss(x, labels)).all()
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_a_joint_step_is_the_split_steps_objective_and_update(adversarial):
+    """``joint_batches`` trains on the same loss: without dropout (the one draw that differs)
+    one step from the same state, on the same pseudo-anomalies, gives the same loss and the
+    same gradient (SGD at lr 1: the update is the gradient), up to the rounding of larger batches."""
+    loss, update = {}, {}
+    for joint in (False, True):
+        with seeded(0):
+            model = create_detector("patchguard", backbone="vit_tiny_patch16_224", input_size=SIZE, hidden_dim=64,
+                                    dropout=0.0, adversarial=adversarial, train_steps=2, joint_batches=joint)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        model.requires_grad_(True).train()
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        normal = torch.rand(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+        loss[joint] = float(model._train_step(normal, torch.ones(3, SIZE, SIZE), torch.Generator().manual_seed(6), optimizer))
+        update[joint] = {k: v - before[k] for k, v in model.state_dict().items() if v.is_floating_point()}
+    assert loss[True] == pytest.approx(loss[False], rel=1e-5)
+    assert any(u.abs().max() > 1e-3 for u in update[False].values())  # the step moved the weights
+    for key, expected in update[False].items():
+        assert torch.allclose(update[True][key], expected, rtol=1e-3, atol=1e-5), key
