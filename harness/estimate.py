@@ -272,7 +272,7 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
     passes = read_memo(memo)
     costs: dict[str, Cost] = {}
     lines: dict[tuple[str, str], Line] = {}
-    taken, by_fit = {}, defaultdict(list)
+    taken, by_fit, drawn = {}, defaultdict(list), set()
     for task in plan.tasks:  # the fit groups (an unkeyed plan has no keys: by configuration)
         by_fit[digest(task.fit.config())].append(task)
     for group in by_fit.values():
@@ -295,7 +295,11 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
         if key not in passes:
             passes[key] = count_passes(cell, taken=taken[id(task)])
             write_memo(memo, passes)
-        p = passes[key]
+        p = charged = passes[key]
+        if cell.spec.kind == "certificate":  # one set of draws serves every radius of a fit group (certify.py)
+            draws = (digest(task.fit.config()), json.dumps({**cell.attack.config(), "eps": None}, sort_keys=True, default=str))
+            charged = Passes(0.0, 0.0) if draws in drawn else p
+            drawn.add(draws)
         line = lines.setdefault((cell.detector.label, cell.attack.label), Line(cell.detector.label, cell.attack.label))
         line.cells += 1
         line.error = line.error or p.error
@@ -308,8 +312,8 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
         source = costs[cell.source.label] if cell.source is not None else cost
         scoring = n_test * cost.forward if cell.spec.perturbs else 0.0  # the adversarial images scored once more
         line.images += n_test
-        line.seconds += n_test * (p.gradient * cost.gradient + p.forward * cost.forward
-                                  + p.source_gradient * source.gradient + p.source_forward * source.forward) + scoring
+        line.seconds += n_test * (charged.gradient * cost.gradient + charged.forward * cost.forward
+                                  + charged.source_gradient * source.gradient + charged.source_forward * source.forward) + scoring
     fits: dict[str, float] = defaultdict(float)
     own = {digest(fit.config()) for task in plan.tasks for fit in (task.fit, task.source) if fit is not None}
     for fit in plan.fits():  # each once, transfer sources and shared bases included

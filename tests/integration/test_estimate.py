@@ -65,3 +65,23 @@ def test_paper_scale_tiny_runs_on_cpu(tmp_path):
     assert "projected wall time of suites/seeds/zarnd.yaml" in done.stdout and "a composite takes the parts" in done.stdout
     assert "grad before s" in done.stdout and "a smoothed gradient rebuilds only the chunks it reaches" in done.stdout
     assert (tmp_path / "data" / "paper_scale_tiny" / "hazelnut" / "ground_truth" / "blob").is_dir()  # MVTec layout
+
+
+def test_a_groups_certificates_are_charged_one_set_of_draws():
+    """``certify`` draws the n noisy copies once per fitted detector and serves every radius
+    from them (certify.py): the projection charges the draws once, not once per radius."""
+    import torch
+
+    from robustad_bench.harness.estimate import Cost, estimate
+    from robustad_bench.harness.plan import make_plan
+    from robustad_bench.harness.suite import parse_suite
+
+    suite = parse_suite({
+        "name": "c", "datasets": [{"name": "digits", "categories": ["0"], "n_test_normal": 5, "n_test_anomalous": 5}],
+        "detectors": [{"name": "smoothed", "label": "s", "n": 8, "base": {"name": "zarnd", "input_size": 32}}],
+        "attacks": [{"name": "certify", "eps": [0.25, 0.5]}]}, file="c.yaml")
+    plan = make_plan(suite, keyed=False)
+    lines, _, _ = estimate(plan, torch.device("cpu"), cost_of=lambda entry, **_: Cost(1.0, 2.0, 0.0, 16, None, None))
+    (line,) = [ln for ln in lines if ln.attack == "certify"]
+    assert line.cells == 2 and line.images == 20 and line.seconds == 10.0  # 10 test images, one smoothed forward each
+    assert line.forward == 1  # what a certificate cell draws, shown per image
