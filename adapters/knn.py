@@ -59,10 +59,13 @@ class MemoryBank(nn.Module):
         assert self.bank.numel() > 0, "memory bank is empty: call fit() first"
         if self._prepared is None:
             self._prepared = prepare(self.bank)
+        precision = resolve_precision(self.precision, queries.device)
         with torch.no_grad():
-            if resolve_precision(self.precision, queries.device) == "fastest" and self._prepared.fastest is None:
-                self._prepared.fastest = fastest_format(queries, self._prepared, k, runnable_formats(queries.device))
-            return search(queries, self._prepared, k, precision=self.candidate_format(queries.device), stats=self.stats)
+            if precision == "fastest":
+                if self._prepared.fastest is None:  # timed once per prepared bank
+                    self._prepared.fastest = fastest_format(queries, self._prepared, k, runnable_formats(queries.device))
+                precision = self._prepared.fastest
+            return search(queries, self._prepared, k, precision=precision, stats=self.stats)
 
     def candidate_format(self, device: torch.device) -> str:
         """The format the searches on ``device`` take (``fastest``: until timed, its name)."""
