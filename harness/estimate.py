@@ -297,7 +297,7 @@ def estimate(plan: Plan, device: torch.device, cost_of: Callable[..., Cost] | No
             write_memo(memo, passes)
         p = charged = passes[key]
         if cell.spec.kind == "certificate":  # one set of draws serves every radius of a fit group (certify.py)
-            draws = (digest(task.fit.config()), json.dumps({**cell.attack.config(), "eps": None}, sort_keys=True, default=str))
+            draws = (digest(task.fit.config()), key)  # key: the attack's configuration but ε
             charged = Passes(0.0, 0.0) if draws in drawn else p
             drawn.add(draws)
         line = lines.setdefault((cell.detector.label, cell.attack.label), Line(cell.detector.label, cell.attack.label))
