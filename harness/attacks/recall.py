@@ -85,21 +85,6 @@ def run_order(calls: list[tuple[AttackSpec, Mapping[str, Any]]]) -> list[int]:
     return order + [i for i in range(len(calls)) if i not in placed]  # a cycle: none between attacks of one group
 
 
-def held_parts(calls: list[tuple[AttackSpec, Mapping[str, Any]]], order: list[int]) -> int:
-    """The most parts' images a fit group's ``Recall`` holds at once when its cells run in
-    ``order`` (each from the cell that makes it to its last taker)."""
-    ordered = [calls[i] for i in order]
-    last_taker = {key: position for position, keys in enumerate(taken_parts(ordered)) for key in keys}
-    held, most = set(), 0
-    for position, call in enumerate(ordered):
-        key = cell_call(*call)
-        if last_taker.get(key, -1) > position:
-            held.add(key)
-        most = max(most, len(held))
-        held = {key for key in held if last_taker[key] > position}
-    return most
-
-
 def taken_parts(calls: list[tuple[AttackSpec, Mapping[str, Any]]]) -> list[list[str]]:
     """Per cell of a fit group, in run order ((spec, resolved point) each): the keys of its
     parts that an earlier cell of the group makes as its own call."""

@@ -12,7 +12,6 @@ from robustad_bench.harness.attacks.recall import (
     Recall,
     call_key,
     cell_call,
-    held_parts,
     part_calls,
     run_order,
     taken_parts,
@@ -48,6 +47,21 @@ def test_autoattack_takes_only_parts_an_earlier_cell_makes():
     assert set(taken[3]) == {cell_call(*calls[1]), cell_call(*calls[2])} and set(taken[3]) < set(part_calls(aa, aa_point))
     assert run_order(calls) == [1, 2, 0, 3]  # so the runner runs both after them
     assert run_order(calls[:1] + calls[3:]) == [0, 1]  # nothing to take: the suite's order
+
+
+def held_parts(calls: list, order: list[int]) -> int:
+    """The most parts' images a fit group's ``Recall`` holds at once when its cells run in
+    ``order`` (each from the cell that makes it to its last taker)."""
+    ordered = [calls[i] for i in order]
+    last_taker = {key: position for position, keys in enumerate(taken_parts(ordered)) for key in keys}
+    held, most = set(), 0
+    for position, call in enumerate(ordered):
+        key = cell_call(*call)
+        if last_taker.get(key, -1) > position:
+            held.add(key)
+        most = max(most, len(held))
+        held = {key for key in held if last_taker[key] > position}
+    return most
 
 
 def test_a_composite_runs_right_after_the_last_cell_it_takes_from_so_parts_are_held_briefly():
