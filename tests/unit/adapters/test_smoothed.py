@@ -143,3 +143,15 @@ def test_an_attack_on_a_smoothed_detector_keeps_no_graph_of_the_n_copies():
     checkpointed = saved_bytes(lambda: detector(x))
     full = saved_bytes(lambda: [detector.base(c) for c in noisy_copies(x, 0.2, 128, detector.image_seed(x))])
     assert checkpointed < 0.1 * full, (checkpointed, full)
+
+
+def test_an_images_gradient_does_not_depend_on_its_batch():
+    """Each image's copies and their rebuilt chunks are its own: its input gradient alone
+    equals its gradient in a batch, bit for bit."""
+    detector, x = fitted(n=70, percentile=0.5), torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    batch = x.clone().requires_grad_(True)
+    (in_batch,) = torch.autograd.grad(detector(batch).score.sum(), batch)
+    for b in range(3):
+        alone = x[b : b + 1].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(detector(alone).score.sum(), alone)
+        assert torch.equal(grad[0], in_batch[b]) and grad.abs().sum() > 0
